@@ -1,0 +1,21 @@
+"""qengine: low-bit inference for diffusion models.
+
+    import qengine
+    cfg = qengine.QuantConfig.preset("w8a8-fp8")   # also "w8a8-int8", "w4a8", "w4a4"
+    qengine.quantize(pipe_or_model, cfg)            # in place; returns its argument
+    qengine.save(pipe_or_model, "ckpt_dir")
+    qengine.load(float_model, "ckpt_dir")
+"""
+from . import ops  # registers torch.ops.qengine.*
+from ._extension import backend_description, compiled_archs
+from .api import is_quantized, model_bytes, plan, quantize, summary
+from .checkpoint import CheckpointError, load, save
+from .config import PRESETS, ConfigError, LayerQuantConfig, QuantConfig
+from .nn import QConv2d, QLinear
+from .version import __version__
+
+__all__ = [
+    "PRESETS", "CheckpointError", "ConfigError", "LayerQuantConfig", "QConv2d", "QLinear", "QuantConfig",
+    "__version__", "backend_description", "compiled_archs", "is_quantized", "load", "model_bytes", "ops", "plan",
+    "quantize", "save", "summary",
+]

@@ -1,0 +1,146 @@
+"""``qengine.quantize``: swap a model's Linear/Conv2d layers for quantized ones, in place."""
+from __future__ import annotations
+
+import dataclasses
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import LayerQuantConfig, QuantConfig
+from .integrations.diffusers import find_denoiser, keep_16bit_patterns
+from .nn import QConv2d, QLinear, check_conv_module, check_linear_shape, max_lowrank
+
+
+@dataclass
+class PlannedLayer:
+    name: str
+    kind: str  # "linear" | "conv2d"
+    config: LayerQuantConfig | None  # None: stays 16-bit
+    reason: str
+
+
+@dataclass
+class QuantState:
+    """What ``quantize``/``load`` leave on the model (as ``model.qengine_state``) for ``save``."""
+
+    config: QuantConfig
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> layer spec (checkpoint form)
+    kept: dict[str, str] = field(default_factory=dict)  # name -> why it stays 16-bit
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return getattr(model, "qengine_state", None) is not None
+
+
+def plan(model: nn.Module, config: QuantConfig) -> list[PlannedLayer]:
+    """Decide, for every Linear and Conv2d of ``model``, what it becomes and why."""
+    keep = keep_16bit_patterns(model)
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            cfg, reason = config.resolve(name, mod, is_conv=False, default_keep=keep)
+            if cfg is not None and cfg.rank > max_lowrank(mod.in_features, mod.out_features):
+                cfg = dataclasses.replace(cfg, rank=0)
+                reason += "; low-rank branch dropped (layer too small for the rank)"
+            if cfg is not None:
+                try:
+                    check_linear_shape(mod.in_features, mod.out_features, cfg)
+                except ValueError as e:
+                    cfg, reason = None, f"unsupported shape: {e}"
+            out.append(PlannedLayer(name, "linear", cfg, reason))
+        elif isinstance(mod, nn.Conv2d):
+            cfg, reason = config.resolve(name, mod, is_conv=True, default_keep=keep)
+            if cfg is not None:
+                try:
+                    check_conv_module(mod, cfg)
+                except ValueError as e:
+                    cfg, reason = None, f"unsupported conv: {e}"
+            out.append(PlannedLayer(name, "conv2d", cfg, reason))
+    return out
+
+
+def layer_spec(q: nn.Module) -> dict[str, Any]:
+    """The checkpoint description of one quantized layer (enough to rebuild it on meta)."""
+    spec: dict[str, Any] = {**q.layer_config.to_dict(), "bias": q.bias is not None}
+    if isinstance(q, QLinear):
+        spec.update(kind="linear", in_features=q.in_features, out_features=q.out_features,
+                    smooth=q.smooth is not None)
+    else:
+        spec.update(kind="conv2d", in_channels=q.in_channels, out_channels=q.out_channels,
+                    kernel_size=list(q.kernel_size), stride=list(q.stride), padding=list(q.padding),
+                    dilation=list(q.dilation), static_input_scale=q.input_scale is not None)
+    return spec
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def quantize(obj: Any, config: QuantConfig | str = "w8a8-fp8", *, backend: str = "auto",
+             progress: bool = False) -> Any:
+    """Quantize a model or diffusers pipeline in place with round-to-nearest weights and dynamic
+    per-token activation scales; returns ``obj``.
+
+    ``config`` is a :class:`QuantConfig` or a preset name. For a pipeline, its denoiser
+    (``pipe.transformer`` or ``pipe.unet``) is quantized; the pipeline then samples as before.
+    """
+    if isinstance(config, str):
+        config = QuantConfig.preset(config)
+    model, _ = find_denoiser(obj)
+    if is_quantized(model):
+        raise ValueError("this model is already quantized by qengine; quantize a float model")
+    layers = plan(model, config)
+    todo = [p for p in layers if p.config is not None]
+    state = QuantState(config, kept={p.name: p.reason for p in layers if p.config is None})
+    it = todo
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(todo, desc="quantizing", unit="layer")
+    for p in it:
+        mod = model.get_submodule(p.name)
+        cls = QLinear if p.kind == "linear" else QConv2d
+        new = cls.from_float(mod, p.config, backend=backend)
+        state.layers[p.name] = layer_spec(new)
+        set_submodule(model, p.name, new)
+    model.qengine_state = state
+    return obj
+
+
+def build_empty_layer(spec: dict[str, Any], dtype: torch.dtype, device, backend: str) -> nn.Module:
+    """A quantized module with uninitialised buffers, from its checkpoint spec."""
+    cfg = LayerQuantConfig(spec["scheme"], spec["group_size"], spec["rank"])
+    if spec["kind"] == "linear":
+        return QLinear(spec["in_features"], spec["out_features"], cfg, bias=spec["bias"], smooth=spec["smooth"],
+                       dtype=dtype, device=device, backend=backend)
+    return QConv2d(spec["in_channels"], spec["out_channels"], spec["kernel_size"], cfg, stride=spec["stride"],
+                   padding=spec["padding"], dilation=spec["dilation"], bias=spec["bias"],
+                   static_input_scale=spec["static_input_scale"], dtype=dtype, device=device,
+                   backend=backend)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes held by a model's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def summary(model: nn.Module) -> str:
+    """A short table: layers per scheme, layers kept 16-bit and why."""
+    state: QuantState | None = getattr(model, "qengine_state", None)
+    if state is None:
+        return "not quantized"
+    counts: dict[str, int] = {}
+    for spec in state.layers.values():
+        key = f"{spec['kind']} {spec['scheme']}" + (f" g{spec['group_size']}" if spec["group_size"] else "") + (
+            f" r{spec['rank']}" if spec["rank"] else "")
+        counts[key] = counts.get(key, 0) + 1
+    reasons: dict[str, int] = {}
+    for why in state.kept.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    lines = [f"{n:5d}  {k}" for k, n in sorted(counts.items())]
+    lines += [f"{n:5d}  kept 16-bit: {why}" for why, n in sorted(reasons.items())]
+    return "\n".join(lines)

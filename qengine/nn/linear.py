@@ -1,0 +1,107 @@
+"""QLinear: a drop-in for nn.Linear computing with quantized weights and activations.
+
+``y = Q(x / s) . Q(W * s - L_up L_down)^T + (x / s) L_down^T L_up^T + b``
+
+Buffers (all in the state dict; names are the checkpoint keys):
+  weight       [N, K] int8 | float8_e4m3fn (8-bit schemes) or [N, K/2] uint8 (packed INT4)
+  weight_scale [N] float32, or [N, K/G] float32 for group-wise 4-bit weights
+  bias         [N] 16-bit (optional)
+  smooth       [K] 16-bit, divides the input per channel (optional; from calibration)
+  lora_down    [r, K] and lora_up [N, r] 16-bit: the low-rank branch (rank r > 0)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..config import LayerQuantConfig
+from ..formats import get_scheme
+from .quantize_weight import lowrank_split, quantize_weight, weight_shapes
+
+
+class QLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,
+                 smooth: bool = False, dtype: torch.dtype = torch.bfloat16, device=None, backend: str = "auto"):
+        super().__init__()
+        self.scheme = get_scheme(layer_config.scheme)
+        check_linear_shape(in_features, out_features, layer_config)
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
+        self.in_features, self.out_features = in_features, out_features
+        self.layer_config = layer_config
+        self.backend = backend
+        (w_shape, w_dtype), (s_shape, s_dtype) = weight_shapes(self.scheme, out_features, in_features,
+                                                               layer_config.group_size)
+        self.register_buffer("weight", torch.empty(w_shape, dtype=w_dtype, device=device))
+        self.register_buffer("weight_scale", torch.empty(s_shape, dtype=s_dtype, device=device))
+        r = layer_config.rank
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        self.register_buffer("smooth", torch.empty(in_features, dtype=dtype, device=device) if smooth else None)
+        self.register_buffer("lora_down", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
+        self.register_buffer("lora_up", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, layer_config: LayerQuantConfig, *, smooth: torch.Tensor | None = None,
+                   lowrank: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "auto") -> QLinear:
+        """Quantize ``linear`` with round-to-nearest.
+
+        ``smooth`` [K] divides activations (and multiplies weight columns); ``lowrank`` =
+        ``(lora_down [r, K], lora_up [N, r])`` is the 16-bit branch; without it a rank-r
+        truncated SVD of the (smoothed) weight is used when ``layer_config.rank > 0``.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"QLinear.from_float expects nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        dtype = w.dtype if w.dtype.is_floating_point and w.element_size() <= 4 else torch.bfloat16
+        q = cls(linear.in_features, linear.out_features, layer_config, bias=linear.bias is not None,
+                smooth=smooth is not None, dtype=dtype, device=w.device, backend=backend)
+        wf = w.float()
+        if smooth is not None:
+            q.smooth.copy_(smooth)
+            wf = wf * q.smooth.float()[None, :]
+        if layer_config.rank:
+            down, up = lowrank if lowrank is not None else lowrank_split(wf, layer_config.rank)
+            q.lora_down.copy_(down)
+            q.lora_up.copy_(up)
+            # The residual uses the factors as stored (16-bit), so branch + residual add up to W.
+            wf = wf - q.lora_up.float() @ q.lora_down.float()
+        qw, qs = quantize_weight(q.scheme, wf, layer_config.group_size)
+        q.weight.copy_(qw)
+        q.weight_scale.copy_(qs)
+        if linear.bias is not None:
+            q.bias.copy_(linear.bias.detach())
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).contiguous()
+        q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=self.backend)
+        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias,
+                     lowrank_act if self.lora_up is not None else None, self.lora_up, out_dtype=x.dtype,
+                     backend=self.backend)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        c = self.layer_config
+        return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={c.scheme}, "
+                f"group_size={c.group_size or 'per-channel'}, rank={c.rank}, smooth={self.smooth is not None}, "
+                f"bias={self.bias is not None}, backend={self.backend}")
+
+
+def check_linear_shape(in_features: int, out_features: int, layer_config: LayerQuantConfig) -> None:
+    """Raise ValueError naming the problem if a layer of this shape cannot use ``layer_config``."""
+    scheme = get_scheme(layer_config.scheme)
+    mult = scheme.k_multiple(layer_config.group_size)
+    if in_features % mult:
+        raise ValueError(f"{scheme.name} needs in_features (K) to be a multiple of {mult}, got K={in_features}")
+    if layer_config.rank > max_lowrank(in_features, out_features):
+        raise ValueError(f"rank {layer_config.rank} is too large for a {in_features}->{out_features} layer "
+                         f"(at most min(in, out) / 4 = {max_lowrank(in_features, out_features)})")
+
+
+def max_lowrank(in_features: int, out_features: int) -> int:
+    """Largest low-rank branch worth having: beyond a quarter of the layer it costs as much as the layer."""
+    return min(in_features, out_features) // 4

@@ -1,0 +1,32 @@
+"""Round-to-nearest weight quantization into each scheme's stored layout, and the SVD split."""
+from __future__ import annotations
+
+import torch
+
+from ..formats import Scheme, pack_int4, quantize_groups, quantize_rows
+
+
+def weight_shapes(scheme: Scheme, n: int, k: int, group_size: int):
+    """``((weight shape, dtype), (scale shape, dtype))`` of a [N, K] weight in ``scheme``."""
+    if scheme.weight_grouped:
+        return ((n, k // 2), torch.uint8), ((n, k // group_size), torch.float32)
+    return ((n, k), scheme.weight.spec.storage_dtype), ((n,), torch.float32)
+
+
+def quantize_weight(scheme: Scheme, w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a float [N, K] weight: per output channel, or packed INT4 in groups along K."""
+    if scheme.weight_grouped:
+        q, scale = quantize_groups(w, scheme.weight, group_size)
+        return pack_int4(q), scale
+    return quantize_rows(w, scheme.weight)
+
+
+def lowrank_split(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` truncated SVD of ``w [N, K]``: ``(lora_down [r, K], lora_up [N, r])``, w ~= up @ down.
+
+    Computed in float64 (the tail singular values matter for the residual); the singular
+    values are split evenly between the factors so neither has an outsized range in 16 bits.
+    """
+    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root[None, :]).float()

@@ -1,0 +1,62 @@
+"""Typed entry points to the ``torch.ops.qengine.*`` custom ops.
+
+``backend="auto"`` calls the registered op: the float32 reference on CPU, the compiled kernel
+on CUDA (or a loud error where none was built for the GPU). ``backend="reference"`` calls the
+reference directly on any device; it is never chosen silently. Shapes: see
+:mod:`qengine.ops.reference`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .. import _extension
+from ..formats import Scheme
+from . import library, reference
+from .checks import OpInputError
+
+BACKENDS = ("auto", "reference")
+
+_ext = _extension.load_extension()
+MISSING_CUDA_KERNELS = library.register_missing_cuda_kernels(", ".join(_extension.compiled_archs()))
+
+_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8", "w8a8-fp8": "quantize_act_fp8", "w4a8": "quantize_act_int8",
+                "w4a4": "quantize_act_int4"}
+_GEMM_OP = {"w8a8-int8": "w8a8_int8_gemm", "w8a8-fp8": "w8a8_fp8_gemm", "w4a8": "w4a8_gemm", "w4a4": "w4a4_gemm"}
+_CONV_OP = {"w8a8-int8": "w8a8_int8_conv2d", "w8a8-fp8": "w8a8_fp8_conv2d"}
+
+
+def _resolve(name: str, backend: str):
+    if backend == "auto":
+        return getattr(torch.ops.qengine, name)
+    if backend == "reference":
+        return getattr(reference, name)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = None,
+                 lora_down: torch.Tensor | None = None, backend: str = "auto"):
+    """Quantize activations ``x [M, K]`` for ``scheme``: returns ``(q, scale, lowrank_act)``."""
+    return _resolve(_QUANTIZE_OP[scheme.name], backend)(x, smooth, lora_down)
+
+
+def gemm(scheme: Scheme, a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
+         bias: torch.Tensor | None = None, lowrank_act: torch.Tensor | None = None,
+         lora_up: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
+         backend: str = "auto") -> torch.Tensor:
+    """``(a * a_scale) @ (w * w_scale)^T + lowrank_act @ lora_up^T + bias`` -> ``[M, N]`` of out_dtype."""
+    return _resolve(_GEMM_OP[scheme.name], backend)(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
+
+
+def conv2d(scheme: Scheme, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+           x_scale: torch.Tensor | None, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+           backend: str = "auto") -> torch.Tensor:
+    """Quantized conv over NHWC ``x [B, H, W, C]`` with weights ``[O, kh, kw, C]`` -> ``[B, Ho, Wo, O]``."""
+    if scheme.name not in _CONV_OP:
+        raise ValueError(f"scheme {scheme.name} has no conv2d op; conv2d supports {', '.join(_CONV_OP)}")
+    return _resolve(_CONV_OP[scheme.name], backend)(x, w, w_scale, bias, x_scale, list(stride), list(padding),
+                                                     list(dilation))
+
+
+__all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act", "reference"]

@@ -1,0 +1,110 @@
+"""Registration of the ``torch.ops.qengine.*`` custom ops.
+
+The schemas live here, in Python, rather than in a C++ ``TORCH_LIBRARY`` block, because the
+package must work with no compiled extension (CPU-only installs): the compiled ``qengine._C``
+only adds CUDA kernels with ``TORCH_LIBRARY_IMPL(qengine, CUDA, ...)``.
+
+Per op: the float32 reference is the CPU kernel, a shape-only fake serves torch.compile and
+meta tensors, and, where ``qengine._C`` has no CUDA kernel for it, a CUDA kernel that fails
+loudly naming the GPU arch (the reference is never a silent fallback on a GPU).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference as ref
+from .checks import FLOAT_ACT_DTYPES, check_k, check_out_dtype, check_tensor
+
+_GEMM_ARGS = ("Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias, Tensor? lowrank_act, "
+              "Tensor? lora_up, ScalarType out_dtype) -> Tensor")
+_QUANT_ARGS = "(Tensor x, Tensor? smooth, Tensor? lora_down) -> (Tensor, Tensor, Tensor)"
+_CONV_ARGS = ("(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor? x_scale, int[2] stride, int[2] padding, "
+              "int[2] dilation) -> Tensor")
+
+SCHEMAS: dict[str, str] = {
+    "quantize_act_int8": _QUANT_ARGS,
+    "quantize_act_fp8": _QUANT_ARGS,
+    "quantize_act_int4": _QUANT_ARGS,
+    "w8a8_int8_gemm": "(" + _GEMM_ARGS,
+    "w8a8_fp8_gemm": "(" + _GEMM_ARGS,
+    "w4a8_gemm": "(" + _GEMM_ARGS,
+    "w4a4_gemm": "(" + _GEMM_ARGS,
+    "w8a8_int8_conv2d": _CONV_ARGS,
+    "w8a8_fp8_conv2d": _CONV_ARGS,
+}
+
+_lib = torch.library.Library("qengine", "DEF")
+for _name, _schema in SCHEMAS.items():
+    _lib.define(_name + _schema)
+    torch.library.impl(f"qengine::{_name}", "CPU", lib=_lib)(getattr(ref, _name))
+
+
+# ---------------------------------------------------------------- fakes (shape only)
+
+
+def _fake_quantize(q_dtype, packed):
+    def fake(x, smooth=None, lora_down=None):
+        check_tensor("quantize_act", "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None))
+        m, k = x.shape
+        r = 0 if lora_down is None else lora_down.shape[0]
+        if packed:
+            check_k("quantize_act_int4", k, 64)
+            return (x.new_empty(m, k // 2, dtype=torch.uint8), x.new_empty(m, k // 64, dtype=torch.float32),
+                    x.new_empty(m, r, dtype=torch.float32))
+        check_k("quantize_act", k, 16)
+        return (x.new_empty(m, k, dtype=q_dtype), x.new_empty(m, dtype=torch.float32),
+                x.new_empty(m, r, dtype=torch.float32))
+    return fake
+
+
+def _fake_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+    check_out_dtype("gemm", out_dtype)
+    return a.new_empty(a.shape[0], w.shape[0], dtype=out_dtype)
+
+
+def _fake_conv(op, qdtype):
+    def fake(x, w, w_scale, bias, x_scale, stride, padding, dilation):
+        b, ho, wo, o = ref.check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation)
+        return x.new_empty(b, ho, wo, o)
+    return fake
+
+
+torch.library.register_fake("qengine::quantize_act_int8", _fake_quantize(torch.int8, False), lib=_lib)
+torch.library.register_fake("qengine::quantize_act_fp8", _fake_quantize(torch.float8_e4m3fn, False), lib=_lib)
+torch.library.register_fake("qengine::quantize_act_int4", _fake_quantize(torch.uint8, True), lib=_lib)
+for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
+    torch.library.register_fake(f"qengine::{_name}", _fake_gemm, lib=_lib)
+torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)
+torch.library.register_fake("qengine::w8a8_fp8_conv2d", _fake_conv("w8a8_fp8_conv2d", torch.float8_e4m3fn),
+                            lib=_lib)
+
+
+# ---------------------------------------------------------------- loud CUDA failure
+
+
+def has_cuda_kernel(name: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"qengine::{name}", "CUDA")
+
+
+def _no_cuda_kernel(name: str, compiled_archs: str):
+    def fail(*args, **kwargs):
+        dev = next((a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda), None)
+        arch = "unknown GPU"
+        if dev is not None:
+            major, minor = torch.cuda.get_device_capability(dev)
+            arch = f"sm_{major}{minor} ({torch.cuda.get_device_name(dev)})"
+        raise NotImplementedError(
+            f"qengine::{name} has no CUDA kernel for {arch} in this build "
+            f"(compiled archs: {compiled_archs or 'none; qengine._C was not built'}). "
+            "Build qengine with CUDA for this arch, or choose backend='reference' explicitly "
+            "to run the slow float32 reference on the GPU."
+        )
+    return fail
+
+
+def register_missing_cuda_kernels(compiled_archs: str) -> list[str]:
+    """Give every op without a compiled CUDA kernel a CUDA kernel that raises. Returns their names."""
+    missing = [name for name in SCHEMAS if not has_cuda_kernel(name)]
+    for name in missing:
+        torch.library.impl(f"qengine::{name}", "CUDA", lib=_lib)(_no_cuda_kernel(name, compiled_archs))
+    return missing

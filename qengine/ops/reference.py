@@ -1,0 +1,194 @@
+"""Pure-PyTorch float32 reference of every qengine op.
+
+This is the CPU kernel of each ``torch.ops.qengine.*`` op and the oracle the CUDA kernels are
+tested against. The math is float32 throughout (integer dot products are formed in float32,
+which is exact while partial sums stay below 2**24 and otherwise rounds like any float32 GEMM);
+outputs are cast to ``out_dtype`` once at the end.
+
+Shapes (M tokens, K input features, N output features, r low-rank rank, G weight group size):
+
+  quantize_act_{int8,fp8}(x [M,K], smooth [K]?, lora_down [r,K]?)
+      -> q [M,K] int8|float8_e4m3fn, scale [M] f32, lowrank_act [M,r] f32 ([M,0] without lora_down)
+  quantize_act_int4(x [M,K], smooth?, lora_down?)
+      -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
+  w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
+                       lowrank_act [M,r]?, lora_up [N,r]?, out_dtype) -> y [M,N]
+  w4a8_gemm(a [M,K] int8, a_scale [M], w [N,K/2] uint8, w_scale [N,K/G], ...) -> y [M,N]
+  w4a4_gemm(a [M,K/2] uint8, a_scale [M,K/64], w [N,K/2] uint8, w_scale [N,K/64], ...) -> y [M,N]
+  w8a8_{int8,fp8}_conv2d(x [B,H,W,C] float (NHWC), w [O,kh,kw,C], w_scale [O], bias [O]?,
+                         x_scale [1]?, stride, padding, dilation) -> y [B,Ho,Wo,O] in x.dtype
+
+``y = (a * a_scale) @ (w * w_scale)^T + lowrank_act @ lora_up^T + bias``. Activations are
+smoothed as ``x / smooth`` before quantization and before the low-rank down-projection
+``lowrank_act = (x / smooth) @ lora_down^T``. Conv activations get one scale per image (dynamic
+absmax) unless a static per-tensor ``x_scale`` is given.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..formats import Format, INT4_ACT_GROUP_SIZE, dequantize_groups, pack_int4, quantize_groups, quantize_rows, unpack_int4
+from ..formats.quantizers import round_to_format
+from . import checks
+from .checks import FLOAT_ACT_DTYPES
+
+# ---------------------------------------------------------------- activation quantization
+
+
+def _smoothed_and_lowrank(op, x, smooth, lora_down, k_multiple):
+    checks.check_tensor(op, "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None))
+    m, k = x.shape
+    checks.check_k(op, k, k_multiple)
+    checks.check_smooth_and_down(op, k, smooth, lora_down, x.device)
+    xf = x.float()
+    if smooth is not None:
+        xf = xf / smooth.float()
+    if lora_down is not None:
+        lowrank = xf @ lora_down.float().t()
+    else:
+        lowrank = xf.new_empty(m, 0)
+    return xf, lowrank
+
+
+def quantize_act_int8(x, smooth=None, lora_down=None):
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_int8", x, smooth, lora_down, 16)
+    q, scale = quantize_rows(xf, Format.INT8)
+    return q, scale, lowrank
+
+
+def quantize_act_fp8(x, smooth=None, lora_down=None):
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down, 16)
+    q, scale = quantize_rows(xf, Format.FP8_E4M3)
+    return q, scale, lowrank
+
+
+def quantize_act_int4(x, smooth=None, lora_down=None):
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_int4", x, smooth, lora_down, INT4_ACT_GROUP_SIZE)
+    q, scale = quantize_groups(xf, Format.INT4, INT4_ACT_GROUP_SIZE)
+    return pack_int4(q), scale, lowrank
+
+
+# ---------------------------------------------------------------- GEMMs
+
+
+def _epilogue(op, acc, m, n, bias, lowrank_act, lora_up, out_dtype, device):
+    checks.check_bias(op, n, bias, device)
+    checks.check_lowrank(op, m, n, lowrank_act, lora_up, device)
+    checks.check_out_dtype(op, out_dtype)
+    if lowrank_act is not None:
+        acc = acc + lowrank_act.float() @ lora_up.float().t()
+    if bias is not None:
+        acc = acc + bias.float()
+    return acc.to(out_dtype)
+
+
+def _w8a8_gemm(op, qdtype, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+    checks.check_tensor(op, "a", a, dtypes=(qdtype,), shape=(None, None))
+    m, k = a.shape
+    dev = a.device
+    checks.check_k(op, k, 16)
+    checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m,), device=dev)
+    checks.check_tensor(op, "w", w, dtypes=(qdtype,), shape=(None, k), device=dev)
+    n = w.shape[0]
+    checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n,), device=dev)
+    acc = (a.float() @ w.float().t()) * a_scale[:, None] * w_scale[None, :]
+    return _epilogue(op, acc, m, n, bias, lowrank_act, lora_up, out_dtype, dev)
+
+
+def w8a8_int8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+    return _w8a8_gemm("w8a8_int8_gemm", torch.int8, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
+
+
+def w8a8_fp8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+    return _w8a8_gemm("w8a8_fp8_gemm", torch.float8_e4m3fn, a, a_scale, w, w_scale, bias, lowrank_act, lora_up,
+                      out_dtype)
+
+
+def _check_int4_weight(op, w, w_scale, k, dev, group_sizes):
+    checks.check_tensor(op, "w", w, dtypes=(torch.uint8,), shape=(None, k // 2), device=dev)
+    n = w.shape[0]
+    checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n, None), device=dev)
+    groups = w_scale.shape[1]
+    if groups == 0 or k % groups or k // groups not in group_sizes:
+        checks._fail(op, f"w_scale has {groups} groups for K={k}; the group size must be one of {group_sizes}")
+    return n
+
+
+def w4a8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+    op = "w4a8_gemm"
+    checks.check_tensor(op, "a", a, dtypes=(torch.int8,), shape=(None, None))
+    m, k = a.shape
+    dev = a.device
+    checks.check_k(op, k, 64)
+    checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m,), device=dev)
+    n = _check_int4_weight(op, w, w_scale, k, dev, (64, 128))
+    wd = dequantize_groups(unpack_int4(w), w_scale)
+    acc = (a.float() @ wd.t()) * a_scale[:, None]
+    return _epilogue(op, acc, m, n, bias, lowrank_act, lora_up, out_dtype, dev)
+
+
+def w4a4_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+    op = "w4a4_gemm"
+    checks.check_tensor(op, "a", a, dtypes=(torch.uint8,), shape=(None, None))
+    m, k = a.shape[0], a.shape[1] * 2
+    dev = a.device
+    checks.check_k(op, k, INT4_ACT_GROUP_SIZE)
+    checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m, k // INT4_ACT_GROUP_SIZE),
+                        device=dev)
+    n = _check_int4_weight(op, w, w_scale, k, dev, (INT4_ACT_GROUP_SIZE,))
+    ad = dequantize_groups(unpack_int4(a), a_scale)
+    wd = dequantize_groups(unpack_int4(w), w_scale)
+    return _epilogue(op, ad @ wd.t(), m, n, bias, lowrank_act, lora_up, out_dtype, dev)
+
+
+# ---------------------------------------------------------------- conv2d (NHWC)
+
+
+def conv2d_out_hw(h, w, kh, kw, stride, padding, dilation):
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation):
+    checks.check_tensor(op, "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None, None, None))
+    b, h, wd, c = x.shape
+    dev = x.device
+    checks.check_k(op, c, 16)
+    checks.check_tensor(op, "w", w, dtypes=(qdtype,), shape=(None, None, None, c), device=dev)
+    o, kh, kw, _ = w.shape
+    checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(o,), device=dev)
+    checks.check_bias(op, o, bias, dev)
+    if x_scale is not None:
+        checks.check_tensor(op, "x_scale", x_scale, dtypes=(torch.float32,), shape=(1,), device=dev)
+    checks.check_conv_params(op, stride, padding, dilation)
+    ho, wo = conv2d_out_hw(h, wd, kh, kw, stride, padding, dilation)
+    if ho <= 0 or wo <= 0:
+        checks._fail(op, f"input {h}x{wd} is too small for a {kh}x{kw} kernel with padding {list(padding)}")
+    return b, ho, wo, o
+
+
+def _conv2d(op, fmt, x, w, w_scale, bias, x_scale, stride, padding, dilation):
+    check_conv_args(op, fmt.spec.storage_dtype, x, w, w_scale, bias, x_scale, stride, padding, dilation)
+    b = x.shape[0]
+    xf = x.float().reshape(b, -1)
+    if x_scale is None:
+        xq, scale = quantize_rows(xf, fmt)
+    else:
+        scale = x_scale.float().expand(b)
+        xq = round_to_format(xf / scale[:, None], fmt)
+    xd = (xq.float() * scale[:, None]).reshape(x.shape).permute(0, 3, 1, 2)
+    wdq = (w.float() * w_scale[:, None, None, None]).permute(0, 3, 1, 2)
+    y = F.conv2d(xd, wdq, None, list(stride), list(padding), list(dilation))
+    if bias is not None:
+        y = y + bias.float()[None, :, None, None]
+    return y.permute(0, 2, 3, 1).contiguous().to(x.dtype)
+
+
+def w8a8_int8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation):
+    return _conv2d("w8a8_int8_conv2d", Format.INT8, x, w, w_scale, bias, x_scale, stride, padding, dilation)
+
+
+def w8a8_fp8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation):
+    return _conv2d("w8a8_fp8_conv2d", Format.FP8_E4M3, x, w, w_scale, bias, x_scale, stride, padding, dilation)
