@@ -6,6 +6,7 @@ from .quantizers import (
     pack_int4,
     quantize_groups,
     quantize_rows,
+    round_to_format,
     unpack_int4,
 )
 from .schemes import SCHEMES, Scheme, get_scheme
@@ -21,5 +22,5 @@ from .spec import (
 __all__ = [
     "SCHEMES", "Scheme", "get_scheme", "FORMAT_VERSION", "INT4_ACT_GROUP_SIZE", "INT4_WEIGHT_GROUP_SIZES", "Format", "FormatSpec",
     "Granularity", "absmax_scale", "dequantize_groups", "dequantize_rows", "pack_int4",
-    "quantize_groups", "quantize_rows", "unpack_int4",
+    "quantize_groups", "quantize_rows", "round_to_format", "unpack_int4",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
-from .checks import FLOAT_ACT_DTYPES, check_k, check_out_dtype, check_tensor
 
 _GEMM_ARGS = ("Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias, Tensor? lowrank_act, "
               "Tensor? lora_up, ScalarType out_dtype) -> Tensor")
@@ -42,24 +41,22 @@ for _name, _schema in SCHEMAS.items():
 # ---------------------------------------------------------------- fakes (shape only)
 
 
-def _fake_quantize(q_dtype, packed):
+def _fake_quantize(op, q_dtype):
     def fake(x, smooth=None, lora_down=None):
-        check_tensor("quantize_act", "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None))
-        m, k = x.shape
-        r = 0 if lora_down is None else lora_down.shape[0]
-        if packed:
-            check_k("quantize_act_int4", k, 64)
+        m, k, r = ref.check_quantize_args(op, x, smooth, lora_down)
+        if q_dtype == torch.uint8:  # packed INT4, group-64 scales
             return (x.new_empty(m, k // 2, dtype=torch.uint8), x.new_empty(m, k // 64, dtype=torch.float32),
                     x.new_empty(m, r, dtype=torch.float32))
-        check_k("quantize_act", k, 16)
         return (x.new_empty(m, k, dtype=q_dtype), x.new_empty(m, dtype=torch.float32),
                 x.new_empty(m, r, dtype=torch.float32))
     return fake
 
 
-def _fake_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
-    check_out_dtype("gemm", out_dtype)
-    return a.new_empty(a.shape[0], w.shape[0], dtype=out_dtype)
+def _fake_gemm(op):
+    def fake(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+        m, _, n = ref.check_gemm_args(op, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
+        return a.new_empty(m, n, dtype=out_dtype)
+    return fake
 
 
 def _fake_conv(op, qdtype):
@@ -69,11 +66,11 @@ def _fake_conv(op, qdtype):
     return fake
 
 
-torch.library.register_fake("qengine::quantize_act_int8", _fake_quantize(torch.int8, False), lib=_lib)
-torch.library.register_fake("qengine::quantize_act_fp8", _fake_quantize(torch.float8_e4m3fn, False), lib=_lib)
-torch.library.register_fake("qengine::quantize_act_int4", _fake_quantize(torch.uint8, True), lib=_lib)
+for _name, _qdtype in (("quantize_act_int8", torch.int8), ("quantize_act_fp8", torch.float8_e4m3fn),
+                       ("quantize_act_int4", torch.uint8)):
+    torch.library.register_fake(f"qengine::{_name}", _fake_quantize(_name, _qdtype), lib=_lib)
 for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
-    torch.library.register_fake(f"qengine::{_name}", _fake_gemm, lib=_lib)
+    torch.library.register_fake(f"qengine::{_name}", _fake_gemm(_name), lib=_lib)
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)
 torch.library.register_fake("qengine::w8a8_fp8_conv2d", _fake_conv("w8a8_fp8_conv2d", torch.float8_e4m3fn),
                             lib=_lib)

@@ -36,11 +36,20 @@ from .checks import FLOAT_ACT_DTYPES
 # ---------------------------------------------------------------- activation quantization
 
 
-def _smoothed_and_lowrank(op, x, smooth, lora_down, k_multiple):
+_QUANT_K_MULTIPLE = {"quantize_act_int8": 16, "quantize_act_fp8": 16, "quantize_act_int4": INT4_ACT_GROUP_SIZE}
+
+
+def check_quantize_args(op, x, smooth, lora_down):
+    """Validate an activation quantization's operands (metadata only); returns ``(M, K, r)``."""
     checks.check_tensor(op, "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None))
     m, k = x.shape
-    checks.check_k(op, k, k_multiple)
+    checks.check_k(op, k, _QUANT_K_MULTIPLE[op])
     checks.check_smooth_and_down(op, k, smooth, lora_down, x.device)
+    return m, k, 0 if lora_down is None else lora_down.shape[0]
+
+
+def _smoothed_and_lowrank(op, x, smooth, lora_down):
+    m, _, _ = check_quantize_args(op, x, smooth, lora_down)
     xf = x.float()
     if smooth is not None:
         xf = xf / smooth.float()
@@ -52,30 +61,61 @@ def _smoothed_and_lowrank(op, x, smooth, lora_down, k_multiple):
 
 
 def quantize_act_int8(x, smooth=None, lora_down=None):
-    xf, lowrank = _smoothed_and_lowrank("quantize_act_int8", x, smooth, lora_down, 16)
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_int8", x, smooth, lora_down)
     q, scale = quantize_rows(xf, Format.INT8)
     return q, scale, lowrank
 
 
 def quantize_act_fp8(x, smooth=None, lora_down=None):
-    xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down, 16)
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down)
     q, scale = quantize_rows(xf, Format.FP8_E4M3)
     return q, scale, lowrank
 
 
 def quantize_act_int4(x, smooth=None, lora_down=None):
-    xf, lowrank = _smoothed_and_lowrank("quantize_act_int4", x, smooth, lora_down, INT4_ACT_GROUP_SIZE)
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_int4", x, smooth, lora_down)
     q, scale = quantize_groups(xf, Format.INT4, INT4_ACT_GROUP_SIZE)
     return pack_int4(q), scale, lowrank
 
 
 # ---------------------------------------------------------------- GEMMs
 
+_GEMM_A_DTYPE = {"w8a8_int8_gemm": torch.int8, "w8a8_fp8_gemm": torch.float8_e4m3fn, "w4a8_gemm": torch.int8,
+                 "w4a4_gemm": torch.uint8}
 
-def _epilogue(op, acc, m, n, bias, lowrank_act, lora_up, out_dtype, device):
-    checks.check_bias(op, n, bias, device)
-    checks.check_lowrank(op, m, n, lowrank_act, lora_up, device)
+
+def check_gemm_args(op, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
+    """Validate a GEMM's operands (metadata only); returns ``(M, K, N)``."""
+    checks.check_tensor(op, "a", a, dtypes=(_GEMM_A_DTYPE[op],), shape=(None, None))
+    dev = a.device
+    if op == "w4a4_gemm":
+        m, k = a.shape[0], a.shape[1] * 2
+        checks.check_k(op, k, INT4_ACT_GROUP_SIZE)
+        checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m, k // INT4_ACT_GROUP_SIZE),
+                            device=dev)
+    else:
+        m, k = a.shape
+        checks.check_k(op, k, 64 if op == "w4a8_gemm" else 16)
+        checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m,), device=dev)
+    if op in ("w4a8_gemm", "w4a4_gemm"):
+        checks.check_tensor(op, "w", w, dtypes=(torch.uint8,), shape=(None, k // 2), device=dev)
+        n = w.shape[0]
+        checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n, None), device=dev)
+        groups = w_scale.shape[1]
+        sizes = (64, 128) if op == "w4a8_gemm" else (INT4_ACT_GROUP_SIZE,)
+        if groups == 0 or k % groups or k // groups not in sizes:
+            checks._fail(op, f"w_scale has {groups} groups for K={k}; the group size must be one of {sizes}")
+    else:
+        checks.check_tensor(op, "w", w, dtypes=(_GEMM_A_DTYPE[op],), shape=(None, k), device=dev)
+        n = w.shape[0]
+        checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n,), device=dev)
+    checks.check_bias(op, n, bias, dev)
+    checks.check_lowrank(op, m, n, lowrank_act, lora_up, dev)
     checks.check_out_dtype(op, out_dtype)
+    return m, k, n
+
+
+def _epilogue(acc, bias, lowrank_act, lora_up, out_dtype):
     if lowrank_act is not None:
         acc = acc + lowrank_act.float() @ lora_up.float().t()
     if bias is not None:
@@ -83,63 +123,30 @@ def _epilogue(op, acc, m, n, bias, lowrank_act, lora_up, out_dtype, device):
     return acc.to(out_dtype)
 
 
-def _w8a8_gemm(op, qdtype, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
-    checks.check_tensor(op, "a", a, dtypes=(qdtype,), shape=(None, None))
-    m, k = a.shape
-    dev = a.device
-    checks.check_k(op, k, 16)
-    checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m,), device=dev)
-    checks.check_tensor(op, "w", w, dtypes=(qdtype,), shape=(None, k), device=dev)
-    n = w.shape[0]
-    checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n,), device=dev)
-    acc = (a.float() @ w.float().t()) * a_scale[:, None] * w_scale[None, :]
-    return _epilogue(op, acc, m, n, bias, lowrank_act, lora_up, out_dtype, dev)
-
-
 def w8a8_int8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
-    return _w8a8_gemm("w8a8_int8_gemm", torch.int8, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
+    check_gemm_args("w8a8_int8_gemm", a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
+    acc = (a.float() @ w.float().t()) * a_scale[:, None] * w_scale[None, :]
+    return _epilogue(acc, bias, lowrank_act, lora_up, out_dtype)
 
 
 def w8a8_fp8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
-    return _w8a8_gemm("w8a8_fp8_gemm", torch.float8_e4m3fn, a, a_scale, w, w_scale, bias, lowrank_act, lora_up,
-                      out_dtype)
-
-
-def _check_int4_weight(op, w, w_scale, k, dev, group_sizes):
-    checks.check_tensor(op, "w", w, dtypes=(torch.uint8,), shape=(None, k // 2), device=dev)
-    n = w.shape[0]
-    checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n, None), device=dev)
-    groups = w_scale.shape[1]
-    if groups == 0 or k % groups or k // groups not in group_sizes:
-        checks._fail(op, f"w_scale has {groups} groups for K={k}; the group size must be one of {group_sizes}")
-    return n
+    check_gemm_args("w8a8_fp8_gemm", a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
+    acc = (a.float() @ w.float().t()) * a_scale[:, None] * w_scale[None, :]
+    return _epilogue(acc, bias, lowrank_act, lora_up, out_dtype)
 
 
 def w4a8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
-    op = "w4a8_gemm"
-    checks.check_tensor(op, "a", a, dtypes=(torch.int8,), shape=(None, None))
-    m, k = a.shape
-    dev = a.device
-    checks.check_k(op, k, 64)
-    checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m,), device=dev)
-    n = _check_int4_weight(op, w, w_scale, k, dev, (64, 128))
+    check_gemm_args("w4a8_gemm", a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
     wd = dequantize_groups(unpack_int4(w), w_scale)
     acc = (a.float() @ wd.t()) * a_scale[:, None]
-    return _epilogue(op, acc, m, n, bias, lowrank_act, lora_up, out_dtype, dev)
+    return _epilogue(acc, bias, lowrank_act, lora_up, out_dtype)
 
 
 def w4a4_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
-    op = "w4a4_gemm"
-    checks.check_tensor(op, "a", a, dtypes=(torch.uint8,), shape=(None, None))
-    m, k = a.shape[0], a.shape[1] * 2
-    dev = a.device
-    checks.check_k(op, k, INT4_ACT_GROUP_SIZE)
-    checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m, k // INT4_ACT_GROUP_SIZE),
-                        device=dev)
-    n = _check_int4_weight(op, w, w_scale, k, dev, (INT4_ACT_GROUP_SIZE,))
+    check_gemm_args("w4a4_gemm", a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
     ad = dequantize_groups(unpack_int4(a), a_scale)
     wd = dequantize_groups(unpack_int4(w), w_scale)
-    return _epilogue(op, ad @ wd.t(), m, n, bias, lowrank_act, lora_up, out_dtype, dev)
+    return _epilogue(ad @ wd.t(), bias, lowrank_act, lora_up, out_dtype)
 
 
 # ---------------------------------------------------------------- conv2d (NHWC)
