@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 
 install: $(VENV)/.qengine-installed
 
-$(VENV)/.qengine-installed: pyproject.toml setup.py
+$(VENV)/.qengine-installed: pyproject.toml $(wildcard setup.py)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH),$(PY) -m pip install -q $(TORCH))
