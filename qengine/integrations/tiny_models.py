@@ -280,6 +280,14 @@ def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=gen, dtype=torch.float32)
 
 
+def _pipeline_latents(arch: str, model: nn.Module, guidance: float, **inputs: torch.Tensor):
+    """Run the arch's pipeline on ``model`` for NUM_STEPS from clones of ``inputs``: ``(pipe, latents)``."""
+    pipe = _pipeline(arch, model)
+    out = pipe(**{k: v.clone() for k, v in inputs.items()}, height=_PIXELS, width=_PIXELS,
+               num_inference_steps=NUM_STEPS, guidance_scale=guidance, output_type="latent", return_dict=False)[0]
+    return pipe, out
+
+
 def _make_sampler(arch: str, seed: int) -> Callable[[nn.Module], torch.Tensor]:
     # Noise and conditioning come from their own generator (seed offset so they are not the same
     # numbers as the weights) and are fixed here, once; every call reuses clones of them.
@@ -291,18 +299,8 @@ def _make_sampler(arch: str, seed: int) -> Callable[[nn.Module], torch.Tensor]:
         neg_text = _randn(gen, BATCH, TEXT_LEN, TEXT_DIM)
 
         def run(model: nn.Module) -> torch.Tensor:
-            pipe = _pipeline(arch, model)
-            return pipe(
-                prompt_embeds=text.clone(),
-                negative_prompt_embeds=neg_text.clone(),
-                latents=noise.clone(),
-                height=_PIXELS,
-                width=_PIXELS,
-                num_inference_steps=NUM_STEPS,
-                guidance_scale=GUIDANCE,
-                output_type="latent",
-                return_dict=False,
-            )[0]
+            return _pipeline_latents(arch, model, GUIDANCE, prompt_embeds=text, negative_prompt_embeds=neg_text,
+                                     latents=noise)[1]
 
     elif arch == "flux":
         from diffusers import FluxPipeline
@@ -314,18 +312,8 @@ def _make_sampler(arch: str, seed: int) -> Callable[[nn.Module], torch.Tensor]:
         pooled = _randn(gen, BATCH, POOLED_DIM)
 
         def run(model: nn.Module) -> torch.Tensor:
-            pipe = _pipeline(arch, model)
-            out = pipe(
-                prompt_embeds=text.clone(),
-                pooled_prompt_embeds=pooled.clone(),
-                latents=packed.clone(),
-                height=_PIXELS,
-                width=_PIXELS,
-                num_inference_steps=NUM_STEPS,
-                guidance_scale=3.5,
-                output_type="latent",
-                return_dict=False,
-            )[0]
+            pipe, out = _pipeline_latents(arch, model, 3.5, prompt_embeds=text, pooled_prompt_embeds=pooled,
+                                          latents=packed)
             # output_type="latent" returns FLUX's packed (B, tokens, 4*C) layout.
             return FluxPipeline._unpack_latents(out, _PIXELS, _PIXELS, pipe.vae_scale_factor)
 
@@ -337,20 +325,9 @@ def _make_sampler(arch: str, seed: int) -> Callable[[nn.Module], torch.Tensor]:
         neg_pooled = _randn(gen, BATCH, POOLED_DIM)
 
         def run(model: nn.Module) -> torch.Tensor:
-            pipe = _pipeline(arch, model)
-            return pipe(
-                prompt_embeds=text.clone(),
-                pooled_prompt_embeds=pooled.clone(),
-                negative_prompt_embeds=neg_text.clone(),
-                negative_pooled_prompt_embeds=neg_pooled.clone(),
-                latents=noise.clone(),
-                height=_PIXELS,
-                width=_PIXELS,
-                num_inference_steps=NUM_STEPS,
-                guidance_scale=GUIDANCE,
-                output_type="latent",
-                return_dict=False,
-            )[0]
+            return _pipeline_latents(arch, model, GUIDANCE, prompt_embeds=text, pooled_prompt_embeds=pooled,
+                                     negative_prompt_embeds=neg_text, negative_pooled_prompt_embeds=neg_pooled,
+                                     latents=noise)[1]
 
     elif arch == "unet2d":
         noise = _randn(gen, BATCH, 1, _LATENT, _LATENT)
