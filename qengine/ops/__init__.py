@@ -18,7 +18,7 @@ from .checks import OpInputError
 
 BACKENDS = ("auto", "reference")
 
-_ext = _extension.load_extension()
+_extension.load_extension()  # importing qengine._C (if built) registers its CUDA kernels
 MISSING_CUDA_KERNELS = library.register_missing_cuda_kernels(", ".join(_extension.compiled_archs()))
 
 _QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8", "w8a8-fp8": "quantize_act_fp8", "w4a8": "quantize_act_int8",
