@@ -1,0 +1,39 @@
+// Per-token dynamic activation quantization (torch-free launcher).
+//
+// Math (the contract of qengine.formats.spec, bit for bit):
+//   xs[m,k]  = float(x[m,k]) / float(smooth[k])        (IEEE fp32 division; no smooth: xs = x)
+//   absmax   = max_k |xs[m,k]|
+//   scale[m] = absmax / QMAX  (127 for INT8, 448 for FP8; IEEE fp32 division), or 1 if absmax == 0
+//   INT8: q = clamp(rint_half_even(xs / scale), -127, 127)
+//   FP8 : q = e4m3_rne(clamp(xs / scale, -448, 448))
+//
+// One pass over X: each row is read once into registers (rows up to the kernel's register
+// capacity, 16384 16-bit elements), reduced, then quantized from registers. Longer rows re-read
+// the tail from global memory (L2). Quantized bytes are written once.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "qengine/types.h"
+
+namespace qengine {
+
+struct QuantizeActParams {
+  const void* x;          // [M, K] x_type, row stride ldx elements; 16-byte aligned rows
+  int64_t ldx;            // elements between rows of x (>= K, multiple of 16 bytes / element size)
+  FloatType x_type;
+  const void* smooth;     // [K] smooth_type, or nullptr for no smoothing
+  FloatType smooth_type;  // must be x_type or kFP32
+  void* q;                // [M, K] int8 or fp8 e4m3, contiguous (row stride K)
+  float* scale;           // [M] fp32
+  int64_t M;
+  int64_t K;              // multiple of 16
+  QuantType q_type;
+  int sm_count;           // multiprocessors of the device (the grid is sized to what stays resident)
+};
+
+// Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.
+cudaError_t quantize_act(const QuantizeActParams& p, cudaStream_t stream);
+
+}  // namespace qengine

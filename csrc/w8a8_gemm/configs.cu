@@ -1,0 +1,105 @@
+// Named tile configs, the (M, N, K) heuristic, and the launcher routing a config to its kernel.
+#include <cstdint>
+
+#include "kernels.h"
+#include "qengine/w8a8_gemm.h"
+
+namespace qengine {
+namespace {
+
+using RunFn = cudaError_t (*)(const W8A8GemmParams&, cudaStream_t);
+using WorkspaceFn = size_t (*)(const W8A8GemmParams&);
+
+struct Entry {
+  RunFn run;
+  WorkspaceFn workspace;
+};
+
+#define QENGINE_ENTRY(NS, NAME) Entry{NS::NAME##_run, NS::NAME##_workspace}
+
+// The kernel for (config, input type), or {nullptr, nullptr} where this build has none.
+Entry entry(W8A8TileConfig c, QuantType t) {
+  const bool fp8 = t == QuantType::kFP8E4M3;
+  switch (c) {
+#ifdef QENGINE_HAS_SM90
+    case W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_64x64x128_pingpong_c1x4)
+                 : QENGINE_ENTRY(sm90, int8_sm90_64x64x128_pingpong_c1x4);
+    case W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c2x1)
+                 : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c2x1);
+#endif
+    case W8A8TileConfig::kSm80_32x64x128:
+#ifdef QENGINE_HAS_SM89_FP8
+      if (fp8) return QENGINE_ENTRY(sm80, fp8_sm80_32x64x128);
+#endif
+#ifdef QENGINE_HAS_SM80
+      if (!fp8) return QENGINE_ENTRY(sm80, int8_sm80_32x64x128);
+#endif
+      break;
+    case W8A8TileConfig::kSm80_128x128x64:
+#ifdef QENGINE_HAS_SM89_FP8
+      if (fp8) return QENGINE_ENTRY(sm80, fp8_sm80_128x128x64);
+#endif
+#ifdef QENGINE_HAS_SM80
+      if (!fp8) return QENGINE_ENTRY(sm80, int8_sm80_128x128x64);
+#endif
+      break;
+    default:
+      break;
+  }
+  (void)fp8;
+  return {nullptr, nullptr};
+}
+
+#undef QENGINE_ENTRY
+
+}  // namespace
+
+const char* tile_config_name(W8A8TileConfig c) {
+  switch (c) {
+    case W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4: return "sm90_64x64x128_pingpong_c1x4";
+    case W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1: return "sm90_128x128x128_pingpong_c2x1";
+    case W8A8TileConfig::kSm80_32x64x128: return "sm80_32x64x128";
+    case W8A8TileConfig::kSm80_128x128x64: return "sm80_128x128x64";
+    default: return "unknown";
+  }
+}
+
+bool tile_config_is_sm90(W8A8TileConfig c) {
+  return c == W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4 || c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1;
+}
+
+W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90) {
+  if (!sm90) return M <= 64 ? W8A8TileConfig::kSm80_32x64x128 : W8A8TileConfig::kSm80_128x128x64;
+  // Thresholds from the H200 sweep over every model shape (notes/kernels.md, 132 SMs).
+  const int64_t tiles_128 = ((M + 127) / 128) * static_cast<int64_t>((N + 127) / 128);
+  // Tiny INT8 problems (a few microseconds): the mma.sync kernel has the lowest fixed cost
+  // (no cluster launch, no TMA descriptors) and wins by 5-15% there.
+  if (t == QuantType::kInt8 && M <= 128 && K <= 1536 && tiles_128 < 66 &&
+      tile_config_compiled(W8A8TileConfig::kSm80_32x64x128, t))
+    return W8A8TileConfig::kSm80_32x64x128;
+  // Few tokens, or under half a wave of 128x128 tiles: 64x64 tiles spread the work over 4x as
+  // many SMs (SD1.5/SDXL text and low-resolution layers, SD3 text stream).
+  if (M <= 64 || tiles_128 < 66) return W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4;
+  // Everything else: 128x128 ping-pong (the two consumer warpgroups overlap one tile's epilogue
+  // with the other's mainloop). FLUX image stream: 1300-1400 TOPS.
+  return W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1;
+}
+
+bool tile_config_compiled(W8A8TileConfig c, QuantType t) { return entry(c, t).run != nullptr; }
+
+size_t w8a8_gemm_workspace_bytes(const W8A8GemmParams& p, W8A8TileConfig c) {
+  Entry e = entry(c, p.in_type);
+  return e.workspace ? e.workspace(p) : 0;
+}
+
+cudaError_t w8a8_gemm(const W8A8GemmParams& p, W8A8TileConfig c, cudaStream_t stream) {
+  if (p.M <= 0 || p.N <= 0 || p.K <= 0 || p.K % 16 || p.N % 8) return cudaErrorInvalidValue;
+  if (p.out_type != FloatType::kBF16 && p.out_type != FloatType::kFP16) return cudaErrorInvalidValue;
+  Entry e = entry(c, p.in_type);
+  if (e.run == nullptr) return cudaErrorNotSupported;
+  return e.run(p, stream);
+}
+
+}  // namespace qengine

@@ -1,0 +1,6 @@
+// int8 W8A8 GEMM, mma.sync (sm_80+), tile config 128x128x64 (bf16 and fp16 outputs).
+#include "gemm_sm80.cuh"
+
+namespace qengine::sm80 {
+QENGINE_SM80_DEFINE(int8_sm80_128x128x64, int8_t, W8A8TileConfig::kSm80_128x128x64)
+}  // namespace qengine::sm80

@@ -1,0 +1,6 @@
+// int8 W8A8 GEMM, mma.sync (sm_80+), tile config 32x64x128 (bf16 and fp16 outputs).
+#include "gemm_sm80.cuh"
+
+namespace qengine::sm80 {
+QENGINE_SM80_DEFINE(int8_sm80_32x64x128, int8_t, W8A8TileConfig::kSm80_32x64x128)
+}  // namespace qengine::sm80

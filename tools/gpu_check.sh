@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build qengine._C, run the GPU tests, run the GEMM benchmark.
+# Logs and results go to $OUT (default ./out/gpu_check). Expects the nvidia-cutlass wheel in
+# .whl/ where it is not installed (GPU machines without network).
+#
+#   tools/gpu_check.sh [build|test|bench|all|sanitize] ...   (default: all; sanitize only when named)
+#   ARCHS="89;90a" BENCH_ARGS="--models flux1-dev --sweep-configs" tools/gpu_check.sh all
+#   SAN_K="quantize or m_sweep" tools/gpu_check.sh sanitize   (pytest -k expression)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+STEPS=${*:-all}
+
+if ! python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("cutlass_library") is None)'; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/nvidia_cutlass-*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+has() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
+
+if has build; then
+  t0=$SECONDS
+  QENGINE_BUILD_CUDA=1 QENGINE_CUDA_ARCHS=${ARCHS:-"89;90a"} MAX_JOBS=${MAX_JOBS:-16} \
+    python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+  rc=$?
+  grep -E "qengine: compiled|error" "$OUT/build.log" | tail -40
+  echo "build rc=$rc in $((SECONDS - t0))s"
+  [[ $rc -eq 0 ]] || { tail -60 "$OUT/build.log"; exit 1; }
+fi
+
+if has test; then
+  t0=$SECONDS
+  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -x -p no:cacheprovider tests/gpu ${TEST_ARGS:-} \
+    >"$OUT/test.log" 2>&1
+  echo "tests rc=$? in $((SECONDS - t0))s"
+  grep -E "passed|failed|error|Error|assert" "$OUT/test.log" | tail -25
+fi
+
+if has bench; then
+  t0=$SECONDS
+  timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_gemm.py --out-dir "$OUT" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+  echo "bench rc=$? in $((SECONDS - t0))s"
+  tail -5 "$OUT/bench.log"
+  [[ -f "$OUT/bench_gemm.md" ]] && cat "$OUT/bench_gemm.md"
+fi
+
+if [[ " $STEPS " == *" sanitize "* ]]; then
+  # memcheck over the kernel tests (the caching allocator off so out-of-bounds accesses are seen).
+  t0=$SECONDS
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout ${SAN_TIMEOUT:-240} compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 -m pytest -q -p no:cacheprovider tests/gpu/test_w8a8_kernels.py -k "${SAN_K:-not real_shapes}" \
+    >"$OUT/sanitize.log" 2>&1
+  echo "compute-sanitizer memcheck rc=$? in $((SECONDS - t0))s"
+  grep -E "ERROR SUMMARY|passed|failed|Invalid" "$OUT/sanitize.log" | tail -8
+fi
