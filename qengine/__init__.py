@@ -7,7 +7,7 @@
     qengine.load(float_model, "ckpt_dir")
 """
 from . import ops  # registers torch.ops.qengine.*
-from ._extension import backend_description, compiled_archs
+from ._extension import backend_description, build_info, compiled_archs
 from .api import is_quantized, model_bytes, plan, quantize, summary
 from .checkpoint import CheckpointError, load, save
 from .config import PRESETS, ConfigError, LayerQuantConfig, QuantConfig
@@ -17,6 +17,6 @@ from .version import __version__
 
 __all__ = [
     "PRESETS", "CheckpointError", "ConfigError", "LayerQuantConfig", "QConv2d", "QLinear", "QuantConfig",
-    "TemporalCache", "TemporalCacheError", "__version__", "backend_description", "compiled_archs",
+    "TemporalCache", "TemporalCacheError", "__version__", "backend_description", "build_info", "compiled_archs",
     "enable_temporal_cache", "is_quantized", "load", "model_bytes", "ops", "plan", "quantize", "save", "summary",
 ]

@@ -16,12 +16,15 @@ def load_extension():
         return None
 
 
+def build_info() -> dict:
+    """What the installed ``qengine._C`` holds (archs, CUDA and CUTLASS versions, ops); {} if not built."""
+    ext = load_extension()
+    return {} if ext is None else dict(ext.build_info())
+
+
 def compiled_archs() -> list[str]:
     """GPU archs the installed ``qengine._C`` holds kernels for (e.g. ``['sm_80', 'sm_90a']``)."""
-    ext = load_extension()
-    if ext is None:
-        return []
-    return list(ext.build_info().get("archs", []))
+    return list(build_info().get("archs", []))
 
 
 def backend_description(device: torch.device | str | None = None) -> str:

@@ -21,18 +21,26 @@ __all__ = [
 ]
 
 
+# (qmin, qmax, QMAX of the scale rule) as plain numbers: torch.compile traces these functions
+# (backend="reference") and older dynamo versions cannot trace the FormatSpec enum values.
+_RANGES = {f: (float(f.spec.qmin), float(f.spec.qmax), f.scale_divisor) for f in Format}
+
+
 def absmax_scale(absmax: torch.Tensor, fmt: Format) -> torch.Tensor:
     """float32 scale from a float32 absmax: ``absmax / QMAX``, or 1 where absmax is 0."""
-    scale = absmax.float() / fmt.scale_divisor
+    absmax = absmax.float()
+    # Divide by a tensor, not a Python number: CUDA turns division by a scalar into a multiply
+    # by its reciprocal, which is not the IEEE division the format specifies.
+    scale = absmax / torch.full_like(absmax, _RANGES[fmt][2])
     return torch.where(absmax > 0, scale, torch.ones_like(scale))
 
 
 def round_to_format(scaled: torch.Tensor, fmt: Format) -> torch.Tensor:
-    spec = fmt.spec
+    qmin, qmax, _ = _RANGES[fmt]
     if fmt is Format.FP8_E4M3:
         # Clamp first: the E4M3 conversion of an out-of-range float is NaN, never saturation.
-        return scaled.clamp(spec.qmin, spec.qmax).to(torch.float8_e4m3fn)
-    return torch.round(scaled).clamp(spec.qmin, spec.qmax).to(torch.int8)
+        return scaled.clamp(qmin, qmax).to(torch.float8_e4m3fn)
+    return torch.round(scaled).clamp(qmin, qmax).to(torch.int8)
 
 
 def quantize_rows(x: torch.Tensor, fmt: Format) -> tuple[torch.Tensor, torch.Tensor]:

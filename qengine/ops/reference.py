@@ -177,7 +177,8 @@ def check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, d
 
 
 def _conv2d(op, fmt, x, w, w_scale, bias, x_scale, stride, padding, dilation):
-    check_conv_args(op, fmt.spec.storage_dtype, x, w, w_scale, bias, x_scale, stride, padding, dilation)
+    qdtype = torch.int8 if fmt is Format.INT8 else torch.float8_e4m3fn
+    check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation)
     b = x.shape[0]
     xf = x.float().reshape(b, -1)
     if x_scale is None:
