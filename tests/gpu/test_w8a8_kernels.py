@@ -158,6 +158,15 @@ def test_quantize_edge_rows(kind, dtype):
     base = torch.randint(-254, 255, (k,), generator=g).float() / 2
     base[0] = 127.0
     rows.append(base * 0.37109375)
+    # The kernel's exact division without a divide (scale within [2^-64, 2^64]): values within 3
+    # ulps of (n + 0.5) * s for a scale that is no power of two, and signed zeros (the E4M3 byte of
+    # -0 is 0x80). Then a row whose scale exceeds 2^64 (the IEEE-division path).
+    s = 0.7310585
+    t = (torch.randint(-127, 127, (k,), generator=g).float() + 0.5) * s
+    t = (t.view(torch.int32) + torch.randint(-3, 4, (k,), generator=g, dtype=torch.int32)).view(torch.float32)
+    t[0], t[1], t[2] = 127 * s, -0.0, 0.0
+    rows.append(t)
+    rows.append(torch.randn(k, generator=g) * 1e30)
     x = torch.stack(rows).to(dtype).to(DEV)  # bf16 rounding is fine: the reference sees the same x
     q, scale, _ = getattr(torch.ops.qengine, op)(x, None, None)
     rq, rscale, _ = getattr(ref, op)(x.cpu(), None, None)

@@ -8,8 +8,10 @@
 //   FP8 : q = e4m3_rne(clamp(xs / scale, -448, 448))
 //
 // One pass over X: each row is read once into registers (rows up to the kernel's register
-// capacity, 16384 16-bit elements), reduced, then quantized from registers. Longer rows re-read
-// the tail from global memory (L2). Quantized bytes are written once.
+// capacity, 8192 16-byte vectors: 65536 16-bit or 32768 fp32 elements), reduced, then quantized
+// from registers. Longer rows re-read the tail from global memory (L2). Quantized bytes are
+// written once. Bit-exact with the math above for all finite inputs (the division by the scale is
+// computed without a divide instruction but exactly rounded: see quantize_act.cu).
 #pragma once
 
 #include <cstdint>
