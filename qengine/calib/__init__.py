@@ -1,0 +1,15 @@
+"""Diffusion-aware calibration (offline; never imported at inference).
+
+    from qengine.calib import calibrate
+    result = calibrate(model, "w4a8", run_pipeline=lambda: sample(model, labels))
+    result.save("w4a8.calib.safetensors")
+    qengine.quantize(model, calibration=result)
+
+See calibrate.py for the steps and notes/calibration.md for the design and the numbers.
+"""
+from .calibrate import calibrate, mixed_precision_plan
+from .result import CalibrationError, CalibrationResult, summary_table
+from .search import SearchOptions
+
+__all__ = ["CalibrationError", "CalibrationResult", "SearchOptions", "calibrate", "mixed_precision_plan",
+           "summary_table"]

@@ -1,0 +1,1 @@
+"""Evaluation of quantized reference models: PSNR/SSIM, FID, class accuracy, reports (see run.py)."""

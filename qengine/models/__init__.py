@@ -1,0 +1,1 @@
+"""Reference models trained on Fashion-MNIST, and their sampler (see reference.py)."""
