@@ -11,9 +11,7 @@ from torch import nn
 
 from .config import LayerQuantConfig, QuantConfig
 from .integrations.diffusers import find_denoiser, keep_16bit_patterns
-from .formats import get_scheme
 from .nn import QConv2d, QLinear, check_conv_module, check_linear_shape, max_lowrank
-from .nn.quantize_weight import lowrank_split
 
 
 @dataclass
@@ -141,58 +139,14 @@ def calibrated_layer(mod: nn.Module, cfg: LayerQuantConfig, lc: dict[str, Any], 
     ``lc`` keys (all optional): ``smooth`` [K] (Linear), ``lora_down`` [r, K] / ``lora_up`` [N, r]
     (Linear), ``clip`` (ratio of each weight row's or group's absmax kept before rounding; 1 = none)
     and ``input_scale`` [1] (Conv2d static activation scale).
-
-    The modules quantize with absmax scales, so clipping is applied by handing ``from_float`` the
-    weight whose smoothed low-rank residual is the clipped one: W' = (clip(W*s - U D) + U D) / s.
-    The smooth vector and factors are first rounded to the model's dtype, the precision the
-    module stores them in, so the residual the module quantizes is exactly the clipped one.
     """
-    w = mod.weight.detach()
-    dtype = w.dtype
     clip = float(lc.get("clip", 1.0))
     if isinstance(mod, nn.Conv2d):
-        wf = w.float()
-        if clip < 1.0:
-            lim = wf.abs().amax(dim=(1, 2, 3), keepdim=True) * clip
-            wf = torch.maximum(torch.minimum(wf, lim), -lim)
-        tmp = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
-                        bias=mod.bias is not None, device="meta")
-        tmp.weight = nn.Parameter(wf.to(dtype), requires_grad=False)
-        tmp.bias = mod.bias
-        return QConv2d.from_float(tmp, cfg, input_scale=lc.get("input_scale"), backend=backend)
-    smooth = lc.get("smooth")
-    smooth = None if smooth is None else smooth.to(w.device, dtype).float()
+        return QConv2d.from_float(mod, cfg, input_scale=lc.get("input_scale"), clip=clip, backend=backend)
     lowrank = None
     if cfg.rank and lc.get("lora_down") is not None:
-        lowrank = (lc["lora_down"].to(w.device, dtype).float(), lc["lora_up"].to(w.device, dtype).float())
-    wf = w.float() * (smooth[None, :] if smooth is not None else 1.0)
-    if cfg.rank and lowrank is None:
-        lowrank = tuple(t.to(dtype).float() for t in lowrank_split(wf, cfg.rank))
-    lr = lowrank[1] @ lowrank[0] if lowrank is not None else torch.zeros_like(wf)
-    resid = clip_weight(wf - lr, clip, get_scheme(cfg.scheme), cfg.group_size)
-    eff = (resid + lr) / (smooth[None, :] if smooth is not None else 1.0)
-    tmp = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
-    tmp.weight = nn.Parameter(eff, requires_grad=False)
-    tmp.bias = None if mod.bias is None else nn.Parameter(mod.bias.detach().float(), requires_grad=False)
-    q = QLinear.from_float(tmp, cfg, smooth=smooth, lowrank=lowrank, backend=backend)
-    # Built in float32 from values exact in ``dtype``: store the 16-bit parts as the model does.
-    for name in ("bias", "smooth", "lora_down", "lora_up"):
-        t = getattr(q, name)
-        if t is not None:
-            setattr(q, name, t.to(dtype))
-    return q
-
-
-def clip_weight(w: torch.Tensor, clip: float, scheme, group_size: int) -> torch.Tensor:
-    """Clamp each row (per-channel schemes) or each K-group (grouped 4-bit) of ``w`` to ``clip`` x its absmax."""
-    if clip >= 1.0:
-        return w
-    if scheme.weight_grouped:
-        g = w.reshape(w.shape[0], -1, group_size)
-        lim = g.abs().amax(dim=2, keepdim=True) * clip
-        return torch.maximum(torch.minimum(g, lim), -lim).reshape(w.shape)
-    lim = w.abs().amax(dim=1, keepdim=True) * clip
-    return torch.maximum(torch.minimum(w, lim), -lim)
+        lowrank = (lc["lora_down"], lc["lora_up"])
+    return QLinear.from_float(mod, cfg, smooth=lc.get("smooth"), lowrank=lowrank, clip=clip, backend=backend)
 
 
 def build_empty_layer(spec: dict[str, Any], dtype: torch.dtype, device, backend: str) -> nn.Module:

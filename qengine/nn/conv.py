@@ -16,7 +16,8 @@ from torch import nn
 
 from .. import ops
 from ..config import LayerQuantConfig
-from ..formats import get_scheme, quantize_rows
+from ..formats import get_scheme
+from .quantize_weight import quantize_weight
 
 
 def _pair(v) -> tuple[int, int]:
@@ -47,7 +48,8 @@ class QConv2d(nn.Module):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, layer_config: LayerQuantConfig, *, input_scale: torch.Tensor | None = None,
-                   backend: str = "auto") -> QConv2d:
+                   clip: float = 1.0, backend: str = "auto") -> QConv2d:
+        """Quantize ``conv``; ``clip`` < 1 clamps each output channel to that fraction of its absmax."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"QConv2d.from_float expects nn.Conv2d, got {type(conv).__name__}")
         check_conv_module(conv, layer_config)
@@ -56,7 +58,7 @@ class QConv2d(nn.Module):
                 padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
                 static_input_scale=input_scale is not None, dtype=w.dtype, device=w.device, backend=backend)
         o = conv.out_channels
-        qw, qs = quantize_rows(w.permute(0, 2, 3, 1).reshape(o, -1), q.scheme.weight)
+        qw, qs = quantize_weight(q.scheme, w.permute(0, 2, 3, 1).reshape(o, -1).float(), 0, clip)
         q.weight.copy_(qw.reshape(q.weight.shape))
         q.weight_scale.copy_(qs)
         if conv.bias is not None:

@@ -43,12 +43,14 @@ class QLinear(nn.Module):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, layer_config: LayerQuantConfig, *, smooth: torch.Tensor | None = None,
-                   lowrank: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "auto") -> QLinear:
+                   lowrank: tuple[torch.Tensor, torch.Tensor] | None = None, clip: float = 1.0,
+                   backend: str = "auto") -> QLinear:
         """Quantize ``linear`` with round-to-nearest.
 
         ``smooth`` [K] divides activations (and multiplies weight columns); ``lowrank`` =
         ``(lora_down [r, K], lora_up [N, r])`` is the 16-bit branch; without it a rank-r
-        truncated SVD of the (smoothed) weight is used when ``layer_config.rank > 0``.
+        truncated SVD of the (smoothed) weight is used when ``layer_config.rank > 0``. ``clip``
+        < 1 clamps the residual's rows (or groups) to that fraction of their absmax before rounding.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QLinear.from_float expects nn.Linear, got {type(linear).__name__}")
@@ -66,7 +68,7 @@ class QLinear(nn.Module):
             q.lora_up.copy_(up)
             # The residual uses the factors as stored (16-bit), so branch + residual add up to W.
             wf = wf - q.lora_up.float() @ q.lora_down.float()
-        qw, qs = quantize_weight(q.scheme, wf, layer_config.group_size)
+        qw, qs = quantize_weight(q.scheme, wf, layer_config.group_size, clip)
         q.weight.copy_(qw)
         q.weight_scale.copy_(qs)
         if linear.bias is not None:

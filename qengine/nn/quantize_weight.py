@@ -13,8 +13,25 @@ def weight_shapes(scheme: Scheme, n: int, k: int, group_size: int):
     return ((n, k), scheme.weight.spec.storage_dtype), ((n,), torch.float32)
 
 
-def quantize_weight(scheme: Scheme, w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize a float [N, K] weight: per output channel, or packed INT4 in groups along K."""
+def clip_weight(w: torch.Tensor, clip: float, scheme: Scheme, group_size: int) -> torch.Tensor:
+    """Clamp each row (per-channel schemes) or each K-group (grouped 4-bit) of ``w`` to ``clip`` x its absmax."""
+    if clip >= 1.0:
+        return w
+    if scheme.weight_grouped:
+        g = w.reshape(w.shape[0], -1, group_size)
+        lim = g.abs().amax(dim=2, keepdim=True) * clip
+        return torch.maximum(torch.minimum(g, lim), -lim).reshape(w.shape)
+    lim = w.abs().amax(dim=1, keepdim=True) * clip
+    return torch.maximum(torch.minimum(w, lim), -lim)
+
+
+def quantize_weight(scheme: Scheme, w: torch.Tensor, group_size: int,
+                    clip: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a float [N, K] weight: per output channel, or packed INT4 in groups along K.
+
+    ``clip`` < 1 first clamps each row or group to that fraction of its absmax (a clipping
+    search trades the outliers' error for a finer grid everywhere else)."""
+    w = clip_weight(w, clip, scheme, group_size)
     if scheme.weight_grouped:
         q, scale = quantize_groups(w, scheme.weight, group_size)
         return pack_int4(q), scale
