@@ -128,13 +128,19 @@ def search_linear(mod: nn.Linear, cfg: LayerQuantConfig, x: torch.Tensor, x_absm
         tried[alpha] = e
         if e < best_err:
             best_alpha, best_calib, best_err = alpha, c, e
-    best_clip = 1.0
-    for clip in (opts.clips[1:] if opts.clip else ()):
-        e = _linear_err(mod, cfg, {**best_calib, "clip": clip}, x, ref)
-        if e < best_err:
-            best_clip, best_err = clip, e
+    best_clip, best_err = _search_clip(lambda c: _linear_err(mod, cfg, c, x, ref), best_calib, best_err, opts)
     best_calib["clip"] = best_clip
     return LayerSearch(best_calib, err_rtn, best_err, {"alpha": best_alpha, "clip": best_clip, "alpha_errors": tried})
+
+
+def _search_clip(err_fn, calib: dict, best_err: float, opts: SearchOptions) -> tuple[float, float]:
+    """The weight clip ratio (1 = none) that lowers ``err_fn(calib + clip)`` most, and that error."""
+    best_clip = 1.0
+    for clip in (opts.clips[1:] if opts.clip else ()):
+        e = err_fn({**calib, "clip": clip})
+        if e < best_err:
+            best_clip, best_err = clip, e
+    return best_clip, best_err
 
 
 @torch.no_grad()
@@ -159,11 +165,7 @@ def search_conv(mod: nn.Conv2d, cfg: LayerQuantConfig, x: torch.Tensor, step_abs
             e = _conv_err(mod, cfg, {"input_scale": scale}, x, ref)
             if e < best_err:
                 best, best_err, notes["input_scale"] = {"input_scale": scale}, e, f"static {frac:.1f} x absmax"
-    best_clip = 1.0
-    for clip in (opts.clips[1:] if opts.clip else ()):
-        e = _conv_err(mod, cfg, {**best, "clip": clip}, x, ref)
-        if e < best_err:
-            best_clip, best_err = clip, e
+    best_clip, best_err = _search_clip(lambda c: _conv_err(mod, cfg, c, x, ref), best, best_err, opts)
     best["clip"] = best_clip
     notes["clip"] = best_clip
     if split is not None:
