@@ -16,6 +16,7 @@
 #include "cutlass/util/packed_stride.hpp"
 
 #include "qengine/w8a8_gemm.h"
+#include "../cutlass_run.cuh"
 #include "../kernels.h"
 
 namespace qengine::sm90 {
@@ -110,16 +111,7 @@ struct ScaledGemm {
   static size_t workspace_bytes(const W8A8GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static cudaError_t run(const W8A8GemmParams& p, cudaStream_t stream) {
-    auto args = arguments(p);
-    Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return cudaErrorInvalidValue;
-    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-    if (gemm.run(stream) != cutlass::Status::kSuccess) {
-      cudaError_t e = cudaGetLastError();
-      return e == cudaSuccess ? cudaErrorLaunchFailure : e;
-    }
-    return cudaGetLastError();
+    return run_cutlass_gemm<Gemm>(arguments(p), p, stream);
   }
 };
 
