@@ -10,7 +10,7 @@ already installed:
 Environment:
   QENGINE_CUDA_ARCHS   target archs, ';'- or ','-separated, default "80;86;89;90a". Each is
                        compiled with its own -gencode; only the kernels an arch needs are built
-                       (the sm90 wgmma GEMMs only for 90a, FP8 mma.sync only for 89/90a).
+                       (csrc/*/sm90/ only for 90a, csrc/*/sm89/ (FP8 mma.sync) only for 89/90a).
   QENGINE_CUTLASS_DIR  a CUTLASS source checkout to use instead of the nvidia-cutlass wheel's
                        headers (see third_party/README.md for the pinned version).
   MAX_JOBS             parallel compile jobs (ninja).
@@ -87,9 +87,12 @@ def _gencode(arch: str) -> str:
 
 def _kernel_archs(src: str, archs: list[str]) -> list[str]:
     """The archs a torch-free kernel source is compiled for (same rule as tools/compile_kernels.sh)."""
-    if src.startswith("csrc/w8a8_gemm/sm90/"):
+    # By directory, for every kernel family: csrc/<family>/sm90/ holds wgmma/TMA code (90a only),
+    # csrc/<family>/sm89/ needs FP8 mma.sync (sm_89+), everything else builds for every arch.
+    parts = src.split("/")
+    if "sm90" in parts:
         return [a for a in archs if a == "90a"]
-    if src.startswith("csrc/w8a8_gemm/sm80/fp8_"):
+    if "sm89" in parts:
         return [a for a in archs if int(a.rstrip("a")) >= 89]
     return list(archs)
 

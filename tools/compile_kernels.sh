@@ -6,8 +6,8 @@
 #   ARCHS="90a" JOBS=4 tools/compile_kernels.sh
 #
 # Which archs a file gets (the same rule as setup.py):
-#   csrc/w8a8_gemm/sm90/*.cu      -> 90a only (wgmma/TMA)
-#   csrc/w8a8_gemm/sm80/fp8_*.cu  -> archs >= 89 (mma.sync e4m3)
+#   csrc/<family>/sm90/*.cu  -> 90a only (wgmma/TMA)
+#   csrc/<family>/sm89/*.cu  -> archs >= 89 (mma.sync e4m3)
 #   everything else               -> every arch
 # CUTLASS headers: $QENGINE_CUTLASS_DIR, else the nvidia-cutlass wheel (4.2.0.0) of the first of
 # $PYTHON, $VIRTUAL_ENV/bin/python, .venv/bin/python, python3 that has it installed.
@@ -39,8 +39,8 @@ archs_for() {  # file -> the archs it is compiled for
   local f=$1 a
   for a in $ARCHS; do
     case "$f" in
-      csrc/w8a8_gemm/sm90/*) [[ $a == 90a ]] && echo "$a" ;;
-      csrc/w8a8_gemm/sm80/fp8_*) [[ ${a%a} -ge 89 ]] && echo "$a" ;;
+      */sm90/*) [[ $a == 90a ]] && echo "$a" ;;
+      */sm89/*) [[ ${a%a} -ge 89 ]] && echo "$a" ;;
       *) echo "$a" ;;
     esac
   done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build qengine._C, run the GPU tests, run the GEMM benchmark.
 # Logs and results go to $OUT (default ./out/gpu_check). Expects the nvidia-cutlass wheel in
-# .whl/ where it is not installed (GPU machines without network).
+# ${WHL_DIR:-.whl}/ where it is not installed (GPU machines without network).
 #
 #   tools/gpu_check.sh [build|test|bench|all|sanitize] ...   (default: all; sanitize only when named)
 #   ARCHS="89;90a" BENCH_ARGS="--models flux1-dev --sweep-configs" tools/gpu_check.sh all
@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED=1
 STEPS=${*:-all}
 
 if ! python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("cutlass_library") is None)'; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/nvidia_cutlass-*.whl || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ${WHL_DIR:-.whl}/nvidia_cutlass-*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}

@@ -36,9 +36,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
         d["mma_fp8_gemm"] = false;
 #endif
-        d["ops"] = std::vector<std::string>{"quantize_act_int8", "quantize_act_fp8", "w8a8_int8_gemm", "w8a8_fp8_gemm"};
         return d;
       },
-      "What this build holds: {'archs': ['sm_80', ...], 'cuda_version', 'cutlass', 'ops', ...}.");
+      "What this build holds: {'archs': ['sm_80', ...], 'cuda_version', 'cutlass', ...}; which ops have CUDA kernels: qengine.ops.MISSING_CUDA_KERNELS.");
   qengine::bindings::register_gemm_debug(m);
 }

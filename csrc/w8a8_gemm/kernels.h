@@ -2,7 +2,7 @@
 // Which of them exist in a build depends on the target archs (see setup.py):
 //   QENGINE_HAS_SM90     sm90/*.cu  (sm_90a targeted)
 //   QENGINE_HAS_SM80     sm80/int8_*.cu (any target)
-//   QENGINE_HAS_SM89_FP8 sm80/fp8_*.cu (sm_89 or sm_90a targeted)
+//   QENGINE_HAS_SM89_FP8 sm89/*.cu (sm_89 or sm_90a targeted)
 #pragma once
 
 #include <cstddef>
