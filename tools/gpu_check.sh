@@ -6,6 +6,7 @@
 #   tools/gpu_check.sh [build|test|bench|all|sanitize] ...   (default: all; sanitize only when named)
 #   ARCHS="89;90a" BENCH_ARGS="--models flux1-dev --sweep-configs" tools/gpu_check.sh all
 #   SAN_K="quantize or m_sweep" tools/gpu_check.sh sanitize   (pytest -k expression)
+#   TEST_PATHS="tests/gpu/test_conv_kernels.py" BUILD_TEMP=/tmp/qe-build tools/gpu_check.sh build test
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -24,7 +25,7 @@ has() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
 if has build; then
   t0=$SECONDS
   QENGINE_BUILD_CUDA=1 QENGINE_CUDA_ARCHS=${ARCHS:-"89;90a"} MAX_JOBS=${MAX_JOBS:-16} \
-    python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+    python3 setup.py build_ext --inplace ${BUILD_TEMP:+--build-temp "$BUILD_TEMP"} >"$OUT/build.log" 2>&1
   rc=$?
   grep -E "qengine: compiled|error" "$OUT/build.log" | tail -40
   echo "build rc=$rc in $((SECONDS - t0))s"
@@ -33,7 +34,7 @@ fi
 
 if has test; then
   t0=$SECONDS
-  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -x -p no:cacheprovider tests/gpu ${TEST_ARGS:-} \
+  timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -x -p no:cacheprovider ${TEST_PATHS:-tests/gpu} ${TEST_ARGS:-} \
     >"$OUT/test.log" 2>&1
   echo "tests rc=$? in $((SECONDS - t0))s"
   grep -E "passed|failed|error|Error|assert" "$OUT/test.log" | tail -25
