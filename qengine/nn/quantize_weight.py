@@ -38,12 +38,26 @@ def quantize_weight(scheme: Scheme, w: torch.Tensor, group_size: int,
     return quantize_rows(w, scheme.weight)
 
 
-def lowrank_split(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lowrank_split(w: torch.Tensor, rank: int, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-``rank`` truncated SVD of ``w [N, K]``: ``(lora_down [r, K], lora_up [N, r])``, w ~= up @ down.
 
-    Computed in float64 (the tail singular values matter for the residual); the singular
-    values are split evenly between the factors so neither has an outsized range in 16 bits.
+    ``method``: "exact" is a float64 SVD (the tail singular values matter for the residual);
+    "randomized" is ``torch.svd_lowrank`` in float32 (oversampled by ``rank + 16``, 4 power
+    iterations): the top-r subspace of a 3072x12288 layer in milliseconds on a GPU, where the
+    float64 SVD takes seconds per layer and minutes per FLUX model. "auto" (default) picks
+    randomized for matrices on a GPU with min(N, K) >= 2048, else exact. Either way the residual
+    ``w - up @ down`` is exact arithmetic on whatever factors come out, so only how much of ``w``
+    the branch absorbs depends on the method. The singular values are split evenly between the
+    factors so neither has an outsized range in 16 bits.
     """
-    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    if method == "auto":
+        method = "randomized" if w.is_cuda and min(w.shape) >= 2048 else "exact"
+    if method == "randomized":
+        u, s, v = torch.svd_lowrank(w.float(), q=min(rank + 16, min(w.shape)), niter=4)
+        vh = v.mT
+    elif method == "exact":
+        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    else:
+        raise ValueError(f"lowrank_split: method must be 'auto', 'exact' or 'randomized', got {method!r}")
     root = s[:rank].sqrt()
     return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root[None, :]).float()

@@ -1,0 +1,451 @@
+"""End-to-end denoiser benchmark: one denoising step of real-size FLUX.1-dev / SD3-medium
+transformers and SDXL / SD1.5 UNets (real configs, random weights), per quantization mode.
+
+    python benchmarks/bench_pipeline.py --models flux1-dev sd3-medium --out-dir out/pipe
+    python benchmarks/bench_pipeline.py --models sdxl sd15 --modes bf16 bf16+compile fp8 int8 fp8+compile torchao-fp8+compile
+    python benchmarks/bench_pipeline.py --models flux1-dev --denoise-memory --modes bf16 w4a8-lr32
+    python benchmarks/bench_pipeline.py --tiny --device cpu --reps 1      # smoke run of the harness
+
+Per (model, mode), in one process and one run: per-step latency (CUDA events, median of --reps
+after --warmup steps), peak GPU memory during the step (weights + activations), the bytes of the
+denoiser's parameters and buffers, the time to quantize (and to compile: the first steps), and the
+output SQNR vs the bf16 model on the same inputs. Results are appended to ``bench_pipeline.json``
+as each mode finishes (``--resume`` skips rows already there, so a long sweep can span several
+calls on a time-limited GPU machine); CSV, markdown and a PNG are rewritten from it each time.
+
+Modes: ``bf16``; qengine ``fp8`` / ``int8`` (W8A8, per-token activations; UNets: linear + conv),
+``fp8-lr32`` (SVDQuant low-rank branch of rank 32), ``w4a8`` / ``w4a8-lr32``; ``torchao-fp8``
+(torchao Float8DynamicActivationFloat8Weight, per-row scales, on every Linear whose shape it
+accepts: what a torchao user would write). ``+compile`` compiles the model's repeated blocks
+(diffusers regional compilation: FLUX/SD3 transformer blocks, UNet resnet + transformer blocks)
+with the same call for every mode, so compile rows compare like with like.
+
+Inputs are real-shaped at the default resolution, batch 1 (no CFG doubling): FLUX 4096 image +
+512 text tokens (1024x1024), SD3 128x128 latent + 333 text tokens, SDXL 128x128 latent + 77
+tokens, SD1.5 64x64 latent + 77 tokens. ``--denoise-memory`` instead runs a short FLUX/SD3
+sampling loop (flow-matching Euler, --steps) and reports the peak GPU memory of the loop, with
+and without qengine's temporal feature cache + offload (the timestep path's weights leave the GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODEL_CONFIGS = {  # bench name -> qengine shipped config name
+    "flux1-dev": "flux1_dev_transformer",
+    "sd3-medium": "sd3_medium_transformer",
+    "sdxl": "sdxl_unet",
+    "sd15": "sd15_unet",
+}
+TINY_ARCHS = {"flux1-dev": "flux", "sd3-medium": "sd3", "sdxl": "unet2d_condition", "sd15": "unet2d_condition"}
+RESOLUTION = {"flux1-dev": 1024, "sd3-medium": 1024, "sdxl": 1024, "sd15": 512}
+TEXT_TOKENS = {"flux1-dev": 512, "sd3-medium": 333, "sdxl": 77, "sd15": 77}
+QENGINE_MODES = {  # mode -> (scheme, rank)
+    "fp8": ("w8a8-fp8", 0), "int8": ("w8a8-int8", 0), "fp8-lr32": ("w8a8-fp8", 32), "int8-lr32": ("w8a8-int8", 32),
+    "w4a8": ("w4a8", 0), "w4a8-lr32": ("w4a8", 32),
+}
+DEFAULT_MODES = ["bf16", "bf16+compile", "fp8", "fp8+compile", "fp8-lr32", "fp8-lr32+compile", "w4a8-lr32",
+                 "w4a8-lr32+compile", "torchao-fp8+compile"]
+# Blocks compiled by "+compile" (regional compilation; the same set for every mode).
+COMPILE_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock", "JointTransformerBlock",
+                  "BasicTransformerBlock", "ResnetBlock2D")
+
+
+@dataclass
+class Mode:
+    name: str
+    base: str
+    compile: bool
+
+    @classmethod
+    def parse(cls, name: str) -> "Mode":
+        base, plus, rest = name.partition("+")
+        if plus and rest != "compile":
+            raise SystemExit(f"mode {name!r}: the only suffix is '+compile'")
+        if base not in ("bf16", "torchao-fp8", *QENGINE_MODES):
+            raise SystemExit(f"unknown mode {name!r}; modes: bf16, torchao-fp8, {', '.join(QENGINE_MODES)} "
+                             "(each optionally +compile)")
+        return cls(name, base, bool(plus))
+
+
+# ----------------------------------------------------------------------------- models and inputs
+
+
+def build_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
+    """The denoiser with deterministic random weights (same seed -> same weights in every mode)."""
+    torch.manual_seed(seed)
+    if tiny:
+        from qengine.integrations.tiny_models import build_tiny
+        model, _ = build_tiny(TINY_ARCHS[name], seed=seed)
+        return model.to(device=device, dtype=dtype).eval()
+    import diffusers
+    from qengine.integrations.diffusers import MODEL_CONFIGS as CLASSES, load_model_config
+
+    cfg_name = MODEL_CONFIGS[name]
+    cls = getattr(diffusers, CLASSES[cfg_name])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters are created in 16 bits, directly on the GPU
+    try:
+        with torch.device(device):
+            model = cls.from_config(load_model_config(cfg_name))
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval()
+
+
+def make_inputs(name: str, model: nn.Module, tiny: bool, device, dtype, batch: int = 1) -> dict:
+    g = torch.Generator(device="cpu").manual_seed(1234)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    cfg = model.config
+    res = 64 if tiny else RESOLUTION[name]
+    text = 8 if tiny else TEXT_TOKENS[name]
+    if name == "flux1-dev":
+        side = res // 16 if not tiny else 4  # 2x2-packed 8x latent
+        n_img = side * side
+        img_ids = torch.zeros(n_img, 3)
+        img_ids[:, 1] = torch.arange(side).repeat_interleave(side)
+        img_ids[:, 2] = torch.arange(side).repeat(side)
+        inputs = dict(hidden_states=randn(batch, n_img, cfg.in_channels), encoder_hidden_states=randn(batch, text, cfg.joint_attention_dim),
+                      pooled_projections=randn(batch, cfg.pooled_projection_dim), timestep=torch.full((batch,), 0.7, device=device, dtype=dtype),
+                      img_ids=img_ids.to(device), txt_ids=torch.zeros(text, 3, device=device))
+        if cfg.guidance_embeds:
+            inputs["guidance"] = torch.full((batch,), 3.5, device=device, dtype=torch.float32)
+        return inputs
+    side = cfg.sample_size if tiny else res // 8
+    if name == "sd3-medium":
+        return dict(hidden_states=randn(batch, cfg.in_channels, side, side), encoder_hidden_states=randn(batch, text, cfg.joint_attention_dim),
+                    pooled_projections=randn(batch, cfg.pooled_projection_dim), timestep=torch.full((batch,), 700.0, device=device))
+    inputs = dict(sample=randn(batch, cfg.in_channels, side, side), timestep=torch.full((batch,), 700.0, device=device),
+                  encoder_hidden_states=randn(batch, text, cfg.cross_attention_dim))
+    if getattr(cfg, "addition_embed_type", None) == "text_time":  # SDXL
+        text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        inputs["added_cond_kwargs"] = dict(text_embeds=randn(batch, text_dim),
+                                           time_ids=torch.tensor([[res, res, 0, 0, res, res]] * batch, device=device, dtype=dtype))
+    return inputs
+
+
+def is_unet(name: str) -> bool:
+    return name in ("sdxl", "sd15")
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
+    import qengine
+
+    if mode.base in QENGINE_MODES:
+        scheme, rank = QENGINE_MODES[mode.base]
+        conv = scheme if is_unet(name) and scheme.startswith("w8a8") else "none"
+        cfg = qengine.QuantConfig.preset(scheme, rank=rank, conv_scheme=conv)
+        qengine.quantize(model, cfg)
+    elif mode.base == "torchao-fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        def fits(mod, fqn):  # torchao's _scaled_mm path needs K and N multiples of 16
+            return isinstance(mod, nn.Linear) and mod.in_features % 16 == 0 and mod.out_features % 16 == 0
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
+    if mode.compile:
+        n = 0
+        for sub in model.modules():
+            if type(sub).__name__ in COMPILE_BLOCKS:
+                sub.compile(fullgraph=False)
+                n += 1
+        if n == 0:
+            raise SystemExit(f"{name}: no block of {COMPILE_BLOCKS} to compile")
+    return model
+
+
+def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.float(), out.float()
+    noise = (ref - out).pow(2).sum().item()
+    return float("inf") if noise == 0 else 10 * torch.log10(ref.pow(2).sum() / noise).item()
+
+
+def model_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device.type == "meta" or id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += sum(x.numel() * x.element_size() for x in _leaf_tensors(t))
+    return total
+
+
+def _leaf_tensors(t):
+    """The plain tensors holding a (possibly torchao subclass) tensor's data."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+        names, _ = data.__tensor_flatten__()
+        for n in names:
+            yield from _leaf_tensors(getattr(data, n))
+    else:
+        yield data
+
+
+def timed_steps(model, inputs, device, warmup: int, reps: int) -> tuple[list[float], float, torch.Tensor]:
+    """Per-step milliseconds (median source), the warm-up seconds (compile time lives there), the output."""
+    cuda = device.type == "cuda"
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            out = model(**inputs, return_dict=False)[0]
+        if cuda:
+            torch.cuda.synchronize(device)
+        warm_s = time.perf_counter() - t0
+        times = []
+        for _ in range(reps):
+            if cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                out = model(**inputs, return_dict=False)[0]
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b))
+            else:
+                s = time.perf_counter()
+                out = model(**inputs, return_dict=False)[0]
+                times.append((time.perf_counter() - s) * 1e3)
+    return times, warm_s, out
+
+
+def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict, torch.Tensor]:
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build_model(name, args.tiny, device, dtype)
+    inputs = make_inputs(name, model, args.tiny, device, dtype)
+    t0 = time.perf_counter()
+    apply_mode(model, name, mode, device)
+    if cuda:
+        torch.cuda.synchronize(device)
+    quant_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times, warm_s, out = timed_steps(model, inputs, device, args.warmup, args.reps)
+    row = {"model": name, "mode": mode.name, "ms_median": round(statistics.median(times), 3),
+           "ms_min": round(min(times), 3), "reps": len(times), "weights_MiB": round(model_bytes(model) / 2**20, 2),
+           "peak_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
+           "quantize_s": round(quant_s, 1), "warmup_s": round(warm_s, 1)}
+    row["sqnr_db_vs_bf16"] = None if ref_out is None else round(sqnr_db(ref_out, out), 2)
+    out = out.detach().float().cpu()
+    del model, inputs
+    if cuda:
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    return row, out
+
+
+# ----------------------------------------------------------------------------- denoise memory
+
+
+def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> dict:
+    """Peak GPU memory of a short flow-matching sampling loop (FLUX/SD3), with the temporal cache
+    and offload or without; the first call (which precomputes the cache) is reported apart."""
+    import qengine
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if name not in ("flux1-dev", "sd3-medium"):
+        raise SystemExit("--denoise-memory runs FLUX.1-dev or SD3-medium")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    model = build_model(name, args.tiny, device, dtype)
+    apply_mode(model, name, mode, device)
+    inputs = make_inputs(name, model, args.tiny, device, dtype)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(args.steps, device=device)
+    handle = qengine.enable_temporal_cache(model, sched, offload=True) if cache else None
+    latent_key = "hidden_states"
+    x = inputs.pop(latent_key)
+    torch.cuda.synchronize(device)
+    first_peak = None
+    with torch.inference_mode():
+        for i, t in enumerate(sched.timesteps):
+            # The timestep argument exactly as the diffusers pipelines make it (the cache looks it up by value).
+            tt = t.expand(x.shape[0])
+            tt = tt.to(x.dtype) / 1000 if name == "flux1-dev" else tt
+            v = model(**{latent_key: x}, **{k: v for k, v in inputs.items() if k != "timestep"}, timestep=tt, return_dict=False)[0]
+            x = sched.step(v, t, x, return_dict=False)[0]
+            if i == 0:
+                torch.cuda.synchronize(device)
+                first_peak = torch.cuda.max_memory_allocated(device)
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+    torch.cuda.synchronize(device)
+    row = {"model": name, "mode": mode.name, "temporal_cache_offload": cache, "steps": args.steps,
+           "weights_on_gpu_MiB": round(sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
+                                           if t.device.type == "cuda") / 2**20, 1),
+           "first_step_peak_MiB": round(first_peak / 2**20, 1),
+           "denoise_peak_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    if handle is not None:
+        handle.disable()
+    del model, inputs, x
+    torch.cuda.empty_cache()
+    return row
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def env_info(device) -> dict:
+    import platform
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import qengine
+        from qengine import _extension
+        info["qengine"] = qengine.__version__
+        info["qengine_build"] = _extension.build_info() or "not built"
+    except Exception as e:  # noqa: BLE001 - informational
+        info["qengine_build"] = f"import failed: {e}"
+    with contextlib.suppress(ImportError):
+        import torchao
+        info["torchao"] = torchao.__version__
+    import diffusers
+    info["diffusers"] = diffusers.__version__
+    return info
+
+
+def add_ratios(rows: list[dict]) -> None:
+    for r in rows:
+        if "denoise_peak_MiB" in r:
+            base = [x for x in rows if x["model"] == r["model"] and x["mode"] == "bf16" and not x["temporal_cache_offload"]]
+            if base:
+                r["denoise_peak_vs_bf16"] = round(r["denoise_peak_MiB"] / base[0]["denoise_peak_MiB"], 3)
+        if "ms_median" not in r:
+            continue
+        same = {x["mode"]: x["ms_median"] for x in rows if x.get("model") == r["model"] and "ms_median" in x}
+        for base in ("bf16", "bf16+compile", "torchao-fp8+compile"):
+            if base in same and r["mode"] != base:
+                r[f"speedup_vs_{base}"] = round(same[base] / r["ms_median"], 3)
+        mib = {x["mode"]: x["weights_MiB"] for x in rows if x.get("model") == r["model"] and "weights_MiB" in x}
+        if "bf16" in mib and mib["bf16"]:
+            r["weights_vs_bf16"] = round(r["weights_MiB"] / mib["bf16"], 3)
+
+
+def write_outputs(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    add_ratios(rows)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        f.write("# " + json.dumps(meta) + "\n")
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"{meta.get('gpu', 'CPU')}, torch {meta['torch']}, CUDA {meta['cuda']}, diffusers {meta['diffusers']}, "
+             f"torchao {meta.get('torchao', '-')}; per-step times: medians ({'CUDA events' if meta.get('gpu') else 'wall clock'})", "",
+             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    timed = [r for r in rows if "ms_median" in r]
+    if not timed:
+        return
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    models = list(dict.fromkeys(r["model"] for r in timed))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        rs = [r for r in timed if r["model"] == m]
+        ax.bar(range(len(rs)), [r["ms_median"] for r in rs], color=["C0" if "compile" in r["mode"] else "C1" for r in rs])
+        ax.set_xticks(range(len(rs)), [r["mode"] for r in rs], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("ms per step (median)")
+        ax.set_title(m)
+    fig.suptitle(f"qengine denoiser step, {meta.get('gpu', 'CPU')}")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{stem}.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["flux1-dev", "sd3-medium"], choices=list(MODEL_CONFIGS))
+    p.add_argument("--modes", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_MODES)}")
+    p.add_argument("--reps", type=int, default=10, help="timed steps per mode (median reported; default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--out-dir", type=Path, default=Path("out/bench_pipeline"))
+    p.add_argument("--resume", action="store_true", help="keep rows already in the output JSON and skip them")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="tiny random models (a smoke run of the harness, e.g. on CPU)")
+    p.add_argument("--denoise-memory", action="store_true",
+                   help="instead of step latency: peak GPU memory of a sampling loop, temporal cache + offload on and off")
+    p.add_argument("--steps", type=int, default=4, help="sampling steps for --denoise-memory (default %(default)s)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no GPU is visible (use --tiny --device cpu for a smoke run)")
+    if args.denoise_memory and device.type != "cuda":
+        raise SystemExit("--denoise-memory measures GPU memory: it needs --device cuda")
+    dtype = torch.bfloat16
+    modes = [Mode.parse(m) for m in (args.modes or DEFAULT_MODES)]
+    stem = "bench_denoise_memory" if args.denoise_memory else "bench_pipeline"
+    meta = env_info(device)
+    path = args.out_dir / f"{stem}.json"
+    rows = json.loads(path.read_text())["rows"] if args.resume and path.exists() else []
+    done = {(r["model"], r["mode"], r.get("temporal_cache_offload")) for r in rows}
+
+    for name in args.models:
+        if args.denoise_memory:
+            for mode in modes:
+                for cache in (False, True):
+                    if (name, mode.name, cache) in done:
+                        continue
+                    row = denoise_memory(name, mode, cache, args, device, dtype)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    write_outputs(rows, meta, args.out_dir, stem)
+            continue
+        ref_out = None
+        todo = [m for m in modes if (name, m.name, None) not in done]
+        if not todo:
+            continue
+        # The bf16 output on the same inputs is the SQNR reference; computed first (eager).
+        ref_row, ref_out = bench_one(name, Mode("bf16", "bf16", False), args, device, dtype, None)
+        if (name, "bf16", None) not in done and any(m.name == "bf16" for m in todo):
+            rows.append(ref_row)
+            print(json.dumps(ref_row), flush=True)
+        for mode in todo:
+            if mode.name == "bf16":
+                continue
+            try:
+                row, _ = bench_one(name, mode, args, device, dtype, ref_out.to(device))
+            except (NotImplementedError, RuntimeError, ValueError, ImportError) as e:
+                # A mode this build cannot run (no kernel for the arch, torchao missing) is a row
+                # that says why, not a crash that loses the other rows.
+                row = {"model": name, "mode": mode.name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                torch.cuda.empty_cache() if device.type == "cuda" else None
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            write_outputs(rows, meta, args.out_dir, stem)
+        write_outputs(rows, meta, args.out_dir, stem)
+    write_outputs(rows, meta, args.out_dir, stem)
+    print((args.out_dir / f"{stem}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The end-to-end benchmark harness (benchmarks/bench_pipeline.py) on tiny models, on CPU: it
+runs every mode family, writes its tables, resumes, and its figures mean what they say."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_pipeline  # noqa: E402
+
+from qengine.nn.quantize_weight import lowrank_split  # noqa: E402
+
+
+def _rows(out: Path):
+    return json.loads((out / "bench_pipeline.json").read_text())["rows"]
+
+
+def test_tiny_run_writes_rows_with_sqnr_and_size(tmp_path):
+    args = ["--tiny", "--device", "cpu", "--reps", "1", "--warmup", "1", "--models", "flux1-dev", "sdxl",
+            "--modes", "bf16", "fp8", "int8-lr32", "--out-dir", str(tmp_path)]
+    assert bench_pipeline.main(args) == 0
+    rows = _rows(tmp_path)
+    assert {(r["model"], r["mode"]) for r in rows} == {(m, x) for m in ("flux1-dev", "sdxl") for x in ("bf16", "fp8", "int8-lr32")}
+    for r in rows:
+        assert r["ms_median"] > 0 and r["weights_MiB"] > 0
+        if r["mode"] != "bf16":
+            # quantized modes hold fewer bytes and stay close to the bf16 output on the same inputs
+            assert r["weights_vs_bf16"] < 1.0
+            assert 15.0 < r["sqnr_db_vs_bf16"] < 80.0
+            assert r["speedup_vs_bf16"] > 0
+    int8 = {r["model"]: r["sqnr_db_vs_bf16"] for r in rows if r["mode"] == "int8-lr32"}
+    fp8 = {r["model"]: r["sqnr_db_vs_bf16"] for r in rows if r["mode"] == "fp8"}
+    assert all(int8[m] > fp8[m] for m in int8), "INT8 + low-rank should beat FP8 (3 mantissa bits) on SQNR"
+    for ext in ("csv", "md"):
+        assert (tmp_path / f"bench_pipeline.{ext}").stat().st_size > 0
+
+    # --resume keeps the rows and runs only what is missing
+    before = len(rows)
+    assert bench_pipeline.main(args[:-2] + ["--out-dir", str(tmp_path), "--resume", "--models", "flux1-dev",
+                                            "--modes", "bf16", "fp8"]) == 0
+    assert len(_rows(tmp_path)) == before
+
+
+def test_unknown_mode_is_a_clear_error():
+    with pytest.raises(SystemExit, match="unknown mode"):
+        bench_pipeline.Mode.parse("fp4")
+    with pytest.raises(SystemExit, match="suffix"):
+        bench_pipeline.Mode.parse("fp8+eager")
+
+
+def test_randomized_lowrank_split_matches_exact_on_a_decaying_spectrum():
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(300, 48, generator=g), torch.randn(48, 400, generator=g)
+    w = u @ torch.diag(torch.logspace(1, -1, 48)) @ v / 20 + 0.01 * torch.randn(300, 400, generator=g)
+    res = {}
+    for method in ("exact", "randomized"):
+        down, up = lowrank_split(w, 16, method)
+        assert down.shape == (16, 400) and up.shape == (300, 16)
+        res[method] = ((w - up @ down).norm() / w.norm()).item()
+    assert res["randomized"] <= res["exact"] * 1.01
+    assert res["exact"] < 0.5
+    with pytest.raises(ValueError, match="method"):
+        lowrank_split(w, 16, "qr")
