@@ -230,8 +230,12 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
     model = build_model(name, args.tiny, device, dtype)
     inputs = make_inputs(name, model, args.tiny, device, dtype)
+    if cuda:
+        torch.cuda.synchronize(device)
+    build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     apply_mode(model, name, mode, device)
     if cuda:
@@ -244,14 +248,9 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
     row = {"model": name, "mode": mode.name, "ms_median": round(statistics.median(times), 3),
            "ms_min": round(min(times), 3), "reps": len(times), "weights_MiB": round(model_bytes(model) / 2**20, 2),
            "peak_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
-           "quantize_s": round(quant_s, 1), "warmup_s": round(warm_s, 1)}
+           "build_s": round(build_s, 1), "quantize_s": round(quant_s, 1), "warmup_s": round(warm_s, 1)}
     row["sqnr_db_vs_bf16"] = None if ref_out is None else round(sqnr_db(ref_out, out), 2)
-    out = out.detach().float().cpu()
-    del model, inputs
-    if cuda:
-        torch._dynamo.reset()
-        torch.cuda.empty_cache()
-    return row, out
+    return row, out.detach().float().cpu()
 
 
 # ----------------------------------------------------------------------------- denoise memory
@@ -303,6 +302,48 @@ def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> d
 
 
 # ----------------------------------------------------------------------------- output
+
+
+# Each (model, mode) runs in its own process: a compiled model's guards and caches keep references
+# to its modules, so in one process the next mode's peak memory would include the last model.
+
+
+def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> dict:
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--models", name, "--modes", mode,
+           "--reps", str(args.reps), "--warmup", str(args.warmup), "--device", args.device, "--steps", str(args.steps),
+           "--out-dir", str(args.out_dir), "--ref", str(ref)]
+    cmd += ["--tiny"] if args.tiny else []
+    cmd += ["--denoise-memory", "--cache", "on" if cache else "off"] if args.denoise_memory else []
+    base = {"model": name, "mode": mode} | ({"temporal_cache_offload": cache} if args.denoise_memory else {})
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
+    except subprocess.TimeoutExpired:
+        return base | {"error": f"timed out after {args.mode_timeout:.0f}s"}
+    for line in reversed(r.stdout.splitlines()):
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    err = [ln for ln in (r.stderr or "").splitlines() if ln.strip()]
+    # A mode this build cannot run (no kernel for the arch, torchao missing) is a row that says
+    # why, not a crash that loses the other rows.
+    return base | {"error": (err[-1] if err else f"exit code {r.returncode}")[:300]}
+
+
+def run_worker(args, device, dtype, modes) -> int:
+    name, mode = args.models[0], modes[0]
+    if args.denoise_memory:
+        row = denoise_memory(name, mode, args.cache == "on", args, device, dtype)
+    else:
+        ref_out = torch.load(args.ref) if mode.name != "bf16" and args.ref and args.ref.exists() else None
+        if mode.name != "bf16" and ref_out is None:
+            raise SystemExit(f"no reference output at {args.ref}")
+        row, out = bench_one(name, mode, args, device, dtype, None if ref_out is None else ref_out.to(device))
+        if mode.name == "bf16" and args.ref:
+            args.ref.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(out, args.ref)
+    print("ROW " + json.dumps(row), flush=True)
+    return 0
 
 
 def env_info(device) -> dict:
@@ -394,6 +435,10 @@ def main(argv=None) -> int:
     p.add_argument("--denoise-memory", action="store_true",
                    help="instead of step latency: peak GPU memory of a sampling loop, temporal cache + offload on and off")
     p.add_argument("--steps", type=int, default=4, help="sampling steps for --denoise-memory (default %(default)s)")
+    p.add_argument("--mode-timeout", type=float, default=400, help="seconds one mode may take (default %(default)s)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cache", choices=("on", "off"), help=argparse.SUPPRESS)
+    p.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -403,45 +448,31 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16
     modes = [Mode.parse(m) for m in (args.modes or DEFAULT_MODES)]
     stem = "bench_denoise_memory" if args.denoise_memory else "bench_pipeline"
+    if args.worker:
+        return run_worker(args, device, dtype, modes)
     meta = env_info(device)
     path = args.out_dir / f"{stem}.json"
-    rows = json.loads(path.read_text())["rows"] if args.resume and path.exists() else []
+    # Rows that failed before are run again.
+    rows = [r for r in json.loads(path.read_text())["rows"] if "error" not in r] if args.resume and path.exists() else []
     done = {(r["model"], r["mode"], r.get("temporal_cache_offload")) for r in rows}
 
     for name in args.models:
-        if args.denoise_memory:
-            for mode in modes:
-                for cache in (False, True):
-                    if (name, mode.name, cache) in done:
-                        continue
-                    row = denoise_memory(name, mode, cache, args, device, dtype)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    write_outputs(rows, meta, args.out_dir, stem)
-            continue
-        ref_out = None
-        todo = [m for m in modes if (name, m.name, None) not in done]
-        if not todo:
-            continue
-        # The bf16 output on the same inputs is the SQNR reference; computed first (eager).
-        ref_row, ref_out = bench_one(name, Mode("bf16", "bf16", False), args, device, dtype, None)
-        if (name, "bf16", None) not in done and any(m.name == "bf16" for m in todo):
-            rows.append(ref_row)
-            print(json.dumps(ref_row), flush=True)
-        for mode in todo:
-            if mode.name == "bf16":
+        todo = [(m.name, c) for m in modes for c in ((False, True) if args.denoise_memory else (None,))
+                if (name, m.name, c) not in done]
+        ref = args.out_dir / f"ref_{name}.pt"
+        if not args.denoise_memory and todo and ("bf16", None) not in todo and not ref.exists():
+            # The bf16 eager output on the same inputs is the SQNR reference of every mode.
+            todo.insert(0, ("bf16", "ref-only"))
+        elif ("bf16", None) in todo:
+            todo.remove(("bf16", None))
+            todo.insert(0, ("bf16", None))
+        for mode, cache in todo:
+            row = spawn_worker(args, name, mode, None if cache == "ref-only" else cache, ref)
+            if cache == "ref-only" and "error" not in row:
                 continue
-            try:
-                row, _ = bench_one(name, mode, args, device, dtype, ref_out.to(device))
-            except (NotImplementedError, RuntimeError, ValueError, ImportError) as e:
-                # A mode this build cannot run (no kernel for the arch, torchao missing) is a row
-                # that says why, not a crash that loses the other rows.
-                row = {"model": name, "mode": mode.name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-                torch.cuda.empty_cache() if device.type == "cuda" else None
             rows.append(row)
             print(json.dumps(row), flush=True)
             write_outputs(rows, meta, args.out_dir, stem)
-        write_outputs(rows, meta, args.out_dir, stem)
     write_outputs(rows, meta, args.out_dir, stem)
     print((args.out_dir / f"{stem}.md").read_text())
     return 0
