@@ -258,50 +258,55 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
 
 def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> dict:
     """Peak GPU memory of a short flow-matching sampling loop (FLUX/SD3), with the temporal cache
-    and offload or without; the first call (which precomputes the cache) is reported apart."""
+    and offload or without; the first call (which precomputes the cache) is reported apart. On
+    CPU (a smoke run) the loop runs and the memory columns are empty."""
     import qengine
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if name not in ("flux1-dev", "sd3-medium"):
         raise SystemExit("--denoise-memory runs FLUX.1-dev or SD3-medium")
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
+    cuda = device.type == "cuda"
+
+    def peak_mib():
+        if not cuda:
+            return None
+        torch.cuda.synchronize(device)
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+    def reset():
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+
+    reset()
     model = build_model(name, args.tiny, device, dtype)
     apply_mode(model, name, mode, device)
     inputs = make_inputs(name, model, args.tiny, device, dtype)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     sched.set_timesteps(args.steps, device=device)
     handle = qengine.enable_temporal_cache(model, sched, offload=True) if cache else None
-    latent_key = "hidden_states"
-    x = inputs.pop(latent_key)
-    torch.cuda.synchronize(device)
+    x = inputs.pop("hidden_states")
+    del inputs["timestep"]
     first_peak = None
+    reset()
     with torch.inference_mode():
         for i, t in enumerate(sched.timesteps):
             # The timestep argument exactly as the diffusers pipelines make it (the cache looks it up by value).
             tt = t.expand(x.shape[0])
             tt = tt.to(x.dtype) / 1000 if name == "flux1-dev" else tt
-            v = model(**{latent_key: x}, **{k: v for k, v in inputs.items() if k != "timestep"}, timestep=tt, return_dict=False)[0]
+            v = model(hidden_states=x, timestep=tt, **inputs, return_dict=False)[0]
             x = sched.step(v, t, x, return_dict=False)[0]
             if i == 0:
-                torch.cuda.synchronize(device)
-                first_peak = torch.cuda.max_memory_allocated(device)
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-    torch.cuda.synchronize(device)
+                first_peak = peak_mib()
+                reset()
+    on_gpu = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
+                 if t.device.type == "cuda")
     row = {"model": name, "mode": mode.name, "temporal_cache_offload": cache, "steps": args.steps,
-           "weights_on_gpu_MiB": round(sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
-                                           if t.device.type == "cuda") / 2**20, 1),
-           "first_step_peak_MiB": round(first_peak / 2**20, 1),
-           "denoise_peak_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+           "weights_on_gpu_MiB": round(on_gpu / 2**20, 1), "first_step_peak_MiB": first_peak,
+           "denoise_peak_MiB": peak_mib(), "served_from_cache": None if handle is None else str(handle.stats)}
     if handle is not None:
         handle.disable()
-    del model, inputs, x
-    torch.cuda.empty_cache()
     return row
-
-
-# ----------------------------------------------------------------------------- output
 
 
 # Each (model, mode) runs in its own process: a compiled model's guards and caches keep references
@@ -368,7 +373,7 @@ def env_info(device) -> dict:
 
 def add_ratios(rows: list[dict]) -> None:
     for r in rows:
-        if "denoise_peak_MiB" in r:
+        if r.get("denoise_peak_MiB"):
             base = [x for x in rows if x["model"] == r["model"] and x["mode"] == "bf16" and not x["temporal_cache_offload"]]
             if base:
                 r["denoise_peak_vs_bf16"] = round(r["denoise_peak_MiB"] / base[0]["denoise_peak_MiB"], 3)
@@ -443,8 +448,6 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no GPU is visible (use --tiny --device cpu for a smoke run)")
-    if args.denoise_memory and device.type != "cuda":
-        raise SystemExit("--denoise-memory measures GPU memory: it needs --device cuda")
     dtype = torch.bfloat16
     modes = [Mode.parse(m) for m in (args.modes or DEFAULT_MODES)]
     stem = "bench_denoise_memory" if args.denoise_memory else "bench_pipeline"
