@@ -317,7 +317,7 @@ def make_qlinear(k=512, n=768, rank=32, smooth=True, seed=0):
     torch.manual_seed(seed)
     lin = torch.nn.Linear(k, n, bias=True).to(DEV, torch.bfloat16)
     s = (torch.rand(k, device=DEV) + 0.5).bfloat16() if smooth else None
-    return QLinear.from_float(lin, LayerQuantConfig("w4a4", rank=rank), smooth=s)
+    return QLinear.from_float(lin, LayerQuantConfig("w4a4", group_size=64, rank=rank), smooth=s)
 
 
 def test_qlinear_matches_reference_backend():
