@@ -7,8 +7,6 @@ reference directly on any device; it is never chosen silently. Shapes: see
 """
 from __future__ import annotations
 
-import os
-
 from collections.abc import Sequence
 
 import torch
@@ -37,23 +35,10 @@ def _resolve(name: str, backend: str):
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
-#: Under torch.compile (backend "auto", CUDA input), activation quantization is traced as the
-#: reference's torch ops instead of calling the opaque CUDA kernel, so that inductor fuses it into
-#: whatever produced ``x`` (LayerNorm + adaLN modulation, GELU, attention output): the 16-bit
-#: activation is then never written and read back just to be quantized, which is most of the
-#: non-GEMM cost of a quantized layer. The math is the format's (IEEE division, round half to
-#: even, saturating E4M3), so the compiled values are those of the kernel (tests/gpu/
-#: test_compile_fusion.py checks bit equality). ``QENGINE_COMPILE_FUSED_QUANT=0`` keeps the kernel.
-COMPILE_FUSED_QUANT = os.environ.get("QENGINE_COMPILE_FUSED_QUANT", "1") != "0"
-
-
 def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = None,
                  lora_down: torch.Tensor | None = None, backend: str = "auto"):
     """Quantize activations ``x [M, K]`` for ``scheme``: returns ``(q, scale, lowrank_act)``."""
-    name = _QUANTIZE_OP[scheme.name]
-    if backend == "auto" and COMPILE_FUSED_QUANT and x.is_cuda and torch.compiler.is_compiling():
-        return getattr(reference, name)(x, smooth, lora_down)
-    return _resolve(name, backend)(x, smooth, lora_down)
+    return _resolve(_QUANTIZE_OP[scheme.name], backend)(x, smooth, lora_down)
 
 
 def gemm(scheme: Scheme, a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
