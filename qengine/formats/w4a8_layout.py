@@ -26,6 +26,8 @@ from .quantizers import pack_int4, unpack_int4
 
 #: Rows / columns of one shuffle block.
 BLOCK_N, BLOCK_K = 16, 32
+#: Name of this layout, recorded in checkpoints (qengine/checkpoint.py).
+LAYOUT_NAME = "sm90-int8-rs-shuffle-16x32"
 
 
 @functools.lru_cache(maxsize=64)
