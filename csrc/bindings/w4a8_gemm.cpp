@@ -26,7 +26,7 @@ W4A8TileConfig dispatch_config(const at::Device& device, int M, int N, int K) {
   QENGINE_CHECK(kOp, sm90, "no kernel for ", device_arch_str(device), " in this build (compiled archs: ",
                 compiled_archs_str(), "; the W4A8 kernel needs sm_90a: Hopper, built with 90a in QENGINE_CUDA_ARCHS); "
                 "use backend='reference' explicitly to run the float32 reference on this GPU");
-  return w4a8_choose_tile_config(M, N, K);
+  return w4a8_choose_tile_config(M, N, K, arch.sm_count);
 }
 
 at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w, const at::Tensor& w_scale,

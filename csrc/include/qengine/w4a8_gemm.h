@@ -50,14 +50,15 @@ struct W4A8GemmParams {
 // Named tile configs, (weight rows) x (tokens) x K, all sm_90a (TMA + RS wgmma, warp-specialized,
 // persistent scheduler).
 enum class W4A8TileConfig : int {
-  kSm90_128x128x128_Coop = 0,      // large M (the default above 64 tokens)
-  kSm90_64x128x128_Pingpong = 1,   // large M, ping-pong: one warp group's epilogue under the other's MMAs
-  kSm90_64x64x128_Pingpong = 2,    // M <= 64: weight-bandwidth bound, small token tile
+  kSm90_128x128x128_Coop = 0,      // many tiles (>= 2 waves) or one well-filled wave
+  kSm90_64x128x128_Pingpong = 1,   // mid-size problems whose 128x128 tiles would leave SMs idle
+  kSm90_64x64x128_Pingpong = 2,    // M <= 64, or when even 64x128 tiles under-fill one wave
   kCount = 3,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);
-W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K);
+// Readable heuristic over (M, N) and the number of SMs (tile counts vs one wave).
+W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count);
 // Whether this binary holds the sm_90a kernels (built with 90a in QENGINE_CUDA_ARCHS).
 bool w4a8_kernels_compiled();
 
