@@ -26,6 +26,7 @@ from .version import __version__
 from .api import QuantState, build_empty_layer, is_quantized, set_submodule
 from .config import ConfigError, LayerQuantConfig, QuantConfig
 from .formats import FORMAT_VERSION
+from .formats.w4a8_layout import LAYOUT_NAME as W4A8_WEIGHT_LAYOUT
 from .integrations.diffusers import find_denoiser
 
 CHECKPOINT_FORMAT = "qengine-checkpoint"
@@ -87,6 +88,9 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
         "quant_config": state.config.to_dict(),
         "layers": state.layers,
         "kept_16bit": state.kept,
+        # Which byte layout the stored w4a8 weights use (format version 2 introduced it); a
+        # reader checks it so a future layout change cannot be loaded as this one.
+        "w4a8_weight_layout": W4A8_WEIGHT_LAYOUT,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -136,6 +140,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("architecture", "quant_config", "layers", "tensors"):
         if key not in meta:
             raise CheckpointError(f"{cfg_path} lacks the {key!r} entry")
+    if meta.get("w4a8_weight_layout") != W4A8_WEIGHT_LAYOUT:
+        raise CheckpointError(f"{path} stores w4a8 weights in layout {meta.get('w4a8_weight_layout')!r}; this "
+                              f"qengine reads {W4A8_WEIGHT_LAYOUT!r}")
     return meta
 
 

@@ -30,7 +30,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "w8a8-fp8": dict(scheme="w8a8-fp8", conv_scheme="w8a8-fp8"),
     "w8a8-int8": dict(scheme="w8a8-int8", conv_scheme="w8a8-int8"),
     # 4-bit weights lose more; a rank-32 16-bit branch takes the largest singular directions.
-    "w4a8": dict(scheme="w4a8", group_size=64, rank=32, conv_scheme="w8a8-int8"),
+    "w4a8": dict(scheme="w4a8", group_size=0, rank=32, conv_scheme="w8a8-int8"),
     "w4a4": dict(scheme="w4a4", group_size=64, rank=32, conv_scheme="w8a8-int8"),
 }
 PRESETS = tuple(_PRESETS)

@@ -16,7 +16,8 @@ def test_presets_round_trip_through_json(name):
 
 
 def test_preset_values():
-    assert QuantConfig.preset("w4a8").linear_config() == LayerQuantConfig("w4a8", 64, 32)
+    # per-channel INT4 (group 0): the layout the sm_90a kernel runs (notes/w4a8.md)
+    assert QuantConfig.preset("w4a8").linear_config() == LayerQuantConfig("w4a8", 0, 32)
     assert QuantConfig.preset("w8a8-fp8").conv_scheme == "w8a8-fp8"
     assert QuantConfig.preset("w4a4", rank=0).rank == 0
 
@@ -51,7 +52,7 @@ def test_resolution_order():
     lin = nn.Linear(64, 64)
     keep = ("embed",)
     assert cfg.resolve("blocks.0.attn", lin, False, keep)[0] == LayerQuantConfig("w8a8-fp8")
-    assert cfg.resolve("blocks.0.ff", lin, False, keep)[0] == LayerQuantConfig("w4a8", 64)
+    assert cfg.resolve("blocks.0.ff", lin, False, keep)[0] == LayerQuantConfig("w4a8", 0)
     assert cfg.resolve("blocks.1.attn", lin, False, keep) == (None, "skip pattern")
     assert cfg.resolve("blocks.2.ff", lin, False, keep)[0] is None
     # an override re-enables a layer the architecture keeps 16-bit

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import qengine  # noqa: F401  (registers the ops)
 from qengine.formats import pack_int4, unpack_int4
+from qengine.formats.w4a8_layout import prepack, unprepack
 from qengine.ops import OpInputError, library
 
 Q = torch.ops.qengine
@@ -104,7 +105,9 @@ def operands(scheme, m, k, n, rank, group=64):
         w, w_scale = (randn(n, k) * 100).clamp(-448, 448).to(torch.float8_e4m3fn), randn(n).abs() / 100
     else:
         w = pack_int4(torch.randint(-8, 8, (n, k), generator=GEN, dtype=torch.int8))
-        w_scale = randn(n, k // group).abs() / 7
+        if scheme == "w4a8":  # stored in the kernel's prepacked layout; group 0: per channel
+            w = prepack(w)
+        w_scale = randn(n, k // group if group else 1).abs() / 7
     bias = randn(n, dtype=torch.bfloat16)
     lowrank = randn(m, rank) if rank else None
     up = randn(n, rank, dtype=torch.bfloat16) if rank else None
@@ -114,7 +117,7 @@ def operands(scheme, m, k, n, rank, group=64):
 def dequant64(scheme, t, scale, k):
     if scheme in ("int8", "fp8") or (scheme == "w4a8" and t.dtype == torch.int8):
         return t.double() * scale.double()[:, None]
-    v = unpack_int4(t).double()
+    v = unpack_int4(unprepack(t) if scheme == "w4a8" else t).double()
     groups = scale.shape[1]
     return (v.reshape(v.shape[0], groups, k // groups) * scale.double()[:, :, None]).reshape(v.shape[0], k)
 
@@ -122,7 +125,8 @@ def dequant64(scheme, t, scale, k):
 GEMMS = {"int8": Q.w8a8_int8_gemm, "fp8": Q.w8a8_fp8_gemm, "w4a8": Q.w4a8_gemm, "w4a4": Q.w4a4_gemm}
 
 
-@pytest.mark.parametrize("scheme,group", [("int8", 0), ("fp8", 0), ("w4a8", 64), ("w4a8", 128), ("w4a4", 64)])
+@pytest.mark.parametrize("scheme,group", [("int8", 0), ("fp8", 0), ("w4a8", 0), ("w4a8", 64), ("w4a8", 128),
+                                          ("w4a4", 64)])
 @pytest.mark.parametrize("rank", [0, 32])
 def test_gemm_matches_float64(scheme, rank, group):
     m, k, n = 19, 256, 48
@@ -180,7 +184,7 @@ def sample_args():
     }
     for name, scheme in (("w8a8_int8_gemm", "int8"), ("w8a8_fp8_gemm", "fp8"), ("w4a8_gemm", "w4a8"),
                          ("w4a4_gemm", "w4a4")):
-        cases[name] = (*operands(scheme, 8, 128, 32, 16), torch.bfloat16)
+        cases[name] = (*operands(scheme, 8, 128, 32, 16, 0 if scheme == "w4a8" else 64), torch.bfloat16)
     xc = randn(1, 6, 6, 16, dtype=torch.bfloat16)
     cases["w8a8_int8_conv2d"] = (xc, torch.randint(-127, 128, (8, 3, 3, 16), dtype=torch.int8), randn(8).abs(),
                                  None, None, [1, 1], [1, 1], [1, 1])
@@ -251,8 +255,11 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(OpInputError, match="w_scale is on meta but the other operands are on cpu"):
         Q.w8a8_int8_gemm(a, a_scale, w, w_scale.to("meta"), bias, None, None, torch.bfloat16)
     a4, s4, w4, ws4, *_ = operands("w4a8", 4, 128, 16, 0)
-    with pytest.raises(OpInputError, match=r"group size must be one of \(64, 128\)"):
+    with pytest.raises(OpInputError, match=r"group size must be one of \(64, 128\) or one group"):
         Q.w4a8_gemm(a4, s4, w4, ws4[:, :1].repeat(1, 4).contiguous(), None, None, None, torch.bfloat16)
+    a4, s4, w4, ws4, *_ = operands("w4a8", 4, 128, 16, 0, 0)
+    with pytest.raises(OpInputError, match=r"N=8 \(rows of w\) must be a multiple of 16"):
+        Q.w4a8_gemm(a4, s4, w4[:8], ws4[:8], None, None, None, torch.bfloat16)
     xc = randn(1, 6, 6, 16, dtype=torch.bfloat16)
     wc = torch.zeros(8, 3, 3, 16, dtype=torch.int8)
     with pytest.raises(OpInputError, match=r"stride must be two integers >= 1"):

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import torch
 
 #: Bumped whenever a layout, rounding rule or scale shape below changes.
-FORMAT_VERSION = 1
+#: 2: w4a8 weights are stored in the prepacked layout of :mod:`qengine.formats.w4a8_layout`
+#:    and may be per output channel (weight_scale [N, 1]).
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)

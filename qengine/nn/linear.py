@@ -3,8 +3,9 @@
 ``y = Q(x / s) . Q(W * s - L_up L_down)^T + (x / s) L_down^T L_up^T + b``
 
 Buffers (all in the state dict; names are the checkpoint keys):
-  weight       [N, K] int8 | float8_e4m3fn (8-bit schemes) or [N, K/2] uint8 (packed INT4)
-  weight_scale [N] float32, or [N, K/G] float32 for group-wise 4-bit weights
+  weight       [N, K] int8 | float8_e4m3fn (8-bit schemes) or [N, K/2] uint8 (packed INT4; w4a8:
+               in the prepacked layout of qengine.formats.w4a8_layout)
+  weight_scale [N] float32, or [N, K/G] float32 for 4-bit weights ([N, 1]: per output channel)
   bias         [N] 16-bit (optional)
   smooth       [K] 16-bit, divides the input per channel (optional; from calibration)
   lora_down    [r, K] and lora_up [N, r] 16-bit: the low-rank branch (rank r > 0)
@@ -99,6 +100,9 @@ def check_linear_shape(in_features: int, out_features: int, layer_config: LayerQ
     mult = scheme.k_multiple(layer_config.group_size)
     if in_features % mult:
         raise ValueError(f"{scheme.name} needs in_features (K) to be a multiple of {mult}, got K={in_features}")
+    if out_features % scheme.n_multiple:
+        raise ValueError(f"{scheme.name} needs out_features (N) to be a multiple of {scheme.n_multiple}, "
+                         f"got N={out_features}")
     if layer_config.rank > max_lowrank(in_features, out_features):
         raise ValueError(f"rank {layer_config.rank} is too large for a {in_features}->{out_features} layer "
                          f"(at most min(in, out) / 4 = {max_lowrank(in_features, out_features)})")

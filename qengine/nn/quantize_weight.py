@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 
 from ..formats import Scheme, pack_int4, quantize_groups, quantize_rows
+from ..formats.w4a8_layout import prepack
 
 
 def weight_shapes(scheme: Scheme, n: int, k: int, group_size: int):
     """``((weight shape, dtype), (scale shape, dtype))`` of a [N, K] weight in ``scheme``."""
-    if scheme.weight_grouped:
-        return ((n, k // 2), torch.uint8), ((n, k // group_size), torch.float32)
+    if scheme.weight_grouped:  # packed INT4; per-channel INT4 is one group of K: scale [N, 1]
+        return ((n, k // 2), torch.uint8), ((n, k // group_size if group_size else 1), torch.float32)
     return ((n, k), scheme.weight.spec.storage_dtype), ((n,), torch.float32)
 
 
@@ -17,7 +18,7 @@ def clip_weight(w: torch.Tensor, clip: float, scheme: Scheme, group_size: int) -
     """Clamp each row (per-channel schemes) or each K-group (grouped 4-bit) of ``w`` to ``clip`` x its absmax."""
     if clip >= 1.0:
         return w
-    if scheme.weight_grouped:
+    if scheme.weight_grouped and group_size:
         g = w.reshape(w.shape[0], -1, group_size)
         lim = g.abs().amax(dim=2, keepdim=True) * clip
         return torch.maximum(torch.minimum(g, lim), -lim).reshape(w.shape)
@@ -33,8 +34,10 @@ def quantize_weight(scheme: Scheme, w: torch.Tensor, group_size: int,
     search trades the outliers' error for a finer grid everywhere else)."""
     w = clip_weight(w, clip, scheme, group_size)
     if scheme.weight_grouped:
-        q, scale = quantize_groups(w, scheme.weight, group_size)
-        return pack_int4(q), scale
+        q, scale = quantize_groups(w, scheme.weight, group_size or w.shape[1])
+        packed = pack_int4(q)
+        # w4a8 stores the layout its sm_90a kernel reads (the checkpoint holds it as is).
+        return (prepack(packed) if scheme.name == "w4a8" else packed), scale
     return quantize_rows(w, scheme.weight)
 
 

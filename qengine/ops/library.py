@@ -38,6 +38,15 @@ for _name, _schema in SCHEMAS.items():
     torch.library.impl(f"qengine::{_name}", "CPU", lib=_lib)(getattr(ref, _name))
 
 
+# The w4a8 weight prepack is a permutation written with device-generic torch ops: one
+# implementation serves CPU and CUDA (so these two ops are not in SCHEMAS, whose CUDA kernels
+# come from qengine._C).
+for _name in ("w4a8_prepack", "w4a8_unprepack"):
+    _lib.define(_name + "(Tensor w) -> Tensor")
+    for _key in ("CPU", "CUDA"):
+        torch.library.impl(f"qengine::{_name}", _key, lib=_lib)(getattr(ref, _name))
+    torch.library.register_fake(f"qengine::{_name}", lambda w: torch.empty_like(w), lib=_lib)
+
 # ---------------------------------------------------------------- fakes (shape only)
 
 

@@ -13,7 +13,9 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
       -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
   w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
                        lowrank_act [M,r]?, lora_up [N,r]?, out_dtype) -> y [M,N]
-  w4a8_gemm(a [M,K] int8, a_scale [M], w [N,K/2] uint8, w_scale [N,K/G], ...) -> y [M,N]
+  w4a8_gemm(a [M,K] int8, a_scale [M], w [N,K/2] uint8 prepacked, w_scale [N,K/G], ...) -> y [M,N]
+      (w in the layout of w4a8_prepack; G = K, i.e. w_scale [N,1], is per output channel)
+  w4a8_prepack(w [N,K/2] uint8 pack_int4 layout) -> [N,K/2] uint8; w4a8_unprepack: the inverse
   w4a4_gemm(a [M,K/2] uint8, a_scale [M,K/64], w [N,K/2] uint8, w_scale [N,K/64], ...) -> y [M,N]
   w8a8_{int8,fp8}_conv2d(x [B,H,W,C] float (NHWC), w [O,kh,kw,C], w_scale [O], bias [O]?,
                          x_scale [1]?, stride, padding, dilation) -> y [B,Ho,Wo,O] in x.dtype
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats import Format, INT4_ACT_GROUP_SIZE, dequantize_groups, pack_int4, quantize_groups, quantize_rows, unpack_int4
+from ..formats import w4a8_layout
 from ..formats.quantizers import round_to_format
 from . import checks
 from .checks import FLOAT_ACT_DTYPES
@@ -95,7 +98,7 @@ def check_gemm_args(op, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_
                             device=dev)
     else:
         m, k = a.shape
-        checks.check_k(op, k, 64 if op == "w4a8_gemm" else 16)
+        checks.check_k(op, k, 32 if op == "w4a8_gemm" else 16)
         checks.check_tensor(op, "a_scale", a_scale, dtypes=(torch.float32,), shape=(m,), device=dev)
     if op in ("w4a8_gemm", "w4a4_gemm"):
         checks.check_tensor(op, "w", w, dtypes=(torch.uint8,), shape=(None, k // 2), device=dev)
@@ -103,8 +106,12 @@ def check_gemm_args(op, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_
         checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n, None), device=dev)
         groups = w_scale.shape[1]
         sizes = (64, 128) if op == "w4a8_gemm" else (INT4_ACT_GROUP_SIZE,)
-        if groups == 0 or k % groups or k // groups not in sizes:
-            checks._fail(op, f"w_scale has {groups} groups for K={k}; the group size must be one of {sizes}")
+        per_channel = op == "w4a8_gemm" and groups == 1
+        if not per_channel and (groups == 0 or k % groups or k // groups not in sizes):
+            extra = " or one group (w_scale [N, 1], per output channel)" if op == "w4a8_gemm" else ""
+            checks._fail(op, f"w_scale has {groups} groups for K={k}; the group size must be one of {sizes}{extra}")
+        if op == "w4a8_gemm" and n % 16:
+            checks._fail(op, f"N={n} (rows of w) must be a multiple of 16 (the prepacked weight layout)")
     else:
         checks.check_tensor(op, "w", w, dtypes=(_GEMM_A_DTYPE[op],), shape=(None, k), device=dev)
         n = w.shape[0]
@@ -137,7 +144,7 @@ def w8a8_fp8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
 
 def w4a8_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
     check_gemm_args("w4a8_gemm", a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype)
-    wd = dequantize_groups(unpack_int4(w), w_scale)
+    wd = dequantize_groups(unpack_int4(w4a8_layout.unprepack(w)), w_scale)
     acc = (a.float() @ wd.t()) * a_scale[:, None]
     return _epilogue(acc, bias, lowrank_act, lora_up, out_dtype)
 
@@ -147,6 +154,16 @@ def w4a4_gemm(a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_dtype):
     ad = dequantize_groups(unpack_int4(a), a_scale)
     wd = dequantize_groups(unpack_int4(w), w_scale)
     return _epilogue(ad @ wd.t(), bias, lowrank_act, lora_up, out_dtype)
+
+
+def w4a8_prepack(w):
+    """``pack_int4`` weights ``[N, K/2]`` -> the w4a8 kernel layout (a permutation; any device)."""
+    return w4a8_layout.prepack(w)
+
+
+def w4a8_unprepack(w):
+    """Inverse of :func:`w4a8_prepack`."""
+    return w4a8_layout.unprepack(w)
 
 
 # ---------------------------------------------------------------- conv2d (NHWC)

@@ -1,0 +1,69 @@
+// W4A8 GEMM: INT4 weights (per output channel), INT8 activations (per token), sm_90a
+// (torch-free launchers).
+//
+//   out[m,n] = to_out( float(sum_k a[m,k] * w[n,k]) * a_scale[m] * w_scale[n] + bias[n] + lowrank[m,n] )
+//
+// Operands:
+//   a        [M, K] int8, row-major, row stride lda (elements), 16-byte aligned rows
+//   a_scale  [M] fp32 (per token)
+//   w        N*K/2 bytes: INT4 weights in the prepacked layout of w4a8_prepack (see
+//            csrc/w4a8/sm90/weight_layout.cuh and qengine/formats/w4a8_layout.py); stays 4-bit in
+//            GPU memory and is widened to INT8 in registers right before the wgmma
+//   w_scale  [N] fp32 (per output channel)
+//   bias     [N] out_type, or nullptr
+//   lowrank  [M, N] out_type, row stride ldo, or nullptr: the low-rank branch's product
+//            lowrank_act @ lora_up^T, added in the epilogue (read once, never written back)
+//   out      [M, N] bf16 | fp16, row-major, row stride ldo
+// Limits: K % 32 == 0, N % 16 == 0 (the 16x32 weight shuffle atom; also 16-byte rows), M >= 1.
+// INT8 x INT8 (widened INT4) accumulates in int32: exact.
+//
+// The kernel computes the transposed product out^T = W . A^T so that the 4-bit operand is the
+// register-sourced A operand of wgmma (only A can come from registers, where the widening
+// happens); the tile shapes below are (weight rows) x (tokens) x K.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "qengine/types.h"
+
+namespace qengine {
+
+struct W4A8GemmParams {
+  const int8_t* a;
+  int64_t lda;
+  const float* a_scale;
+  const uint8_t* w;
+  const float* w_scale;
+  const void* bias;     // may be nullptr
+  const void* lowrank;  // may be nullptr
+  void* out;
+  int64_t ldo;
+  int M, N, K;
+  FloatType out_type;   // kBF16 or kFP16
+  int sm_count;
+  void* workspace;
+  size_t workspace_bytes;
+};
+
+// Named tile configs, (weight rows) x (tokens) x K, all sm_90a (TMA + RS wgmma, warp-specialized,
+// persistent scheduler).
+enum class W4A8TileConfig : int {
+  kSm90_128x128x128_Coop = 0,      // many tiles (>= 2 waves) or one well-filled wave
+  kSm90_64x128x128_Pingpong = 1,   // mid-size problems whose 128x128 tiles would leave SMs idle
+  kSm90_64x64x128_Pingpong = 2,    // M <= 64, or when even 64x128 tiles under-fill one wave
+  kCount = 3,
+};
+
+const char* w4a8_tile_config_name(W4A8TileConfig c);
+// Readable heuristic over (M, N) and the number of SMs (tile counts vs one wave).
+W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count);
+// Whether this binary holds the sm_90a kernels (built with 90a in QENGINE_CUDA_ARCHS).
+bool w4a8_kernels_compiled();
+
+size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c);
+// cudaErrorInvalidValue: unsupported arguments; cudaErrorNotSupported: not compiled in this build.
+cudaError_t w4a8_gemm(const W4A8GemmParams& p, W4A8TileConfig c, cudaStream_t stream);
+
+}  // namespace qengine

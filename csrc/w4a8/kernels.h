@@ -1,0 +1,23 @@
+// Entry points of the per-config W4A8 translation units (internal to csrc/w4a8/). They exist
+// only when sm_90a is a target (QENGINE_HAS_SM90; see setup.py's directory rule).
+#pragma once
+
+#include <cstddef>
+#include <cuda_runtime.h>
+
+#include "qengine/w4a8_gemm.h"
+
+#define QENGINE_DECLARE_W4A8_GEMM(NAME)                                   \
+  cudaError_t NAME##_run(const W4A8GemmParams& p, cudaStream_t stream); \
+  size_t NAME##_workspace(const W4A8GemmParams& p);
+
+namespace qengine::w4a8::sm90 {
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x128x128_coop)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x128x128_coop_lowrank)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x128x128_pingpong)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x128x128_pingpong_lowrank)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x64x128_pingpong)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x64x128_pingpong_lowrank)
+}  // namespace qengine::w4a8::sm90
+
+#undef QENGINE_DECLARE_W4A8_GEMM

@@ -1,0 +1,190 @@
+// CUTLASS 3.x mixed-input GEMM for W4A8 on sm_90a: INT4 weights x INT8 activations.
+//
+// The mainloop is CUTLASS's RS (register-sourced A) mixed-input collective in "convert only"
+// mode: TMA brings the 4-bit weight tile (prepacked, weight_layout.cuh) and the 8-bit
+// activation tile to shared memory; each consumer thread loads its weight fragment into
+// registers, widens 8 nibbles at a time to INT8 (shifts + PRMT, no lookup) and issues the
+// INT8 wgmma with the activations from shared memory. Per-channel weight scales make the
+// integer accumulator exact over the whole K, so both scales go to the epilogue:
+//   out^T[n, m] = a_scale[m] * (w_scale[n] * acc[n, m]) + bias[n] (+ lowrank^T[n, m])
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/numeric_types.h"
+
+#include "qengine/w4a8_gemm.h"
+#include "weight_layout.cuh"
+
+namespace qengine::w4a8::sm90 {
+
+using namespace cute;
+
+// Keeps the kernel body out of every pass but sm_90 (guards against a stray -gencode).
+template <typename Kernel>
+struct Sm90Only : Kernel {
+  template <typename... Args>
+  CUTLASS_DEVICE void operator()(Args&&... args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+    Kernel::operator()(std::forward<Args>(args)...);
+#endif
+  }
+};
+
+namespace fusion = cutlass::epilogue::fusion;
+
+// Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
+template <typename TileShape, typename ElementOut, bool kLowRank>
+struct EpilogueTree {
+  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+  using Acc = fusion::Sm90AccFetch;
+  using WScale = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>>;
+  using AScale = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, _0>>;
+  using Bias = fusion::Sm90ColBroadcast<0, TileShape, ElementOut, float, Stride<_1, _0, _0>>;
+  using MulW = fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>;
+  using AccW = fusion::Sm90EVT<MulW, WScale, Acc>;
+  using FmaA = fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>;
+  // The low-rank product arrives as the epilogue's source operand C (TMA-loaded by the
+  // producer warp, overlapped with the mainloop), added to the bias before the final FMA.
+  using AddC = fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
+  using BiasPlusC = fusion::Sm90EVT<AddC, Bias, fusion::Sm90SrcFetch<ElementOut>>;
+  using Tree = fusion::Sm90EVT<FmaA, AScale, AccW, cute::conditional_t<kLowRank, BiasPlusC, Bias>>;
+
+  static typename Tree::Arguments arguments(const W4A8GemmParams& p) {
+    typename AScale::Arguments a_scale{p.a_scale, 0.f, {}};
+    typename AccW::Arguments acc_w{{p.w_scale, 0.f, {}}, {}, {}};
+    typename Bias::Arguments bias{static_cast<const ElementOut*>(p.bias), ElementOut(0.f), {}};
+    if constexpr (kLowRank) {
+      return {a_scale, acc_w, {bias, {}, {}}, {}};
+    } else {
+      return {a_scale, acc_w, bias, {}};
+    }
+  }
+};
+
+template <typename ElementOut, bool kLowRank, typename TileShape, typename ClusterShape, typename KernelSchedule,
+          typename EpilogueSchedule>
+struct W4A8Gemm {
+  using ElementW = cutlass::int4b_t;
+  using ElementA = int8_t;
+  using ElementAcc = int32_t;
+  // Transposed problem: D^T [N x M] column-major == out [M x N] row-major.
+  using LayoutAct = cutlass::layout::ColumnMajor;   // the activations as the K x M B operand
+  using LayoutOutT = cutlass::layout::ColumnMajor;
+  static constexpr int kAlignW = 32;    // 16 bytes of 4-bit values
+  static constexpr int kAlignA = 16;
+  static constexpr int kAlignOut = 8;
+
+  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
+  using ElementC = cute::conditional_t<kLowRank, ElementOut, void>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float,
+      ElementC, LayoutOutT, kAlignOut,
+      ElementOut, LayoutOutT, kAlignOut,
+      EpilogueSchedule, typename Tree::Tree>::CollectiveOp;
+
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
+      ElementW, WeightLayout, kAlignW,
+      ElementA, LayoutAct, kAlignA,
+      ElementAcc, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+
+  using KernelBase = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
+                                                          CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;
+  using Kernel = Sm90Only<KernelBase>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments arguments(const W4A8GemmParams& p) {
+    using StrideB = typename KernelBase::StrideB;
+    using StrideD = typename KernelBase::StrideD;
+    using StrideC = typename KernelBase::StrideC;
+    StrideB stride_act = make_stride(p.lda, Int<1>{}, int64_t(0));
+    StrideD stride_out = make_stride(Int<1>{}, p.ldo, int64_t(0));
+    StrideC stride_c{};
+    const ElementOut* ptr_c = nullptr;
+    if constexpr (kLowRank) {
+      stride_c = make_stride(Int<1>{}, p.ldo, int64_t(0));
+      ptr_c = static_cast<const ElementOut*>(p.lowrank);
+    }
+
+    cutlass::KernelHardwareInfo hw;
+    hw.device_id = 0;
+    hw.sm_count = p.sm_count;
+
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {p.N, p.M, p.K, 1},
+        {reinterpret_cast<const ElementW*>(p.w), make_weight_layout(p.N, p.K), p.a, stride_act},
+        {Tree::arguments(p), ptr_c, stride_c, static_cast<ElementOut*>(p.out), stride_out},
+        hw};
+    return args;
+  }
+
+  static size_t workspace_bytes(const W4A8GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
+
+  static cudaError_t run(const W4A8GemmParams& p, cudaStream_t stream) {
+    auto args = arguments(p);
+    Gemm gemm;
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return cudaErrorInvalidValue;
+    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+    if (gemm.run(stream) != cutlass::Status::kSuccess) {
+      cudaError_t e = cudaGetLastError();
+      return e == cudaSuccess ? cudaErrorLaunchFailure : e;
+    }
+    return cudaGetLastError();
+  }
+};
+
+template <W4A8TileConfig C> struct ConfigOf;
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop> {
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_64x128x128_Pingpong> {
+  using Tile = Shape<_64, _128, _128>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
+};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> {
+  using Tile = Shape<_64, _64, _128>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
+};
+
+template <typename ElementOut, bool kLowRank, W4A8TileConfig C>
+using GemmFor = W4A8Gemm<ElementOut, kLowRank, typename ConfigOf<C>::Tile, typename ConfigOf<C>::Cluster,
+                         typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue>;
+
+// Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (config, low-rank or not);
+// both output types in the same translation unit.
+#define QENGINE_W4A8_SM90_DEFINE(NAME, CONFIG, LOWRANK)                                                   \
+  cudaError_t NAME##_run(const W4A8GemmParams& p, cudaStream_t stream) {                                  \
+    if (p.out_type == FloatType::kBF16) return GemmFor<cutlass::bfloat16_t, LOWRANK, CONFIG>::run(p, stream); \
+    if (p.out_type == FloatType::kFP16) return GemmFor<cutlass::half_t, LOWRANK, CONFIG>::run(p, stream);     \
+    return cudaErrorInvalidValue;                                                                          \
+  }                                                                                                        \
+  size_t NAME##_workspace(const W4A8GemmParams& p) {                                                      \
+    if (p.out_type == FloatType::kBF16) return GemmFor<cutlass::bfloat16_t, LOWRANK, CONFIG>::workspace_bytes(p); \
+    return GemmFor<cutlass::half_t, LOWRANK, CONFIG>::workspace_bytes(p);                                \
+  }
+
+}  // namespace qengine::w4a8::sm90

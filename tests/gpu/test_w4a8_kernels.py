@@ -1,0 +1,244 @@
+"""GPU tests of the W4A8 CUDA kernel (qengine._C, sm_90a): INT4 per-channel prepacked weights x
+INT8 per-token activations, with and without the low-rank term.
+
+Skipped, with the reason, where there is no CUDA GPU, qengine._C is not built or the GPU is
+not sm_90. GEMMs are checked against the float32 reference on the SAME quantized operands
+(SQNR >= 40 dB; outputs NaN-poisoned first), with every tile config forced, an M sweep 1..128
+plus non-multiples of the tiles, the smallest K/N, every real shape of benchmarks/shapes.py and
+low-rank ranks 16/32/64/128; plus prepack on the GPU, opcheck, CUDA graphs and torch.compile.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from qengine import _extension  # noqa: E402
+from qengine.config import LayerQuantConfig  # noqa: E402
+from qengine.formats import pack_int4  # noqa: E402
+from qengine.formats.w4a8_layout import prepack, unprepack  # noqa: E402
+from qengine.nn import QLinear  # noqa: E402
+from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
+from qengine.ops import reference as ref  # noqa: E402
+
+EXT = _extension.load_extension()
+if EXT is None:
+    pytest.skip("qengine._C is not built (QENGINE_BUILD_CUDA=1 pip install --no-build-isolation .)",
+                allow_module_level=True)
+if "w4a8_gemm" in MISSING_CUDA_KERNELS or not hasattr(EXT, "w4a8_gemm_configs"):
+    pytest.skip("qengine._C has no w4a8_gemm kernel", allow_module_level=True)
+if torch.cuda.get_device_capability() != (9, 0) or "sm_90a" not in EXT.build_info()["archs"]:
+    pytest.skip(f"the W4A8 kernel needs sm_90a (GPU: {torch.cuda.get_device_name()}, build: "
+                f"{EXT.build_info()['archs']})", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from shapes import load_shapes  # noqa: E402
+
+DEV = torch.device("cuda")
+CONFIGS = list(EXT.w4a8_gemm_configs())
+
+
+def sqnr_db(out: torch.Tensor, expect: torch.Tensor) -> float:
+    err = (out.double() - expect.double()).pow(2).sum().item()
+    sig = expect.double().pow(2).sum().item()
+    return math.inf if err == 0 else 10 * math.log10(sig / err)
+
+
+def poison_allocator(nbytes: int) -> None:
+    """Fill freed caching-allocator memory with NaN so an output the kernel fails to write shows."""
+    t = torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.bfloat16, device=DEV)
+    del t
+
+
+def operands(m: int, n: int, k: int, rank: int = 0, seed: int = 0, out_dtype=torch.bfloat16):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    a = torch.randint(-127, 128, (m, k), device=DEV, generator=g, dtype=torch.int8)
+    q4 = torch.randint(-8, 8, (n, k), device=DEV, generator=g, dtype=torch.int8)
+    w = prepack(pack_int4(q4))
+    a_scale = torch.rand(m, device=DEV, generator=g) * 1e-2 + 1e-4
+    w_scale = torch.rand(n, 1, device=DEV, generator=g) * 1e-2 + 1e-4
+    bias = torch.randn(n, device=DEV, generator=g).to(out_dtype)
+    lowrank = up = None
+    if rank:
+        lowrank = torch.randn(m, rank, device=DEV, generator=g) * 0.1
+        up = (torch.randn(n, rank, device=DEV, generator=g) * 0.1).to(out_dtype)
+    return a, a_scale, w, w_scale, bias, lowrank, up
+
+
+def reference(a, a_scale, w, w_scale, bias, lowrank, up):
+    # float32 reference computed on the GPU (no TF32: torch's default for float32 matmul)
+    return ref.w4a8_gemm(a, a_scale, w, w_scale, bias, lowrank, up, torch.float32)
+
+
+def run(config, ops, out_dtype=torch.bfloat16):
+    name = "bfloat16" if out_dtype == torch.bfloat16 else "float16"
+    if config is None:
+        return torch.ops.qengine.w4a8_gemm(*ops, out_dtype)
+    return EXT.w4a8_gemm_with_config(*ops, name, config)
+
+
+def check(config, m, n, k, rank=0, out_dtype=torch.bfloat16, seed=0, min_db=40.0):
+    ops = operands(m, n, k, rank, seed, out_dtype)
+    poison_allocator(m * n * 2)
+    out = run(config, ops, out_dtype)
+    assert out.shape == (m, n) and out.dtype == out_dtype
+    assert not out.isnan().any(), f"NaN in output ({config}, M={m} N={n} K={k})"
+    db = sqnr_db(out.float(), reference(*ops))
+    assert db >= min_db, f"{config} M={m} N={n} K={k} rank={rank}: SQNR {db:.1f} dB"
+    return db
+
+
+# ---------------------------------------------------------------- GEMM correctness
+
+M_SWEEP = list(range(1, 129)) + [129, 191, 200, 257, 383]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("m", M_SWEEP)
+def test_m_sweep_every_config(config, m):
+    check(config, m, 192, 384, seed=m)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("rank", [16, 32, 64, 128])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_lowrank_every_config(config, rank, out_dtype):
+    check(config, 77, 256, 512, rank=rank, out_dtype=out_dtype, seed=rank)
+    check(config, 300, 512, 1024, rank=rank, out_dtype=out_dtype, seed=rank + 1)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("n,k", [(16, 32), (16, 96), (48, 32), (112, 160)])
+def test_smallest_k_n(config, n, k):
+    check(config, 5, n, k)
+    check(config, 70, n, k, rank=16)
+
+
+REAL = sorted({(s.M, s.K, s.N) for s in load_shapes()})
+
+
+@pytest.mark.parametrize("m,k,n", REAL)
+def test_real_shapes(m, k, n):
+    check(None, m, n, k, rank=32, seed=k + n)
+
+
+def test_zero_rank_lowrank_is_no_lowrank():
+    a, a_scale, w, w_scale, bias, _, _ = operands(33, 64, 128)
+    out = torch.ops.qengine.w4a8_gemm(a, a_scale, w, w_scale, bias, torch.zeros(33, 0, device=DEV),
+                                      torch.zeros(64, 0, device=DEV).bfloat16(), torch.bfloat16)
+    assert torch.equal(out, torch.ops.qengine.w4a8_gemm(a, a_scale, w, w_scale, bias, None, None, torch.bfloat16))
+
+
+def test_heuristic_names():
+    assert EXT.w4a8_gemm_heuristic(1, 3072, 3072) in CONFIGS
+    assert EXT.w4a8_gemm_heuristic(4608, 3072, 3072) in CONFIGS
+    assert EXT.w4a8_gemm_heuristic(64, 3072, 3072) != EXT.w4a8_gemm_heuristic(4096, 3072, 3072)
+
+
+# ---------------------------------------------------------------- prepack on the GPU
+
+
+def test_prepack_on_gpu_is_bit_exact_with_cpu():
+    g = torch.Generator().manual_seed(3)
+    w = pack_int4(torch.randint(-8, 8, (3072, 512), generator=g, dtype=torch.int8))
+    p_gpu = torch.ops.qengine.w4a8_prepack(w.to(DEV))
+    assert torch.equal(p_gpu.cpu(), torch.ops.qengine.w4a8_prepack(w))
+    assert torch.equal(torch.ops.qengine.w4a8_unprepack(p_gpu).cpu(), w)
+    assert torch.equal(unprepack(p_gpu).cpu(), w)
+
+
+# ---------------------------------------------------------------- registration: opcheck, graphs, compile
+
+
+def test_opcheck():
+    a, a_scale, w, w_scale, bias, lowrank, up = operands(33, 64, 256, rank=16)
+    op = torch.ops.qengine.w4a8_gemm.default
+    torch.library.opcheck(op, (a, a_scale, w, w_scale, bias, None, None, torch.bfloat16))
+    torch.library.opcheck(op, (a, a_scale, w, w_scale, None, lowrank, up, torch.float16))
+    torch.library.opcheck(torch.ops.qengine.w4a8_prepack.default, (pack_int4(torch.zeros(32, 64, dtype=torch.int8,
+                                                                                         device=DEV)),))
+
+
+def make_qlinear(k=512, n=768, rank=32, smooth=True, seed=0):
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(k, n, bias=True).to(DEV, torch.bfloat16)
+    s = (torch.rand(k, device=DEV) + 0.5).bfloat16() if smooth else None
+    return QLinear.from_float(lin, LayerQuantConfig("w4a8", 0, rank), smooth=s)
+
+
+@pytest.mark.skipif("quantize_act_int8" in MISSING_CUDA_KERNELS, reason="no CUDA quantize_act_int8")
+def test_qlinear_matches_reference_backend():
+    q = make_qlinear()
+    x = torch.randn(3, 50, 512, device=DEV).bfloat16()
+    y = q(x)
+    q.backend = "reference"
+    y_ref = q(x)
+    assert y.shape == (3, 50, 768) and sqnr_db(y.float(), y_ref.float()) >= 40
+
+
+@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                    reason="graph capture needs the caching allocator (cudaMalloc is illegal while capturing)")
+@pytest.mark.skipif("quantize_act_int8" in MISSING_CUDA_KERNELS, reason="no CUDA quantize_act_int8")
+def test_cuda_graph_capture_replay():
+    q = make_qlinear()
+    static_x = torch.randn(77, 512, device=DEV).bfloat16()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            q(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = q(static_x)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        new_x = torch.randn(77, 512, device=DEV).bfloat16()
+        static_x.copy_(new_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_y, q(new_x))
+
+
+@pytest.mark.skipif("quantize_act_int8" in MISSING_CUDA_KERNELS, reason="no CUDA quantize_act_int8")
+def test_torch_compile_fullgraph():
+    q = make_qlinear()
+    compiled = torch.compile(q, fullgraph=True)
+    x = torch.randn(2, 64, 512, device=DEV).bfloat16()
+    assert torch.equal(compiled(x), q(x))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors():
+    gemm = torch.ops.qengine.w4a8_gemm
+    a, a_scale, w, w_scale, bias, _, _ = operands(8, 64, 128)
+    with pytest.raises(ValueError, match=r"per-output-channel INT4 weights \(w_scale \[N, 1\]\).*group size 64"):
+        gemm(a, a_scale, w, w_scale.repeat(1, 2).contiguous(), bias, None, None, torch.bfloat16)
+    with pytest.raises(ValueError, match="a_scale"):
+        gemm(a, a_scale[:7], w, w_scale, bias, None, None, torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype"):
+        gemm(a, a_scale, w.view(torch.int8), w_scale, bias, None, None, torch.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        gemm(a, a_scale, w[:40].contiguous(), w_scale[:40].contiguous(), None, None, None, torch.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        EXT.w4a8_gemm_with_config(a[:, :48].contiguous(), a_scale, w[:, :24].contiguous(), w_scale, None, None,
+                                  None, "bfloat16", CONFIGS[0])
+    with pytest.raises(ValueError, match="out_dtype"):
+        gemm(a, a_scale, w, w_scale, None, None, None, torch.float32)
+    with pytest.raises(ValueError, match="together"):
+        gemm(a, a_scale, w, w_scale, None, torch.randn(8, 4, device=DEV), None, torch.bfloat16)
+    with pytest.raises((ValueError, RuntimeError), match="cpu|device"):
+        gemm(a, a_scale.cpu(), w, w_scale, bias, None, None, torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown W4A8 tile config"):
+        EXT.w4a8_gemm_with_config(a, a_scale, w, w_scale, None, None, None, "bfloat16", "no_such_config")
