@@ -13,6 +13,7 @@
 
 namespace qengine::bindings {
 void register_gemm_debug(pybind11::module_& m);
+void register_conv_debug(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -40,4 +41,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "What this build holds: {'archs': ['sm_80', ...], 'cuda_version', 'cutlass', ...}; which ops have CUDA kernels: qengine.ops.MISSING_CUDA_KERNELS.");
   qengine::bindings::register_gemm_debug(m);
+  qengine::bindings::register_conv_debug(m);
 }
