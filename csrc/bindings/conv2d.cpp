@@ -290,6 +290,22 @@ QuantType conv_quant_type(const std::string& in_dtype) {
 
 void register_conv_debug(pybind11::module_& m) {
   m.def(
+      "conv_quantize_input",
+      [](const at::Tensor& x, const std::optional<at::Tensor>& x_scale, const std::string& q_dtype) {
+        const ConvOp g = conv_op(conv_quant_type(q_dtype));
+        QENGINE_CHECK(g.name, x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+                      "x must be bfloat16 or float16, got ", x.scalar_type());
+        check_nhwc_rows(g.name, "x", x, x.device(), x.scalar_type(), -1, -1, -1);
+        QENGINE_CHECK(g.name, x.size(3) % 8 == 0, "channels must be a multiple of 8, got ", x.size(3));
+        if (x_scale.has_value()) check_tensor(g.name, "x_scale", *x_scale, x.device(), {at::kFloat}, {1});
+        c10::cuda::CUDAGuard guard(x.device());
+        auto [q, s] = quantize_half(g, x, x_scale, c10::cuda::getCurrentCUDAStream().stream());
+        return std::make_tuple(q, s);
+      },
+      "The conv's activation pre-pass alone: (q [B,H,W,C] packed, scale [1]) for q_dtype 'int8'|'float8_e4m3fn'. "
+      "Debug/test/benchmark entry point.",
+      pybind11::arg("x"), pybind11::arg("x_scale"), pybind11::arg("q_dtype"));
+  m.def(
       "qconv2d_with_config",
       [](const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
          const std::optional<at::Tensor>& x_scale, std::vector<int64_t> stride, std::vector<int64_t> padding,

@@ -145,8 +145,8 @@ template <> struct ConfigOf<QConvTileConfig::kSm90_128x128x128_S3> {
   using Tile = Shape<_128, _128, Shape<_128>>;
   static constexpr int kStages = 3;
 };
-template <> struct ConfigOf<QConvTileConfig::kSm90_128x64x128_S4> {
-  using Tile = Shape<_128, _64, Shape<_128>>;
+template <> struct ConfigOf<QConvTileConfig::kSm90_64x128x128_S4> {
+  using Tile = Shape<_64, _128, Shape<_128>>;
   static constexpr int kStages = 4;
 };
 

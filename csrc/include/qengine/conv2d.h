@@ -53,7 +53,7 @@ struct QConv2dParams {
 enum class QConvTileConfig : int {
   kSm90_128x128x128_S4 = 0,   // 4 stages, one CTA per SM
   kSm90_128x128x128_S3 = 1,   // 3 stages, two CTAs per SM
-  kSm90_128x64x128_S4 = 2,    // narrower N: twice the CTAs for the few-tile shapes (SDXL 1280 ch)
+  kSm90_64x128x128_S4 = 2,    // half-height tiles, two CTAs per SM: for the few-tile shapes (SDXL 1280 ch)
   kIm2colGemmSm80 = 3,        // explicit int8/fp8 im2col + the W8A8 mma.sync GEMM (sm_80/86/89)
   kCount = 4,
 };
