@@ -133,7 +133,7 @@ MD_COLS = [("shape", "shape"), ("batch", "B"), ("split", "split"), ("gflop", "GF
            ("fp8_kernel_vs_cudnn", "fp8 kernel/cuDNN"), ("int8_config", "config")]
 
 
-def write_outputs(rows, meta, out_dir: Path):
+def write_outputs(rows, meta, out_dir: Path, plot: bool = True):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_conv.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -150,6 +150,8 @@ def write_outputs(rows, meta, out_dir: Path):
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(k, "")) for k, _ in MD_COLS) + " |")
     (out_dir / "bench_conv.md").write_text("\n".join(lines) + "\n")
+    if not plot:
+        return
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -177,11 +179,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(CONV_MODELS), choices=list(CONV_MODELS))
     ap.add_argument("--batch", nargs="*", type=int, default=[1], help="batch sizes (2 = a CFG batch)")
-    ap.add_argument("--only", default="", help="substring filter on the shape name, e.g. 'sdxl:64x64x640->640 k3s1'")
+    ap.add_argument("--only", nargs="*", default=[], help="substrings of shape names to run, e.g. 'sdxl:64x64x640->640 k3s1'")
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--timing", choices=["graph", "eager"], default="graph")
     ap.add_argument("--sweep-configs", action="store_true", help="also time every sm90 tile config")
     ap.add_argument("--out-dir", type=Path, default=Path("out/bench_conv"))
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_conv.py needs a CUDA GPU")
@@ -193,7 +196,7 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     meta = gpu_info()
     meta.update(timing=args.timing, reps=args.reps, batches=args.batch)
-    shapes = [s for s in load_conv_shapes(args.models) if args.only in s.name]
+    shapes = [s for s in load_conv_shapes(args.models) if not args.only or any(o in s.name for o in args.only)]
     rows = []
     for batch in args.batch:
         for s in shapes:
@@ -206,8 +209,9 @@ def main(argv=None):
                   f"(static {r['fp8_static_vs_cudnn']:.2f}x, kernel {r['fp8_kernel_vs_cudnn']:.2f}x)  [{r['int8_config']}]"
                   + "".join(f" {k.split('[')[1][:-1]}={v}" for k, v in r.items() if k.startswith("int8_static_us[")),
                   flush=True)
-            write_outputs(rows, meta, args.out_dir)  # after every shape: a cut-off run still leaves its table
-    print(f"wrote {args.out_dir}/bench_conv.{{csv,json,md,png}}")
+            write_outputs(rows, meta, args.out_dir, plot=False)  # after every shape: a cut-off run still leaves its table
+    write_outputs(rows, meta, args.out_dir, plot=not args.no_plot)
+    print(f"wrote {args.out_dir}/bench_conv.{{csv,json,md{'' if args.no_plot else ',png'}}}")
 
 
 if __name__ == "__main__":

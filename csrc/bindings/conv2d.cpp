@@ -53,8 +53,23 @@ QConvTileConfig dispatch_config(const ConvOp& g, const at::Device& device, int64
   return QConvTileConfig::kIm2colGemmSm80;
 }
 
-// x is NHWC with unit channel stride and packed spatial/batch strides over rows of ld >= C
-// channels: a contiguous tensor, or a channel slice x_cat[..., a:b] of a contiguous concat.
+// Row stride (elements between consecutive pixels) of an NHWC tensor whose channels are
+// unit-stride and whose pixels are packed rows of ld >= C elements: a contiguous tensor (ld = C)
+// or a channel slice x_cat[..., a:b] of a contiguous concat (ld = channels of the concat).
+// Strides of size-1 dims are ignored (torch leaves them arbitrary); -1 if t is no such view.
+int64_t nhwc_row_stride(const at::Tensor& t) {
+  if (t.is_contiguous()) return t.size(3);
+  const int64_t H = t.size(1), W = t.size(2);
+  int64_t ld = -1;
+  if (W > 1) ld = t.stride(2);
+  else if (H > 1) ld = t.stride(1);
+  else if (t.size(0) > 1) ld = t.stride(0);
+  if (ld < t.size(3) || (t.size(3) > 1 && t.stride(3) != 1)) return -1;
+  if ((W > 1 && t.stride(2) != ld) || (H > 1 && t.stride(1) != W * ld) || (t.size(0) > 1 && t.stride(0) != H * W * ld))
+    return -1;
+  return ld;
+}
+
 int64_t check_nhwc_rows(const char* op, const char* name, const at::Tensor& t, const at::Device& device,
                         at::ScalarType dtype, int64_t B, int64_t H, int64_t W) {
   QENGINE_CHECK(op, t.defined() && t.dim() == 4, name, " must be a 4-D NHWC tensor, got shape ", t.sizes());
@@ -62,11 +77,9 @@ int64_t check_nhwc_rows(const char* op, const char* name, const at::Tensor& t, c
   QENGINE_CHECK(op, t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ", t.scalar_type());
   QENGINE_CHECK(op, (B < 0 || t.size(0) == B) && (H < 0 || t.size(1) == H) && (W < 0 || t.size(2) == W), name,
                 " must have shape [", B, ", ", H, ", ", W, ", *], got ", t.sizes());
-  const int64_t ld = t.stride(2);
-  QENGINE_CHECK(op, t.stride(3) == 1 && ld >= t.size(3) && ld % 8 == 0 && t.stride(1) == t.size(2) * ld &&
-                        t.stride(0) == t.size(1) * t.size(2) * ld,
-                name, " must be contiguous NHWC or a channel slice of one (strides ", t.strides(), " for shape ",
-                t.sizes(), ")");
+  const int64_t ld = nhwc_row_stride(t);
+  QENGINE_CHECK(op, ld > 0 && ld % 8 == 0, name, " must be contiguous NHWC or a channel slice of one (strides ",
+                t.strides(), " for shape ", t.sizes(), ")");
   QENGINE_CHECK(op, reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name,
                 " must start at a 16-byte aligned address (channel offset a multiple of 8)");
   return ld;
@@ -86,7 +99,7 @@ std::pair<at::Tensor, at::Tensor> quantize_half(const ConvOp& g, const at::Tenso
   at::Tensor scale = static_scale.has_value() ? *static_scale : at::empty({1}, x.options().dtype(at::kFloat));
   at::Tensor absmax;
   cudaError_t err = cudaSuccess;
-  const int64_t rows = x.size(0) * x.size(1) * x.size(2), cols = x.size(3), ld = x.stride(2);
+  const int64_t rows = x.size(0) * x.size(1) * x.size(2), cols = x.size(3), ld = nhwc_row_stride(x);
   if (!static_scale.has_value()) {
     absmax = at::empty({1}, x.options().dtype(at::kInt));
     err = conv_absmax(x.data_ptr(), rows, cols, ld, xt, reinterpret_cast<unsigned int*>(absmax.data_ptr()), stream);

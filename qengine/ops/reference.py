@@ -175,9 +175,12 @@ def _check_nhwc_rows(op, name, t, dtypes, shape, device=None):
         checks.check_tensor(op, name, t, dtypes=dtypes, shape=shape, device=device)
         return
     checks.check_tensor(op, name, t.contiguous(), dtypes=dtypes, shape=shape, device=device)
-    st, (_, h, w, c) = t.stride(), t.shape
-    ld = st[2]
-    if not (st[3] == 1 and ld >= c and st[1] == w * ld and st[0] == h * w * ld):
+    (n, h, w, c), st = t.shape, t.stride()
+    # strides of size-1 dims are arbitrary in torch: only the others must fit rows of ld elements
+    ld = st[2] if w > 1 else st[1] if h > 1 else st[0]
+    ok = (c == 1 or st[3] == 1) and ld >= c and (w == 1 or st[2] == ld) and (h == 1 or st[1] == w * ld) and (
+        n == 1 or st[0] == h * w * ld)
+    if not ok:
         checks._fail(op, f"{name} must be contiguous NHWC or a channel slice of one (strides {t.stride()} for shape "
                          f"{list(t.shape)})")
 

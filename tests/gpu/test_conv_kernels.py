@@ -175,6 +175,16 @@ def test_every_config_split_shortcut_and_residual(kind, dtype):
     assert sqnr_db(y.float().cpu(), only_skip.float()) >= 40
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_split_halves_of_unit_spatial_size(kind):
+    """Channel slices of a [B, 1, 1, C] concat (torch leaves size-1 strides arbitrary)."""
+    x, wq, w_scale, bias = operands(kind, 3, 1, 1, 48, 16, 1)
+    hidden, skip = x[..., :32], x[..., 32:]
+    expect = cpu_reference(kind, hidden, wq, w_scale, bias, None, (1, 1), (0, 0), x2=skip)
+    y = getattr(torch.ops.qengine, CONV_OP[kind])(hidden, wq, w_scale, bias, None, [1, 1], [0, 0], [1, 1], skip)
+    assert sqnr_db(y.float().cpu(), expect.float()) >= 40
+
+
 def real_shape_params():
     out = []
     for s in load_conv_shapes():
