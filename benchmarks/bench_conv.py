@@ -35,7 +35,7 @@ from shapes import CONV_MODELS, load_conv_shapes  # noqa: E402
 
 DEV = torch.device("cuda")
 KINDS = {"int8": ("w8a8_int8_conv2d", torch.int8, "int8"), "fp8": ("w8a8_fp8_conv2d", torch.float8_e4m3fn, "float8_e4m3fn")}
-SM90_CONFIGS = ("sm90_128x128x128_s4", "sm90_128x128x128_s3", "sm90_64x128x128_s4")
+SM90_CONFIGS = ("sm90_128x128x128_s4", "sm90_128x160x128_s4", "sm90_64x160x128_s4")
 
 
 def operand_sets(s, batch, l2_bytes, max_sets=6):

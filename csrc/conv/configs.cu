@@ -23,10 +23,10 @@ Entry sm90_entry(QConvTileConfig c, QuantType t) {
   switch (c) {
     case QConvTileConfig::kSm90_128x128x128_S4:
       return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_128x128x128_s4) : QENGINE_ENTRY(int8_conv_sm90_128x128x128_s4);
-    case QConvTileConfig::kSm90_128x128x128_S3:
-      return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_128x128x128_s3) : QENGINE_ENTRY(int8_conv_sm90_128x128x128_s3);
-    case QConvTileConfig::kSm90_64x128x128_S4:
-      return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_64x128x128_s4) : QENGINE_ENTRY(int8_conv_sm90_64x128x128_s4);
+    case QConvTileConfig::kSm90_128x160x128_S4:
+      return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_128x160x128_s4) : QENGINE_ENTRY(int8_conv_sm90_128x160x128_s4);
+    case QConvTileConfig::kSm90_64x160x128_S4:
+      return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_64x160x128_s4) : QENGINE_ENTRY(int8_conv_sm90_64x160x128_s4);
     default:
       break;
   }
@@ -43,16 +43,16 @@ Entry sm90_entry(QConvTileConfig c, QuantType t) {
 const char* conv_tile_config_name(QConvTileConfig c) {
   switch (c) {
     case QConvTileConfig::kSm90_128x128x128_S4: return "sm90_128x128x128_s4";
-    case QConvTileConfig::kSm90_128x128x128_S3: return "sm90_128x128x128_s3";
-    case QConvTileConfig::kSm90_64x128x128_S4: return "sm90_64x128x128_s4";
+    case QConvTileConfig::kSm90_128x160x128_S4: return "sm90_128x160x128_s4";
+    case QConvTileConfig::kSm90_64x160x128_S4: return "sm90_64x160x128_s4";
     case QConvTileConfig::kIm2colGemmSm80: return "im2col_gemm_sm80";
     default: return "unknown";
   }
 }
 
 bool conv_tile_config_is_sm90(QConvTileConfig c) {
-  return c == QConvTileConfig::kSm90_128x128x128_S4 || c == QConvTileConfig::kSm90_128x128x128_S3 ||
-         c == QConvTileConfig::kSm90_64x128x128_S4;
+  return c == QConvTileConfig::kSm90_128x128x128_S4 || c == QConvTileConfig::kSm90_128x160x128_S4 ||
+         c == QConvTileConfig::kSm90_64x160x128_S4;
 }
 
 bool conv_tile_config_compiled(QConvTileConfig c, QuantType t) {
@@ -69,26 +69,25 @@ bool conv_tile_config_compiled(QConvTileConfig c, QuantType t) {
 
 QConvTileConfig choose_conv_tile_config(int64_t M, int N, int64_t K, int sm_count) {
   (void)K;
-  // Modelled time = (tiles on the busiest SM) * tile area * relative cost of a MAC in that
-  // config. Co-resident CTAs share an SM's tensor cores, so an SM's time is the sum of its tiles
-  // whether they run one or two at a time; the 2-CTA 128x128 config hides its epilogue behind the
-  // other CTA's mainloop (a little cheaper), the 64-row tile feeds wgmma less efficiently.
-  // Factors are first guesses, to be replaced by the --sweep-configs measurements (notes/conv.md).
+  // One CTA per SM in every config, so the busiest SM runs ceil(tiles / SMs) tiles back to back:
+  // modelled time = that count * tile area * relative cost of a MAC in the config (the 64-row
+  // tile feeds wgmma from shared memory less efficiently: each 64xN wgmma re-reads the B tile
+  // for half the MACs). The factors are first estimates; notes/conv.md has the sweep.
   struct Option {
     QConvTileConfig c;
     int tm, tn;
     double mac_cost;
   };
   const Option options[] = {{QConvTileConfig::kSm90_128x128x128_S4, 128, 128, 1.0},
-                            {QConvTileConfig::kSm90_128x128x128_S3, 128, 128, 0.97},
-                            {QConvTileConfig::kSm90_64x128x128_S4, 64, 128, 1.15}};
+                            {QConvTileConfig::kSm90_128x160x128_S4, 128, 160, 1.0},
+                            {QConvTileConfig::kSm90_64x160x128_S4, 64, 160, 1.15}};
   QConvTileConfig best = options[0].c;
   double best_cost = 0;
   for (const auto& o : options) {
     const int64_t tiles = ((M + o.tm - 1) / o.tm) * ((N + o.tn - 1) / o.tn);
     const int64_t per_sm = (tiles + sm_count - 1) / sm_count;
     const double cost = double(per_sm) * o.tm * o.tn * o.mac_cost;
-    if (best_cost == 0 || cost < best_cost) {
+    if (best_cost == 0 || cost < best_cost) {  // ties keep the earlier (more general) config
       best = o.c;
       best_cost = cost;
     }

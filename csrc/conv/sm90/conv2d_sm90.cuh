@@ -136,17 +136,21 @@ struct ScaledConv {
   }
 };
 
+// N = 160 divides every UNet width (320, 640, 1280): with it the SDXL 640- and 1280-channel convs
+// fit in one wave of 132 SMs (128 tiles), where 128x128 tiles need 160 (two waves) or 80 (61% of
+// the SMs busy). ptxas: 128-row tiles use 168-238 registers per thread (one 256-thread CTA per
+// SM); 64x160 uses 122-126 and 113 KB of shared memory, so two of its CTAs can share an SM.
 template <QConvTileConfig C> struct ConfigOf;
 template <> struct ConfigOf<QConvTileConfig::kSm90_128x128x128_S4> {
   using Tile = Shape<_128, _128, Shape<_128>>;
   static constexpr int kStages = 4;
 };
-template <> struct ConfigOf<QConvTileConfig::kSm90_128x128x128_S3> {
-  using Tile = Shape<_128, _128, Shape<_128>>;
-  static constexpr int kStages = 3;
+template <> struct ConfigOf<QConvTileConfig::kSm90_128x160x128_S4> {
+  using Tile = Shape<_128, _160, Shape<_128>>;
+  static constexpr int kStages = 4;
 };
-template <> struct ConfigOf<QConvTileConfig::kSm90_64x128x128_S4> {
-  using Tile = Shape<_64, _128, Shape<_128>>;
+template <> struct ConfigOf<QConvTileConfig::kSm90_64x160x128_S4> {
+  using Tile = Shape<_64, _160, Shape<_128>>;
   static constexpr int kStages = 4;
 };
 

@@ -48,12 +48,11 @@ struct QConv2dParams {
 
 // Named tile configs of the sm90 implicit-GEMM conv (CUTLASS 3 ConvUniversal: TMA im2col loads
 // of the activation, wgmma, one consumer warpgroup, non-persistent: CUTLASS 4.2 has no persistent
-// schedule for sm90 conv). Stage counts are fixed so that two CTAs share an SM where noted: the
-// second CTA's mainloop then runs during the first one's epilogue (what ping-pong does in a GEMM).
+// schedule for sm90 conv). All 4 stages. Chosen by the tiles on the busiest SM (configs.cu).
 enum class QConvTileConfig : int {
-  kSm90_128x128x128_S4 = 0,   // 4 stages, one CTA per SM
-  kSm90_128x128x128_S3 = 1,   // 3 stages, two CTAs per SM
-  kSm90_64x128x128_S4 = 2,    // half-height tiles, two CTAs per SM: for the few-tile shapes (SDXL 1280 ch)
+  kSm90_128x128x128_S4 = 0,   // the general one
+  kSm90_128x160x128_S4 = 1,   // N = 160 divides 320/640/1280: SDXL 640 ch at 64x64 in one wave
+  kSm90_64x160x128_S4 = 2,    // half-height: SDXL 1280 ch at 32x32 in one wave (128 tiles)
   kIm2colGemmSm80 = 3,        // explicit int8/fp8 im2col + the W8A8 mma.sync GEMM (sm_80/86/89)
   kCount = 4,
 };
