@@ -57,13 +57,32 @@ __global__ void absmax_kernel(const T* __restrict__ x, int64_t nvec, int64_t vec
   }
 }
 
+// x / scale rounded exactly like IEEE division, without a division per element: q0 = RN(x * inv)
+// with inv = RN(1 / scale) is within an ulp, r = x - scale * q0 is exact (FMA), and RN(q0 + r * inv)
+// is the correctly rounded quotient (Markstein; the same step and proof as csrc/quantize's
+// ExactDiv, valid for 2^-64 <= scale <= 2^64, where quotients that could underflow quantize to
+// zero anyway). A quotient that overflows (huge x over a small static scale) comes out inf/NaN and
+// takes the IEEE division instead. The FMAs can turn -0 into +0: the sign is copied from x.
+struct Quotient {
+  float scale, inv;
+  bool fast;
+  __device__ __forceinline__ float operator()(float x) const {
+    if (!fast) return __fdiv_rn(x, scale);
+    const float q0 = __fmul_rn(x, inv);
+    const float q = __fmaf_rn(__fmaf_rn(-q0, scale, x), inv, q0);
+    return isfinite(q) ? copysignf(q, x) : __fdiv_rn(x, scale);
+  }
+};
+
 template <QuantType Q>
 struct QuantTraits;
 template <>
 struct QuantTraits<QuantType::kInt8> {
   static constexpr float kQmax = 127.f;
-  __device__ static uint8_t cvt(float q) {  // torch.round (half to even), then clamp to [-127, 127]
-    return static_cast<uint8_t>(static_cast<int8_t>(fminf(fmaxf(rintf(q), -127.f), 127.f)));
+  // clamp to [-127, 127], then round half to even by adding 1.5 * 2^23 (the low byte of the sum's
+  // bits is the two's-complement result): rint(clamp(q)) == clamp(rint(q)) for these bounds.
+  __device__ static uint8_t cvt(float q) {
+    return static_cast<uint8_t>(__float_as_uint(__fadd_rn(fminf(fmaxf(q, -127.f), 127.f), 12582912.f)));
   }
 };
 template <>
@@ -89,11 +108,12 @@ __global__ void quantize_kernel(const T* __restrict__ x, int64_t nvec, int64_t v
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i == 0 && scale_out != nullptr) *scale_out = scale;
   if (i >= nvec) return;
+  const Quotient div{scale, __frcp_rn(scale), scale >= 0x1p-64f && scale <= 0x1p64f};
   float v[8];
   load8(x + vec_offset(i, vecs_per_row, ld), v);
   uint8_t out[8];
 #pragma unroll
-  for (int k = 0; k < 8; ++k) out[k] = QuantTraits<Q>::cvt(__fdiv_rn(v[k], scale));
+  for (int k = 0; k < 8; ++k) out[k] = QuantTraits<Q>::cvt(div(v[k]));
   *reinterpret_cast<uint2*>(q + i * 8) = *reinterpret_cast<const uint2*>(out);
 }
 

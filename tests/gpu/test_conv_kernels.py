@@ -106,16 +106,19 @@ def test_quantize_pre_pass_bit_exact(kind, dtype):
     x = x.to(dtype)
     qdt = "int8" if kind == "int8" else "float8_e4m3fn"
     fmt_scale = {"int8": 127.0, "fp8": 448.0}[kind]
-    for view in (x, x[..., 16:40], x[..., :16]):
-        for static in (None, torch.tensor([0.01], device=DEV)):
-            q, s = EXT.conv_quantize_input(view, static, qdt)
-            fmt = ref.Format.INT8 if kind == "int8" else ref.Format.FP8_E4M3
-            q_ref, s_ref = ref.quantize_conv_input(view.cpu(), None if static is None else static.cpu(), fmt)
-            assert q.is_contiguous() and q.shape == view.shape
-            assert torch.equal(s.cpu(), s_ref.reshape(1).float())
-            assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
-            if static is None:
-                assert s.item() == pytest.approx(view.float().abs().max().item() / fmt_scale, rel=1e-6)
+    huge = x.clone()
+    huge[0, 0, 1, :2] = torch.tensor([1e38, -1e38], device=DEV).to(dtype)  # inf in fp16; overflows x / 0.01 in bf16
+    cases = [(v, st) for v in (x, x[..., 16:40], x[..., :16]) for st in (None, torch.tensor([0.01], device=DEV))]
+    cases.append((huge, torch.tensor([0.01], device=DEV)))
+    fmt = ref.Format.INT8 if kind == "int8" else ref.Format.FP8_E4M3
+    for view, static in cases:
+        q, s = EXT.conv_quantize_input(view, static, qdt)
+        q_ref, s_ref = ref.quantize_conv_input(view.cpu(), None if static is None else static.cpu(), fmt)
+        assert q.is_contiguous() and q.shape == view.shape
+        assert torch.equal(s.cpu(), s_ref.reshape(1).float())
+        assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+        if static is None:
+            assert s.item() == pytest.approx(view.float().abs().max().item() / fmt_scale, rel=1e-6)
 
 
 # (b, h, w, c, o, k, stride, padding, dilation): odd spatial sizes, strides, 1x1, dilation, M not a tile multiple
