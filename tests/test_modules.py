@@ -85,6 +85,31 @@ def test_static_input_scale_for_conv():
     assert sqnr(q(x), conv(x)) >= 38
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_qconv2d_split_shortcut_beats_one_scale(static):
+    """A concat of a wide-range half and a small-range half (UNet up-block input): per-half scales
+    keep the small half's contribution that one INT8 scale for both would round away."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(64, 32, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[:, :32] = 0  # the output then comes from the small half only: its error is visible
+    x = torch.cat([torch.randn(2, 32, 9, 7) * 100, torch.randn(2, 32, 9, 7)], dim=1).to(memory_format=torch.channels_last)
+    scales = torch.stack([x[:, :32].abs().amax(), x[:, 32:].abs().amax()]) / 127 if static else None
+    split = QConv2d.from_float(conv, LayerQuantConfig("w8a8-int8"), split=32, input_scale=scales)
+    one = QConv2d.from_float(conv, LayerQuantConfig("w8a8-int8"))
+    ref = conv(x)
+    y = split(x)
+    assert "split=32" in repr(split)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert sqnr(y, ref) >= 38
+    assert sqnr(y, ref) > sqnr(one(x), ref) + 10
+
+
+def test_qconv2d_bad_split():
+    with pytest.raises(ValueError, match="split must be a multiple of 16"):
+        QConv2d.from_float(nn.Conv2d(64, 32, 1), LayerQuantConfig("w8a8-int8"), split=24)
+
+
 def test_extra_repr_names_the_format():
     q = QLinear.from_float(nn.Linear(256, 128), LayerQuantConfig("w4a8", 128, 32))
     r = repr(q)

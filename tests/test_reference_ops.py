@@ -156,18 +156,65 @@ def test_conv2d_matches_float64(op, qmax, stride, padding, ksize, static):
     bias = randn(o, dtype=torch.bfloat16)
     x_scale = torch.tensor([0.02]) if static else None
     y = op(x, wq, w_scale, bias, x_scale, [stride] * 2, [padding] * 2, [1, 1])
-    # float64: per-image absmax scale (or the static one), round, dequantize, convolve
-    xs = x.double().reshape(b, -1)
-    scale = xs.abs().amax(dim=1) / qmax if not static else torch.full((b,), 0.02, dtype=torch.float64)
-    if qmax == 127:
-        xq = torch.round(xs / scale[:, None]).clamp(-127, 127)
-    else:
-        xq = (xs / scale[:, None]).clamp(-448, 448).float().to(torch.float8_e4m3fn).double()
-    xd = (xq * scale[:, None]).reshape(b, h, wd, c).permute(0, 3, 1, 2)
-    wd64 = (wq.double() * w_scale.double()[:, None, None, None]).permute(0, 3, 1, 2)
-    ref = F.conv2d(xd, wd64, bias.double(), stride, padding).permute(0, 2, 3, 1)
+    # float64: one absmax scale for the whole tensor (or the static one), round, dequantize, convolve
+    ref = F.conv2d(dequant_conv_input64(x, qmax, 0.02 if static else None).permute(0, 3, 1, 2),
+                   conv_weight64(wq, w_scale), bias.double(), stride, padding).permute(0, 2, 3, 1)
     assert y.shape == ref.shape and y.dtype == torch.bfloat16
     assert rel_err(y, ref) < 1e-2  # bf16 output rounding
+
+
+def dequant_conv_input64(x, qmax, static_scale):
+    xs = x.double()
+    scale = xs.abs().amax() / qmax if static_scale is None else torch.tensor(static_scale, dtype=torch.float64)
+    if qmax == 127:
+        xq = torch.round(xs / scale).clamp(-127, 127)
+    else:
+        xq = (xs / scale).clamp(-448, 448).float().to(torch.float8_e4m3fn).double()
+    return xq * scale
+
+
+def conv_weight64(wq, w_scale):
+    return (wq.double() * w_scale.double()[:, None, None, None]).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("op,qmax", [(Q.w8a8_int8_conv2d, 127), (Q.w8a8_fp8_conv2d, 448)])
+@pytest.mark.parametrize("static", [False, True])
+def test_conv2d_split_shortcut_and_residual(op, qmax, static):
+    """concat([x, x2]) with a scale per half, plus a residual; the halves' ranges differ 300x."""
+    b, h, wd, c1, c2, o = 2, 7, 5, 32, 16, 24
+    x = randn(b, h, wd, c1, dtype=torch.bfloat16) * 30
+    x2 = randn(b, h, wd, c2, dtype=torch.bfloat16) / 10
+    wq = torch.randint(-127, 128, (o, 3, 3, c1 + c2), generator=GEN, dtype=torch.int8)
+    if qmax == 448:
+        wq = (randn(o, 3, 3, c1 + c2) * 100).to(torch.float8_e4m3fn)
+    w_scale = randn(o).abs() / 100
+    residual = randn(b, h, wd, o, dtype=torch.bfloat16)
+    s1, s2 = (0.75, 0.003) if static else (None, None)
+    sx, sx2 = (None if s is None else torch.tensor([s]) for s in (s1, s2))
+    y = op(x, wq, w_scale, None, sx, [1, 1], [1, 1], [1, 1], x2=x2, x2_scale=sx2, residual=residual)
+    xd = torch.cat([dequant_conv_input64(x, qmax, s1), dequant_conv_input64(x2, qmax, s2)], dim=3)
+    ref = F.conv2d(xd.permute(0, 3, 1, 2), conv_weight64(wq, w_scale), None, 1, 1).permute(0, 2, 3, 1)
+    assert rel_err(y, ref + residual.double()) < 1e-2
+    # Only the small half reaches the output: with one shared scale INT8 would flush it to ~0.
+    w_small = wq.clone()
+    w_small[..., :c1] = 0
+    y2 = op(x, w_small, w_scale, None, sx, [1, 1], [1, 1], [1, 1], x2=x2, x2_scale=sx2)
+    ref2 = F.conv2d(xd.permute(0, 3, 1, 2), conv_weight64(w_small, w_scale), None, 1, 1).permute(0, 2, 3, 1)
+    assert rel_err(y2, ref2) < 1e-2
+
+
+def test_conv2d_rejects_bad_split_args():
+    x = randn(1, 4, 4, 16, dtype=torch.bfloat16)
+    w = torch.zeros(8, 1, 1, 32, dtype=torch.int8)
+    with pytest.raises(OpInputError, match="x2_scale is given without x2"):
+        Q.w8a8_int8_conv2d(x, w[..., :16].contiguous(), torch.ones(8), None, None, [1, 1], [0, 0], [1, 1],
+                           x2_scale=torch.ones(1))
+    with pytest.raises(OpInputError, match="x2 must have shape"):
+        Q.w8a8_int8_conv2d(x, w, torch.ones(8), None, None, [1, 1], [0, 0], [1, 1], x2=randn(1, 4, 5, 16,
+                                                                                           dtype=torch.bfloat16))
+    with pytest.raises(OpInputError, match="residual must have shape"):
+        Q.w8a8_int8_conv2d(x, w, torch.ones(8), None, None, [1, 1], [0, 0], [1, 1], x2=x,
+                           residual=randn(1, 4, 4, 4, dtype=torch.bfloat16))
 
 
 # ---------------------------------------------------------------- registration
@@ -186,8 +233,9 @@ def sample_args():
                          ("w4a4_gemm", "w4a4")):
         cases[name] = (*operands(scheme, 8, 128, 32, 16, 0 if scheme == "w4a8" else 64), torch.bfloat16)
     xc = randn(1, 6, 6, 16, dtype=torch.bfloat16)
-    cases["w8a8_int8_conv2d"] = (xc, torch.randint(-127, 128, (8, 3, 3, 16), dtype=torch.int8), randn(8).abs(),
-                                 None, None, [1, 1], [1, 1], [1, 1])
+    cases["w8a8_int8_conv2d"] = (xc, torch.randint(-127, 128, (8, 3, 3, 32), dtype=torch.int8), randn(8).abs(),
+                                 None, None, [1, 1], [1, 1], [1, 1], randn(1, 6, 6, 16, dtype=torch.bfloat16),
+                                 torch.tensor([0.05]), randn(1, 6, 6, 8, dtype=torch.bfloat16))
     cases["w8a8_fp8_conv2d"] = (xc, randn(8, 1, 1, 16).to(torch.float8_e4m3fn), randn(8).abs(),
                                 randn(8, dtype=torch.bfloat16), torch.tensor([0.1]), [2, 2], [0, 0], [1, 1])
     return cases

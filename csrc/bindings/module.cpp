@@ -15,6 +15,7 @@ namespace qengine::bindings {
 void register_gemm_debug(pybind11::module_& m);
 void register_w4a4_debug(pybind11::module_& m);
 void register_w4a8_debug(pybind11::module_& m);
+void register_conv_debug(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -44,4 +45,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   qengine::bindings::register_gemm_debug(m);
   qengine::bindings::register_w4a4_debug(m);
   qengine::bindings::register_w4a8_debug(m);
+  qengine::bindings::register_conv_debug(m);
 }

@@ -51,12 +51,17 @@ def gemm(scheme: Scheme, a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor
 
 def conv2d(scheme: Scheme, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
            x_scale: torch.Tensor | None, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-           backend: str = "auto") -> torch.Tensor:
-    """Quantized conv over NHWC ``x [B, H, W, C]`` with weights ``[O, kh, kw, C]`` -> ``[B, Ho, Wo, O]``."""
+           backend: str = "auto", *, x2: torch.Tensor | None = None, x2_scale: torch.Tensor | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantized conv over NHWC ``x [B, H, W, C]`` with weights ``[O, kh, kw, C]`` -> ``[B, Ho, Wo, O]``.
+
+    ``x2 [B, H, W, C2]`` (split shortcut): the input is ``concat([x, x2], channels)`` with a scale per
+    half (``w`` then has ``C + C2`` channels); ``residual [B, Ho, Wo, O]`` is added to the output.
+    """
     if scheme.name not in _CONV_OP:
         raise ValueError(f"scheme {scheme.name} has no conv2d op; conv2d supports {', '.join(_CONV_OP)}")
     return _resolve(_CONV_OP[scheme.name], backend)(x, w, w_scale, bias, x_scale, list(stride), list(padding),
-                                                     list(dilation))
+                                                     list(dilation), x2, x2_scale, residual)
 
 
 __all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act", "reference"]

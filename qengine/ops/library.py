@@ -18,7 +18,7 @@ _GEMM_ARGS = ("Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias,
               "Tensor? lora_up, ScalarType out_dtype) -> Tensor")
 _QUANT_ARGS = "(Tensor x, Tensor? smooth, Tensor? lora_down) -> (Tensor, Tensor, Tensor)"
 _CONV_ARGS = ("(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor? x_scale, int[2] stride, int[2] padding, "
-              "int[2] dilation) -> Tensor")
+              "int[2] dilation, Tensor? x2=None, Tensor? x2_scale=None, Tensor? residual=None) -> Tensor")
 
 SCHEMAS: dict[str, str] = {
     "quantize_act_int8": _QUANT_ARGS,
@@ -69,8 +69,9 @@ def _fake_gemm(op):
 
 
 def _fake_conv(op, qdtype):
-    def fake(x, w, w_scale, bias, x_scale, stride, padding, dilation):
-        b, ho, wo, o = ref.check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation)
+    def fake(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None):
+        b, ho, wo, o = ref.check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2,
+                                           x2_scale, residual)
         return x.new_empty(b, ho, wo, o)
     return fake
 

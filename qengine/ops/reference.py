@@ -17,13 +17,21 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
       (w in the layout of w4a8_prepack; G = K, i.e. w_scale [N,1], is per output channel)
   w4a8_prepack(w [N,K/2] uint8 pack_int4 layout) -> [N,K/2] uint8; w4a8_unprepack: the inverse
   w4a4_gemm(a [M,K/2] uint8, a_scale [M,K/64], w [N,K/2] uint8, w_scale [N,K/64], ...) -> y [M,N]
-  w8a8_{int8,fp8}_conv2d(x [B,H,W,C] float (NHWC), w [O,kh,kw,C], w_scale [O], bias [O]?,
-                         x_scale [1]?, stride, padding, dilation) -> y [B,Ho,Wo,O] in x.dtype
+  w8a8_{int8,fp8}_conv2d(x [B,H,W,C1] float (NHWC), w [O,kh,kw,C], w_scale [O], bias [O]?,
+                         x_scale [1]?, stride, padding, dilation, x2 [B,H,W,C2]?, x2_scale [1]?,
+                         residual [B,Ho,Wo,O]?) -> y [B,Ho,Wo,O] in x.dtype   (C = C1 + C2)
 
 ``y = (a * a_scale) @ (w * w_scale)^T + lowrank_act @ lora_up^T + bias``. Activations are
 smoothed as ``x / smooth`` before quantization and before the low-rank down-projection
-``lowrank_act = (x / smooth) @ lora_down^T``. Conv activations get one scale per image (dynamic
-absmax) unless a static per-tensor ``x_scale`` is given.
+``lowrank_act = (x / smooth) @ lora_down^T``.
+
+Conv: ``y = conv(concat([Q(x), Q(x2)], channels), w * w_scale) + bias + residual``. Activations get
+ONE scale per tensor: the static ``x_scale`` (calibrated) or, without it, the dynamic
+``absmax(x) / QMAX`` over the whole tensor (all images). A scale must be shared by every pixel
+the kernel window sums over (per-pixel scales do not factor out of the implicit GEMM's K sum);
+one per tensor also lets the CUDA kernel take it as a scalar epilogue operand. ``x2`` (the
+skip half of a UNet up-block concat, "split shortcut") is quantized with its own scale
+``x2_scale`` or its own dynamic absmax, so a small-range half keeps its resolution.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ import torch.nn.functional as F
 
 from ..formats import Format, INT4_ACT_GROUP_SIZE, dequantize_groups, pack_int4, quantize_groups, quantize_rows, unpack_int4
 from ..formats import w4a8_layout
-from ..formats.quantizers import round_to_format
+from ..formats.quantizers import absmax_scale, round_to_format
 from . import checks
 from .checks import FLOAT_ACT_DTYPES
 
@@ -175,45 +183,81 @@ def conv2d_out_hw(h, w, kh, kw, stride, padding, dilation):
     return ho, wo
 
 
-def check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation):
-    checks.check_tensor(op, "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None, None, None))
+def _check_nhwc_rows(op, name, t, dtypes, shape, device=None):
+    """Contiguous NHWC, or a channel slice ``t_cat[..., a:b]`` of one (how the split-shortcut
+    halves of a concat are passed without copies): unit channel stride, packed rows of ``ld``."""
+    if not isinstance(t, torch.Tensor):
+        checks._fail(op, f"{name} must be a tensor, got {type(t).__name__}")
+    if t.is_contiguous():
+        checks.check_tensor(op, name, t, dtypes=dtypes, shape=shape, device=device)
+        return
+    checks.check_tensor(op, name, t.contiguous(), dtypes=dtypes, shape=shape, device=device)
+    (n, h, w, c), st = t.shape, t.stride()
+    # strides of size-1 dims are arbitrary in torch: only the others must fit rows of ld elements
+    ld = st[2] if w > 1 else st[1] if h > 1 else st[0]
+    ok = (c == 1 or st[3] == 1) and ld >= c and (w == 1 or st[2] == ld) and (h == 1 or st[1] == w * ld) and (
+        n == 1 or st[0] == h * w * ld)
+    if not ok:
+        checks._fail(op, f"{name} must be contiguous NHWC or a channel slice of one (strides {t.stride()} for shape "
+                         f"{list(t.shape)})")
+
+
+def check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None,
+                    residual=None):
+    """Validate a conv's operands (metadata only); returns ``(B, Ho, Wo, O)``."""
+    _check_nhwc_rows(op, "x", x, FLOAT_ACT_DTYPES, (None, None, None, None))
     b, h, wd, c = x.shape
     dev = x.device
     checks.check_k(op, c, 16)
+    if x2 is not None:
+        _check_nhwc_rows(op, "x2", x2, (x.dtype,), (b, h, wd, None), device=dev)
+        checks.check_k(op, x2.shape[3], 16)
+        c += x2.shape[3]
+    elif x2_scale is not None:
+        checks._fail(op, "x2_scale is given without x2")
     checks.check_tensor(op, "w", w, dtypes=(qdtype,), shape=(None, None, None, c), device=dev)
     o, kh, kw, _ = w.shape
     checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(o,), device=dev)
     checks.check_bias(op, o, bias, dev)
-    if x_scale is not None:
-        checks.check_tensor(op, "x_scale", x_scale, dtypes=(torch.float32,), shape=(1,), device=dev)
+    for name, scale in (("x_scale", x_scale), ("x2_scale", x2_scale)):
+        if scale is not None:
+            checks.check_tensor(op, name, scale, dtypes=(torch.float32,), shape=(1,), device=dev)
     checks.check_conv_params(op, stride, padding, dilation)
     ho, wo = conv2d_out_hw(h, wd, kh, kw, stride, padding, dilation)
     if ho <= 0 or wo <= 0:
         checks._fail(op, f"input {h}x{wd} is too small for a {kh}x{kw} kernel with padding {list(padding)}")
+    if residual is not None:
+        checks.check_tensor(op, "residual", residual, dtypes=(x.dtype,), shape=(b, ho, wo, o), device=dev)
     return b, ho, wo, o
 
 
-def _conv2d(op, fmt, x, w, w_scale, bias, x_scale, stride, padding, dilation):
+def quantize_conv_input(x, x_scale, fmt):
+    """One scale for the whole tensor: ``x_scale`` or ``absmax(x) / QMAX``. Returns (q, scale [1])."""
+    xf = x.float()
+    scale = absmax_scale(xf.abs().amax().reshape(1), fmt) if x_scale is None else x_scale.float()
+    return round_to_format(xf / scale, fmt), scale
+
+
+def _conv2d(op, fmt, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual):
     qdtype = torch.int8 if fmt is Format.INT8 else torch.float8_e4m3fn
-    check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation)
-    b = x.shape[0]
-    xf = x.float().reshape(b, -1)
-    if x_scale is None:
-        xq, scale = quantize_rows(xf, fmt)
-    else:
-        scale = x_scale.float().expand(b)
-        xq = round_to_format(xf / scale[:, None], fmt)
-    xd = (xq.float() * scale[:, None]).reshape(x.shape).permute(0, 3, 1, 2)
+    check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual)
+    halves = [(x, x_scale)] + ([(x2, x2_scale)] if x2 is not None else [])
+    xd = torch.cat([q.float() * s for q, s in (quantize_conv_input(t, ts, fmt) for t, ts in halves)], dim=3)
     wdq = (w.float() * w_scale[:, None, None, None]).permute(0, 3, 1, 2)
-    y = F.conv2d(xd, wdq, None, list(stride), list(padding), list(dilation))
+    y = F.conv2d(xd.permute(0, 3, 1, 2), wdq, None, list(stride), list(padding), list(dilation))
+    y = y.permute(0, 2, 3, 1)
     if bias is not None:
-        y = y + bias.float()[None, :, None, None]
-    return y.permute(0, 2, 3, 1).contiguous().to(x.dtype)
+        y = y + bias.float()
+    if residual is not None:
+        y = y + residual.float()
+    return y.contiguous().to(x.dtype)
 
 
-def w8a8_int8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation):
-    return _conv2d("w8a8_int8_conv2d", Format.INT8, x, w, w_scale, bias, x_scale, stride, padding, dilation)
+def w8a8_int8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None):
+    return _conv2d("w8a8_int8_conv2d", Format.INT8, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2,
+                   x2_scale, residual)
 
 
-def w8a8_fp8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation):
-    return _conv2d("w8a8_fp8_conv2d", Format.FP8_E4M3, x, w, w_scale, bias, x_scale, stride, padding, dilation)
+def w8a8_fp8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None):
+    return _conv2d("w8a8_fp8_conv2d", Format.FP8_E4M3, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2,
+                   x2_scale, residual)
