@@ -74,7 +74,7 @@ class Granularity(enum.Enum):
 
     PER_ROW = "per_row"        # weights: per output channel; activations: per token. scale [rows]
     PER_GROUP = "per_group"    # blocks of `group_size` along K. scale [rows, K // group_size]
-    PER_SAMPLE = "per_sample"  # conv activations: one scale per image of NHWC input. scale [N]
+    PER_TENSOR = "per_tensor"  # conv activations: one scale for the whole NHWC input (static or dynamic). scale [1]
 
 
 #: Group sizes along K supported for 4-bit weights; 4-bit activations always use 64.
