@@ -561,7 +561,7 @@ bool valid(const QuantizeActParams& p) {
   const int64_t elem = p.x_type == FloatType::kFP32 ? 4 : 2;
   return p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= p.K && (p.ldx * elem) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
-         (p.rank == 0 || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr && p.lowrank != nullptr &&
+         (p.rank == 0 || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr && (p.lowrank != nullptr || p.M == 0) &&
                           reinterpret_cast<uintptr_t>(p.lora_down) % 16 == 0));
 }
 
