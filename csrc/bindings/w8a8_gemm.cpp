@@ -118,9 +118,10 @@ at::Tensor run_gemm(const GemmArgs& g, const at::Tensor& a, const at::Tensor& a_
   p.sm_count = device_arch(device).sm_count;
   at::Tensor act_t, up_t;
   if (fused_lowrank) {
-    // 16-byte loads in the epilogue: lora_up in the output dtype, both operands 16-byte aligned.
+    // The epilogue's MMA reads lora_up as bf16 (an fp16/fp32 lora_up is rounded once per call),
+    // both operands with 16-byte aligned rows.
     act_t = reinterpret_cast<uintptr_t>(lowrank_act->data_ptr()) % 16 ? lowrank_act->clone() : *lowrank_act;
-    up_t = lora_up->scalar_type() == out_dtype ? *lora_up : lora_up->to(out_dtype);
+    up_t = lora_up->scalar_type() == at::kBFloat16 ? *lora_up : lora_up->to(at::kBFloat16);
     if (reinterpret_cast<uintptr_t>(up_t.data_ptr()) % 16) up_t = up_t.clone();
     p.lowrank_act = act_t.data_ptr<float>();
     p.lora_up = up_t.data_ptr();

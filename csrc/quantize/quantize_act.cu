@@ -321,8 +321,14 @@ Config choose_config(int64_t M, int64_t nvec, int sm_count) {
 // the warps meet in shared memory once per rank chunk.
 // Pass 2 re-reads the block's rows (16 x K: 96 KB at K = 3072, mostly L2 hits) and quantizes
 // them with the same quantize_vec as the row kernel, so q and scale stay bit-exact.
-constexpr int kLowRankWarps = 8;
-constexpr int kLowRankUnroll = 2;  // slots of loads in flight per warp in pass 1
+// Launch shape, from call 1 (notes/kernels.md): with 8 warps per block (<= 2 blocks per SM) the
+// 288 row tiles of M = 4608 needed 1.09 waves and each SM held only ~2 tiles, so the kernel ran
+// near the latency of one tile's two passes (2.3x the row kernel). 4 warps per block and
+// <= 128 registers let all tiles of the FLUX shapes be resident at once (4 blocks per SM), and
+// pass 2 (loads only) keeps 4 slots of loads in flight instead of 2.
+constexpr int kLowRankWarps = 4;
+constexpr int kLowRankUnroll = 2;   // slots of loads in flight per warp in pass 1 (x + lora_down)
+constexpr int kLowRankUnroll2 = 4;  // the same in pass 2 (x only)
 
 __device__ __forceinline__ void mma_bf16_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -375,7 +381,7 @@ __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
 
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
 template <typename T, typename S, QuantType Q, int kNT>
-__global__ void __launch_bounds__(kLowRankWarps * 32)
+__global__ void __launch_bounds__(kLowRankWarps * 32, 4)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
                         float* __restrict__ lowrank, int64_t M, int64_t K, int rank) {
@@ -502,16 +508,17 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
       out[j] = fast ? quantize_vec<true, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div)
                     : quantize_vec<false, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div);
   };
-  for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU) {
-    C8 xv[kU][2];
+  constexpr int kU2 = kLowRankUnroll2;
+  for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU2) {
+    C8 xv[kU2][2];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
+    for (int u = 0; u < kU2; ++u) {
       const int64_t c = (s0 + u * kW) * 32 + 8 * t;
       xv[u][0].load(x, ldx, row0, ok0 && c < K, c);
       xv[u][1].load(x, ldx, row1, ok1 && c < K, c);
     }
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
+    for (int u = 0; u < kU2; ++u) {
       const int64_t c = (s0 + u * kW) * 32 + 8 * t;
       if (c >= K) continue;
       if (ok0) emit(xv[u][0], row0, c, fast0, div0);

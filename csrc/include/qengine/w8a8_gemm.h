@@ -41,7 +41,7 @@ struct W8A8GemmParams {
   //   out[m,n] += sum_j lowrank_act[m,j] * lora_up[n,j]      (fp32 arithmetic)
   // Only the sm90 configs fuse it (w8a8_gemm returns cudaErrorNotSupported for the others).
   const float* lowrank_act = nullptr;  // [M, rank] fp32, row-major, contiguous, 16-byte aligned
-  const void* lora_up = nullptr;       // [N, rank] out_type, row-major, contiguous, 16-byte aligned
+  const void* lora_up = nullptr;       // [N, rank] bf16, row-major, contiguous, 16-byte aligned
   int rank = 0;                        // multiple of 8
 };
 

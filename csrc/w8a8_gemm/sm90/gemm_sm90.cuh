@@ -62,7 +62,7 @@ struct ScaledGemm {
   using FmaA = cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>;
   // With the low-rank branch: out = a_scale[m] * (w_scale[n] * acc) + (bias[n] + lowrank_act[m,:] . lora_up[n,:]),
   // all in fp32, one rounding to ElementOut.
-  using LowRank = Sm90LowRankUp<ElementOut>;
+  using LowRank = Sm90LowRankUp;
   using AddLR = cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
   using BiasLR = cutlass::epilogue::fusion::Sm90EVT<AddLR, Bias, LowRank>;
   using EVT = cute::conditional_t<kLowRank, cutlass::epilogue::fusion::Sm90EVT<FmaA, AScale, AccW, BiasLR>,
@@ -100,7 +100,7 @@ struct ScaledGemm {
     auto bias_term = [&] {
       if constexpr (kLowRank) {
         return typename BiasLR::Arguments{
-            bias, {p.lowrank_act, static_cast<const ElementOut*>(p.lora_up), p.rank}, {}};
+            bias, {p.lowrank_act, static_cast<const cutlass::bfloat16_t*>(p.lora_up), p.rank}, {}};
       } else {
         return bias;
       }
