@@ -3,7 +3,11 @@
 Per shape (M, K, N), in one run: cuBLAS bf16 ``F.linear``, ``torch._scaled_mm`` FP8 rowwise
 (default and fast accumulation), ``torch._int_mm`` (INT8, int32 out), our FP8 and INT8 GEMMs
 alone (scales + bias epilogue), our activation quantize kernel alone, and our whole QLinear
-(quantize + GEMM) for FP8 and INT8. Every op gets bias where it takes one.
+(quantize + GEMM) for FP8 and INT8. Every op gets bias where it takes one. With ``--rank r`` (default
+32, 0 = off) the same run also times the SVDQuant low-rank branch: the GEMMs with the fused
+low-rank epilogue (``lowrank_act @ lora_up^T``), the best unfused alternative (our GEMM, then a
+cuBLAS bf16 ``addmm_`` of the low-rank product into the output), the quantize kernel with the
+fused ``lora_down`` and the whole low-rank QLinear; overheads are ratios of the same run.
 
 Timing: operands are built outside the timed region and rotated over enough copies to exceed
 L2; each measurement times 8 back-to-back replays of a CUDA graph of one call per copy, queued
@@ -99,8 +103,8 @@ def int8_rows(t: torch.Tensor):
     return (t.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
-def operand_sets(m, k, n, l2_bytes, max_sets=8):
-    per_set = m * k * 2 + n * k * 2 + m * k * 2 + n * k * 2 + m * n * 2
+def operand_sets(m, k, n, l2_bytes, rank=0, max_sets=8):
+    per_set = m * k * 2 + n * k * 2 + m * k * 2 + n * k * 2 + m * n * 2 + (m + n + k) * rank * 4
     n_sets = max(2, min(max_sets, math.ceil(3 * l2_bytes / per_set)))
     sets = []
     for i in range(n_sets):
@@ -112,7 +116,13 @@ def operand_sets(m, k, n, l2_bytes, max_sets=8):
         wf, ws = fp8_rows(w)
         xi, xis = int8_rows(x)
         wi, wis = int8_rows(w)
-        sets.append(dict(x=x, w=w, b=b, xf=xf, xs=xs, wf=wf, ws=ws, xi=xi, xis=xis, wi=wi, wis=wis))
+        d = dict(x=x, w=w, b=b, xf=xf, xs=xs, wf=wf, ws=ws, xi=xi, xis=xis, wi=wi, wis=wis)
+        if rank:
+            d["down"] = (torch.randn(rank, k, device=DEV, generator=g) / math.sqrt(k)).bfloat16()
+            d["up"] = (torch.randn(n, rank, device=DEV, generator=g) / math.sqrt(rank)).bfloat16()
+            d["low"] = torch.randn(m, rank, device=DEV, generator=g)
+            d["low16"] = d["low"].bfloat16()
+        sets.append(d)
     return sets
 
 
@@ -162,9 +172,9 @@ def ceilings(reps, timing, l2) -> dict:
 # ---------------------------------------------------------------- the benchmark
 
 
-def bench_shape(shape, ceil, reps, timing, l2, ext, sweep):
+def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0):
     m, k, n = shape.M, shape.K, shape.N
-    sets = operand_sets(m, k, n, l2)
+    sets = operand_sets(m, k, n, l2, rank)
     ns = len(sets)
     qe = torch.ops.qengine
     bf = torch.bfloat16
@@ -206,6 +216,25 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep):
         return f
     t["ours_qlinear_fp8"] = time_fn(lambda i: qlinear(i, "fp8"), ns, reps, timing)
     t["ours_qlinear_int8"] = time_fn(lambda i: qlinear(i, "int8"), ns, reps, timing)
+    if rank:
+        row["rank"] = rank
+        t["ours_fp8_gemm_lr"] = time_fn(lambda i: (lambda s=sets[i]: qe.w8a8_fp8_gemm(
+            s["xf"], s["xs"], s["wf"], s["ws"], s["b"], s["low"], s["up"], bf)), ns, reps, timing)
+        t["ours_int8_gemm_lr"] = time_fn(lambda i: (lambda s=sets[i]: qe.w8a8_int8_gemm(
+            s["xi"], s["xis"], s["wi"], s["wis"], s["b"], s["low"], s["up"], bf)), ns, reps, timing)
+        t["ours_fp8_gemm_lr_unfused"] = time_fn(lambda i: (lambda s=sets[i]: qe.w8a8_fp8_gemm(
+            s["xf"], s["xs"], s["wf"], s["ws"], s["b"], None, None, bf).addmm_(s["low16"], s["up"].t())), ns, reps, timing)
+        t["ours_quant_fp8_lr"] = time_fn(lambda i: (lambda s=sets[i]: qe.quantize_act_fp8(s["x"], None, s["down"])), ns,
+                                         reps, timing)
+
+        def qlinear_lr(i):
+            s = sets[i]
+
+            def f():
+                q, sc, low = qe.quantize_act_fp8(s["x"], None, s["down"])
+                return qe.w8a8_fp8_gemm(q, sc, s["wf"], s["ws"], s["b"], low, s["up"], bf)
+            return f
+        t["ours_qlinear_fp8_lr"] = time_fn(qlinear_lr, ns, reps, timing)
     if ext is not None:
         row["config_fp8"] = ext.gemm_heuristic(m, n, k, "float8_e4m3fn", DEV.index or 0)
         row["config_int8"] = ext.gemm_heuristic(m, n, k, "int8", DEV.index or 0)
@@ -223,7 +252,7 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep):
     flops = 2 * m * n * k
     for name, sec in t.items():
         row[f"{name}_us"] = round(sec * 1e6, 2)
-        if name != "ours_quant_fp8":
+        if not name.startswith("ours_quant_fp8"):
             row[f"{name}_tops"] = round(flops / sec / 1e12, 1)
             c = ceil["bf16_tops"] if name == "bf16_linear" else ceil["fp8_tops"]
             row[f"{name}_pct_ceiling"] = round(100 * flops / sec / 1e12 / c, 1)
@@ -241,6 +270,13 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep):
     ratio("ours_int8_gemm", "bf16_linear")
     ratio("ours_qlinear_fp8", "bf16_linear")
     ratio("ours_qlinear_int8", "bf16_linear")
+    ratio("ours_qlinear_fp8_lr", "bf16_linear")
+    # Low-rank overheads (%): time with the branch over time without it, same run.
+    for with_lr, without in (("ours_fp8_gemm_lr", "ours_fp8_gemm"), ("ours_int8_gemm_lr", "ours_int8_gemm"),
+                             ("ours_fp8_gemm_lr_unfused", "ours_fp8_gemm"), ("ours_quant_fp8_lr", "ours_quant_fp8"),
+                             ("ours_qlinear_fp8_lr", "ours_qlinear_fp8")):
+        if with_lr in t:
+            row[f"{with_lr}_overhead_pct"] = round(100 * (t[with_lr] / t[without] - 1), 1)
     del sets
     torch.cuda.empty_cache()
     return row
@@ -255,6 +291,11 @@ MD_COLS = [("model", "model"), ("M", "M"), ("K", "K"), ("N", "N"), ("bf16_linear
            ("ours_int8_gemm_vs_int_mm", "int8/int_mm"), ("ours_int8_gemm_vs_bf16_linear", "int8/bf16"),
            ("ours_qlinear_fp8_vs_bf16_linear", "QLin fp8/bf16"), ("ours_qlinear_int8_vs_bf16_linear", "QLin int8/bf16"),
            ("config_fp8", "fp8 config")]
+LR_COLS = [("rank", "rank"), ("ours_fp8_gemm_lr_us", "fp8+LR us"), ("ours_fp8_gemm_lr_overhead_pct", "LR ovh fp8 %"),
+           ("ours_int8_gemm_lr_us", "int8+LR us"), ("ours_int8_gemm_lr_overhead_pct", "LR ovh int8 %"),
+           ("ours_fp8_gemm_lr_unfused_overhead_pct", "unfused addmm ovh %"), ("ours_quant_fp8_lr_us", "quant+down us"),
+           ("ours_quant_fp8_lr_overhead_pct", "quant down ovh %"), ("ours_qlinear_fp8_lr_us", "QLin fp8+LR us"),
+           ("ours_qlinear_fp8_lr_overhead_pct", "QLin LR ovh %"), ("ours_qlinear_fp8_lr_vs_bf16_linear", "QLin fp8+LR/bf16")]
 
 
 def write_outputs(rows, meta, out_dir: Path):
@@ -273,6 +314,12 @@ def write_outputs(rows, meta, out_dir: Path):
              "| " + " | ".join(h for _, h in MD_COLS) + " |", "|" + "---|" * len(MD_COLS)]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(k, "")) for k, _ in MD_COLS) + " |")
+    if any("rank" in r for r in rows):
+        cols = MD_COLS[:4] + LR_COLS
+        lines += ["", "Low-rank branch (overheads: same run, with over without, minus 1):", "",
+                  "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+        for r in rows:
+            lines.append("| " + " | ".join(str(r.get(k, "")) for k, _ in cols) + " |")
     (out_dir / "bench_gemm.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -305,6 +352,8 @@ def main(argv=None):
     ap.add_argument("--timing", choices=["graph", "eager"], default="graph",
                     help="replay a CUDA graph of the calls (default) or launch eagerly")
     ap.add_argument("--sweep-configs", action="store_true", help="also time every tile config of our GEMMs")
+    ap.add_argument("--rank", type=int, default=32, help="low-rank branch rank to time (0 = skip those columns)")
+    ap.add_argument("--min-m", type=int, default=0, help="only shapes with M >= this (e.g. 4096: FLUX image stream)")
     ap.add_argument("--out-dir", type=Path, default=Path("out/bench_gemm"), help="where CSV/JSON/MD/PNG go")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -319,17 +368,20 @@ def main(argv=None):
     l2 = meta["l2_bytes"]
     meta["ceilings"] = ceilings(args.reps, args.timing, l2)
     shapes = load_shapes(args.models)
+    shapes = [s for s in shapes if s.M >= args.min_m]
     if args.max_shapes:
         shapes = shapes[: args.max_shapes]
     rows = []
     for s in shapes:
-        r = bench_shape(s, meta["ceilings"], args.reps, args.timing, l2, ext, args.sweep_configs)
+        r = bench_shape(s, meta["ceilings"], args.reps, args.timing, l2, ext, args.sweep_configs, args.rank)
         rows.append(r)
         print(f"{s.model:10s} {s.M:5d}x{s.K:5d}x{s.N:5d} bf16 {r['bf16_linear_us']:8.1f}us  fp8 {r['ours_fp8_gemm_us']:8.1f}us"
               f" ({r.get('ours_fp8_gemm_vs_bf16_linear', 0):.2f}x bf16, {r.get('ours_fp8_gemm_vs_scaled_mm_rowwise', 0):.2f}x"
               f" smm)  int8 {r['ours_int8_gemm_us']:8.1f}us ({r.get('ours_int8_gemm_vs_int_mm', 0):.2f}x int_mm)"
               f"  quant {r['ours_quant_fp8_pct_copy']:5.1f}%copy  QLin fp8 {r.get('ours_qlinear_fp8_vs_bf16_linear', 0):.2f}x"
-              f"  [{r.get('config_fp8', '')}]", flush=True)
+              f"  [{r.get('config_fp8', '')}]"
+              + (f"  LR: gemm fp8 +{r['ours_fp8_gemm_lr_overhead_pct']}% int8 +{r['ours_int8_gemm_lr_overhead_pct']}%"
+                 f" quant +{r['ours_quant_fp8_lr_overhead_pct']}%" if args.rank else ""), flush=True)
     write_outputs(rows, meta, args.out_dir)
     print(f"wrote {args.out_dir}/bench_gemm.{{csv,json,md,png}}")
 

@@ -35,7 +35,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const char* op, Quan
                    ? *smooth
                    : smooth->to(at::kFloat);
   }
-  if (lora_down.has_value()) check_tensor(op, "lora_down", *lora_down, device, {at::kBFloat16, at::kHalf, at::kFloat}, {-1, K});
+  int64_t rank = 0;
+  if (lora_down.has_value()) {
+    check_tensor(op, "lora_down", *lora_down, device, {at::kBFloat16, at::kHalf, at::kFloat}, {-1, K});
+    rank = lora_down->size(0);
+  }
+  // Ranks that are multiples of 16 (SVDQuant uses 16..256) run fused in the quantize kernel; any
+  // other rank (the op accepts them) gets a separate fp32 matmul on the smoothed input.
+  const bool fused_lowrank = rank > 0 && rank % 16 == 0;
   check_arch(op, device);
 
   c10::cuda::CUDAGuard guard(device);
@@ -56,18 +63,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const char* op, Quan
   p.K = K;
   p.q_type = qt;
   p.sm_count = device_arch(device).sm_count;
-  const cudaError_t err = qengine::quantize_act(p, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel launch failed: ", cudaGetErrorString(err)));
-
-  // Not fused yet: the low-rank down-projection runs as an fp32 matmul on the smoothed input.
-  at::Tensor lowrank;
-  if (lora_down.has_value()) {
-    at::Tensor xs = x.to(at::kFloat);
-    if (smooth.has_value()) xs = xs / smooth->to(at::kFloat);
-    lowrank = at::matmul(xs, lora_down->to(at::kFloat).t());
-  } else {
-    lowrank = at::empty({M, 0}, x.options().dtype(at::kFloat));
+  // The fused low-rank down-projection reads lora_down as bf16 (the MMA operand type); other
+  // dtypes are rounded to bf16 once per call (an fp32 or fp16 lora_down loses mantissa bits).
+  at::Tensor down_bf16, lowrank;
+  if (fused_lowrank) {
+    down_bf16 = lora_down->scalar_type() == at::kBFloat16 ? *lora_down : lora_down->to(at::kBFloat16);
+    if (reinterpret_cast<uintptr_t>(down_bf16.data_ptr()) % 16) down_bf16 = down_bf16.clone();  // 16-byte loads
+    lowrank = at::empty({M, rank}, x.options().dtype(at::kFloat));
+    p.lora_down = down_bf16.data_ptr();
+    p.lowrank = lowrank.data_ptr<float>();
+    p.rank = static_cast<int>(rank);
   }
+  const cudaError_t err = qengine::quantize_act(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel launch failed for M=", M, " K=", K, " rank=", rank,
+                                     ": ", cudaGetErrorString(err)));
+  if (!fused_lowrank) {
+    if (rank > 0) {
+      at::Tensor xs = x.to(at::kFloat);
+      if (smooth.has_value()) xs = xs / smooth->to(at::kFloat);
+      lowrank = at::matmul(xs, lora_down->to(at::kFloat).t());
+    } else {
+      lowrank = at::empty({M, 0}, x.options().dtype(at::kFloat));
+    }
+  }
+
   return {q, scale, lowrank};
 }
 

@@ -29,11 +29,14 @@ GemmArgs gemm_args(QuantType t) {
 // The one arch-dispatch point of the W8A8 GEMM family: the sm_90a wgmma kernels where the GPU
 // is sm_90 and they were compiled; else the mma.sync kernels (INT8: sm_80+, FP8: sm_89+);
 // else an error naming the arch.
-W8A8TileConfig dispatch_config(const GemmArgs& g, const at::Device& device, int M, int N, int K) {
+bool sm90_path(const GemmArgs& g, const at::Device& device) {
   const DeviceArch arch = device_arch(device);
-  const bool sm90 = arch.major == 9 && arch.minor == 0 && has_code_for(device, 90) &&
-                    tile_config_compiled(W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1, g.in_type);
-  if (sm90) return choose_tile_config(M, N, K, g.in_type, true);
+  return arch.major == 9 && arch.minor == 0 && has_code_for(device, 90) &&
+         tile_config_compiled(W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1, g.in_type);
+}
+
+W8A8TileConfig dispatch_config(const GemmArgs& g, const at::Device& device, int M, int N, int K) {
+  if (sm90_path(g, device)) return choose_tile_config(M, N, K, g.in_type, true);
   const int min_cc = g.in_type == QuantType::kFP8E4M3 ? 89 : 80;
   const bool mma = has_code_for(device, min_cc) && tile_config_compiled(W8A8TileConfig::kSm80_128x128x64, g.in_type);
   QENGINE_CHECK(g.op, mma, "no kernel for ", device_arch_str(device), " in this build (compiled archs: ",
@@ -81,6 +84,15 @@ at::Tensor run_gemm(const GemmArgs& g, const at::Tensor& a, const at::Tensor& a_
   } else {
     cfg = dispatch_config(g, device, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K));
   }
+  const int64_t rank = lowrank_act.has_value() ? lowrank_act->size(1) : 0;
+  // The low-rank branch is fused into the epilogue of the sm90 configs (ranks that are multiples
+  // of 8); where the heuristic picked the mma.sync kernel for a tiny INT8 problem on sm90, the
+  // 64x64 wgmma config (which has the fused variant) takes it instead.
+  if (rank > 0 && rank % 8 == 0 && forced == nullptr && !tile_config_has_lowrank(cfg, g.in_type) &&
+      sm90_path(g, device) &&
+      tile_config_has_lowrank(W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4, g.in_type))
+    cfg = W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4;
+  const bool fused_lowrank = rank > 0 && rank % 8 == 0 && tile_config_has_lowrank(cfg, g.in_type);
 
   c10::cuda::CUDAGuard guard(device);
   auto out = at::empty({M, N}, a.options().dtype(out_dtype));
@@ -104,6 +116,17 @@ at::Tensor run_gemm(const GemmArgs& g, const at::Tensor& a, const at::Tensor& a_
   p.in_type = g.in_type;
   p.out_type = float_type(op, "out_dtype", out_dtype);
   p.sm_count = device_arch(device).sm_count;
+  at::Tensor act_t, up_t;
+  if (fused_lowrank) {
+    // The epilogue's MMA reads lora_up as bf16 (an fp16/fp32 lora_up is rounded once per call),
+    // both operands with 16-byte aligned rows.
+    act_t = reinterpret_cast<uintptr_t>(lowrank_act->data_ptr()) % 16 ? lowrank_act->clone() : *lowrank_act;
+    up_t = lora_up->scalar_type() == at::kBFloat16 ? *lora_up : lora_up->to(at::kBFloat16);
+    if (reinterpret_cast<uintptr_t>(up_t.data_ptr()) % 16) up_t = up_t.clone();
+    p.lowrank_act = act_t.data_ptr<float>();
+    p.lora_up = up_t.data_ptr();
+    p.rank = static_cast<int>(rank);
+  }
   at::Tensor workspace;
   p.workspace_bytes = w8a8_gemm_workspace_bytes(p, cfg);
   if (p.workspace_bytes > 0) {
@@ -111,11 +134,13 @@ at::Tensor run_gemm(const GemmArgs& g, const at::Tensor& a, const at::Tensor& a_
     p.workspace = workspace.data_ptr();
   }
   const cudaError_t err = w8a8_gemm(p, cfg, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel ", tile_config_name(cfg), " failed for M=", M, " N=", N,
-                                     " K=", K, ": ", cudaGetErrorString(err)));
+  TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel ", tile_config_name(cfg),
+                                     fused_lowrank ? " (low-rank epilogue)" : "", " failed for M=", M, " N=", N, " K=", K,
+                                     " rank=", rank, ": ", cudaGetErrorString(err)));
 
-  // Not fused yet: the low-rank up-projection is added after the GEMM (fp32 product, one rounding).
-  if (lowrank_act.has_value()) out.add_(at::mm(*lowrank_act, lora_up->to(at::kFloat).t()));
+  // Unfused fallback (mma.sync configs, ranks not a multiple of 8): the low-rank product is added
+  // after the GEMM in fp32 and rounded again (one more rounding than the fused epilogue).
+  if (rank > 0 && !fused_lowrank) out.add_(at::mm(*lowrank_act, lora_up->to(at::kFloat).t()));
   return out;
 }
 
@@ -156,14 +181,25 @@ void register_gemm_debug(pybind11::module_& m) {
   m.def(
       "w8a8_gemm_with_config",
       [](const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w, const at::Tensor& w_scale,
-         const std::optional<at::Tensor>& bias, const std::string& out_dtype, const std::string& config) {
+         const std::optional<at::Tensor>& bias, const std::string& out_dtype, const std::string& config,
+         const std::optional<at::Tensor>& lowrank_act, const std::optional<at::Tensor>& lora_up) {
         const W8A8TileConfig cfg = config_from_name(config);
-        return run_gemm(gemm_args(quant_type_from_dtype(a.scalar_type())), a, a_scale, w, w_scale, bias, std::nullopt,
-                        std::nullopt, out_dtype_from_name(out_dtype), &cfg);
+        return run_gemm(gemm_args(quant_type_from_dtype(a.scalar_type())), a, a_scale, w, w_scale, bias, lowrank_act,
+                        lora_up, out_dtype_from_name(out_dtype), &cfg);
       },
       "w8a8 GEMM (a int8|fp8) with a forced tile config; out_dtype 'bfloat16'|'float16'. Debug/test entry point.",
       pybind11::arg("a"), pybind11::arg("a_scale"), pybind11::arg("w"), pybind11::arg("w_scale"), pybind11::arg("bias"),
-      pybind11::arg("out_dtype"), pybind11::arg("config"));
+      pybind11::arg("out_dtype"), pybind11::arg("config"), pybind11::arg("lowrank_act") = std::nullopt,
+      pybind11::arg("lora_up") = std::nullopt);
+  m.def(
+      "gemm_config_fuses_lowrank",
+      [](const std::string& config, const std::string& in_dtype) {
+        TORCH_CHECK_VALUE(in_dtype == "int8" || in_dtype == "float8_e4m3fn", "in_dtype must be 'int8' or 'float8_e4m3fn'");
+        return tile_config_has_lowrank(config_from_name(config),
+                                       in_dtype == "int8" ? QuantType::kInt8 : QuantType::kFP8E4M3);
+      },
+      "Whether the config adds lowrank_act @ lora_up^T in its epilogue (else a separate matmul follows).",
+      pybind11::arg("config"), pybind11::arg("in_dtype"));
   m.def(
       "gemm_configs",
       []() {

@@ -304,8 +304,243 @@ Config choose_config(int64_t M, int64_t nvec, int sm_count) {
   return {vecs, round_up32(per_thread < 1024 ? per_thread : 1024), false};
 }
 
+
+// ---------------------------------------------------------------- low-rank (lora_down) path
+//
+// lowrank = xs @ lora_down^T is a [M,K]x[K,r] product: on CUDA cores it would cost more issue
+// slots than the quantization itself (r FMAs + r weight loads per element), so it runs on tensor
+// cores (mma.sync m16n8k16 bf16 -> fp32), which needs tiles of 16 rows. A block owns 16 rows;
+// warp w of kLowRankWarps owns the 32-column slots s = w, w + kLowRankWarps, ... In a slot, lane
+// (g = lane / 4, t = lane % 4) loads the 8 consecutive columns 32 s + 8 t .. + 7 of rows g and
+// g + 8: one 16-byte vector per row (16-bit input). Read as mma operands, these registers are the
+// A fragments of two m16n8k16 MMAs whose k index is a fixed permutation of the slot's 32 columns
+// (logical k 2t+e <-> column 8t+e, 2t+8+e <-> 8t+2+e for the first MMA, +4 for the second); the
+// 16-byte vector of lora_down row j at the same columns is, under the same permutation, the
+// B fragment of both. A dot product does not care about the order of k, so the operands come
+// straight from the quantizer's own loads: no shared memory, no shuffles. Partial products of
+// the warps meet in shared memory once per rank chunk.
+// Pass 2 re-reads the block's rows (16 x K: 96 KB at K = 3072, mostly L2 hits) and quantizes
+// them with the same quantize_vec as the row kernel, so q and scale stay bit-exact.
+// Launch shape, from call 1 (notes/kernels.md): with 8 warps per block (<= 2 blocks per SM) the
+// 288 row tiles of M = 4608 needed 1.09 waves and each SM held only ~2 tiles, so the kernel ran
+// near the latency of one tile's two passes (2.3x the row kernel). 4 warps per block and
+// <= 128 registers let all tiles of the FLUX shapes be resident at once (4 blocks per SM), and
+// pass 2 (loads only) keeps 4 slots of loads in flight instead of 2.
+constexpr int kLowRankWarps = 4;
+constexpr int kLowRankUnroll = 2;   // slots of loads in flight per warp in pass 1 (x + lora_down)
+constexpr int kLowRankUnroll2 = 4;  // the same in pass 2 (x only)
+
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// The 8 columns c .. c + 7 of one row (zeros for rows past M).
+template <typename T>
+struct Cols8 {
+  static constexpr int kVecs = 8 / Vec<T>::kN;
+  Vec<T> v[kVecs];
+  __device__ __forceinline__ T at(int e) const { return v[e / Vec<T>::kN].v[e % Vec<T>::kN]; }
+  __device__ __forceinline__ void load(const T* __restrict__ x, int64_t ldx, int64_t row, bool ok, int64_t c) {
+    const Vec<T>* p = reinterpret_cast<const Vec<T>*>(x + row * ldx + c);
+#pragma unroll
+    for (int j = 0; j < kVecs; ++j) {
+      if (ok) {
+        v[j] = p[j];
+      } else {
+#pragma unroll
+        for (int e = 0; e < Vec<T>::kN; ++e) v[j].v[e] = T(0.f);
+      }
+    }
+  }
+};
+
+// A fragments of the slot's two MMAs from the smoothed values of rows g (f0) and g + 8 (f1).
+__device__ __forceinline__ void a_fragments(const float (&f0)[8], const float (&f1)[8], uint32_t (&a)[2][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    a[h][0] = pack_bf16x2(f0[4 * h], f0[4 * h + 1]);
+    a[h][1] = pack_bf16x2(f1[4 * h], f1[4 * h + 1]);
+    a[h][2] = pack_bf16x2(f0[4 * h + 2], f0[4 * h + 3]);
+    a[h][3] = pack_bf16x2(f1[4 * h + 2], f1[4 * h + 3]);
+  }
+}
+
+// f - bf16(f): the part of f the bf16 hi fragment missed (a second MMA adds it; hi + lo carries
+// 16 significant bits, exact for fp16 input).
+__device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) f[e] -= __bfloat162float(__float2bfloat16_rn(f[e]));
+}
+
+// kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
+template <typename T, typename S, QuantType Q, int kNT>
+__global__ void __launch_bounds__(kLowRankWarps * 32, 4)
+quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
+                        const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
+                        float* __restrict__ lowrank, int64_t M, int64_t K, int rank) {
+  constexpr int kW = kLowRankWarps;
+  constexpr int kU = kLowRankUnroll;
+  constexpr int kCols = kNT * 8;
+  // bf16 input without smoothing is exact in one bf16 fragment; anything else gets a lo part.
+  constexpr bool kSplit = !(std::is_same_v<T, __nv_bfloat16> && std::is_void_v<S>);
+  using C8 = Cols8<T>;
+  using OB = typename OutBytes<Vec<T>::kN>::type;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * 16 + g, row1 = row0 + 8;
+  const bool ok0 = row0 < M, ok1 = row1 < M;
+  const int64_t nslots = (K + 31) / 32;
+  __shared__ float red_lr[kW][16][kCols + 1];
+  __shared__ float red_max[kW][16];
+
+  float amax0 = 0.f, amax1 = 0.f;
+  for (int chunk = 0; chunk < rank; chunk += kCols) {
+    float acc[kNT][4];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU) {
+      C8 xv[kU][2];
+      uint4 dv[kU][kNT];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c = (s0 + u * kW) * 32 + 8 * t;
+        const bool in = c < K;
+        xv[u][0].load(x, ldx, row0, ok0 && in, c);
+        xv[u][1].load(x, ldx, row1, ok1 && in, c);
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+          dv[u][j] = in ? *reinterpret_cast<const uint4*>(down + (chunk + j * 8 + g) * K + c) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c = (s0 + u * kW) * 32 + 8 * t;
+        const bool in = c < K;
+        float f0[8], f1[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          f0[e] = in ? smoothed<T, S>(xv[u][0].at(e), smooth, c + e) : 0.f;
+          f1[e] = in ? smoothed<T, S>(xv[u][1].at(e), smooth, c + e) : 0.f;
+        }
+        if (chunk == 0) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            amax0 = fmaxf(amax0, fabsf(f0[e]));
+            amax1 = fmaxf(amax1, fabsf(f1[e]));
+          }
+        }
+        uint32_t a[2][4];
+        a_fragments(f0, f1, a);
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          mma_bf16_m16n8k16(acc[j], a[0], dv[u][j].x, dv[u][j].y);
+          mma_bf16_m16n8k16(acc[j], a[1], dv[u][j].z, dv[u][j].w);
+        }
+        if constexpr (kSplit) {
+          remainder_bf16(f0);
+          remainder_bf16(f1);
+          a_fragments(f0, f1, a);
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            mma_bf16_m16n8k16(acc[j], a[0], dv[u][j].x, dv[u][j].y);
+            mma_bf16_m16n8k16(acc[j], a[1], dv[u][j].z, dv[u][j].w);
+          }
+        }
+      }
+    }
+    // Sum the warps' partial products in a fixed order (deterministic), write the chunk.
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        red_lr[warp][g][j * 8 + 2 * t + e] = acc[j][e];
+        red_lr[warp][g + 8][j * 8 + 2 * t + e] = acc[j][2 + e];
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 16 * kCols; i += kW * 32) {
+      const int r = i / kCols, col = i % kCols;
+      float sum = 0.f;
+#pragma unroll
+      for (int w = 0; w < kW; ++w) sum += red_lr[w][r][col];
+      const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + r;
+      if (row < M) lowrank[row * rank + chunk + col] = sum;
+    }
+    __syncthreads();  // red_lr is reused by the next chunk
+  }
+
+  // Row absmax: the quad (same rows) by shuffles, then the warps through shared memory.
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    amax0 = fmaxf(amax0, __shfl_xor_sync(0xffffffffu, amax0, off));
+    amax1 = fmaxf(amax1, __shfl_xor_sync(0xffffffffu, amax1, off));
+  }
+  if (t == 0) {
+    red_max[warp][g] = amax0;
+    red_max[warp][g + 8] = amax1;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kW; ++w) {
+    amax0 = fmaxf(amax0, red_max[w][g]);
+    amax1 = fmaxf(amax1, red_max[w][g + 8]);
+  }
+  constexpr float kQMax = Q == QuantType::kInt8 ? 127.f : 448.f;
+  const float sc0 = amax0 > 0.f ? __fdiv_rn(amax0, kQMax) : 1.f;
+  const float sc1 = amax1 > 0.f ? __fdiv_rn(amax1, kQMax) : 1.f;
+  if (warp == 0 && t == 0) {
+    if (ok0) scale_out[row0] = sc0;
+    if (ok1) scale_out[row1] = sc1;
+  }
+  const ExactDiv div0{sc0, __frcp_rn(sc0)}, div1{sc1, __frcp_rn(sc1)};
+  const bool fast0 = sc0 >= 0x1p-64f && sc0 <= 0x1p64f, fast1 = sc1 >= 0x1p-64f && sc1 <= 0x1p64f;
+
+  // Pass 2: quantize (the same quantize_vec as the row kernel: bit-exact).
+  auto emit = [&](const C8& v, int64_t row, int64_t c, bool fast, ExactDiv div) {
+    OB* out = reinterpret_cast<OB*>(q + row * K + c);
+#pragma unroll
+    for (int j = 0; j < C8::kVecs; ++j)
+      out[j] = fast ? quantize_vec<true, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div)
+                    : quantize_vec<false, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div);
+  };
+  constexpr int kU2 = kLowRankUnroll2;
+  for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU2) {
+    C8 xv[kU2][2];
+#pragma unroll
+    for (int u = 0; u < kU2; ++u) {
+      const int64_t c = (s0 + u * kW) * 32 + 8 * t;
+      xv[u][0].load(x, ldx, row0, ok0 && c < K, c);
+      xv[u][1].load(x, ldx, row1, ok1 && c < K, c);
+    }
+#pragma unroll
+    for (int u = 0; u < kU2; ++u) {
+      const int64_t c = (s0 + u * kW) * 32 + 8 * t;
+      if (c >= K) continue;
+      if (ok0) emit(xv[u][0], row0, c, fast0, div0);
+      if (ok1) emit(xv[u][1], row1, c, fast1, div1);
+    }
+  }
+}
+
+template <typename T, typename S, QuantType Q>
+cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
+  const int64_t blocks = (p.M + 15) / 16;
+  if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  auto kernel = p.rank % 32 == 0 ? quantize_lowrank_kernel<T, S, Q, 4> : quantize_lowrank_kernel<T, S, Q, 2>;
+  kernel<<<static_cast<unsigned>(blocks), kLowRankWarps * 32, 0, stream>>>(
+      static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
+      static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank, p.M, p.K, p.rank);
+  return cudaGetLastError();
+}
+
 template <typename T, typename S, QuantType Q>
 cudaError_t dispatch_shape(const QuantizeActParams& p, cudaStream_t stream) {
+  if (p.rank > 0) return launch_lowrank<T, S, Q>(p, stream);
   return launch_config<T, S, Q>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
 }
 
@@ -332,7 +567,9 @@ cudaError_t dispatch_input(const QuantizeActParams& p, cudaStream_t stream) {
 bool valid(const QuantizeActParams& p) {
   const int64_t elem = p.x_type == FloatType::kFP32 ? 4 : 2;
   return p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= p.K && (p.ldx * elem) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0;
+         reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
+         (p.rank == 0 || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr && (p.lowrank != nullptr || p.M == 0) &&
+                          reinterpret_cast<uintptr_t>(p.lora_down) % 16 == 0));
 }
 
 }  // namespace

@@ -17,6 +17,25 @@ struct Entry {
 
 #define QENGINE_ENTRY(NS, NAME) Entry{NS::NAME##_run, NS::NAME##_workspace}
 
+// The fused low-rank variant of a config, or {nullptr, nullptr} (sm90 configs only).
+Entry lowrank_entry(W8A8TileConfig c, QuantType t) {
+  const bool fp8 = t == QuantType::kFP8E4M3;
+  switch (c) {
+#ifdef QENGINE_HAS_SM90
+    case W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_64x64x128_pingpong_c1x4_lowrank)
+                 : QENGINE_ENTRY(sm90, int8_sm90_64x64x128_pingpong_c1x4_lowrank);
+    case W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c2x1_lowrank)
+                 : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c2x1_lowrank);
+#endif
+    default:
+      break;
+  }
+  (void)fp8;
+  return {nullptr, nullptr};
+}
+
 // The kernel for (config, input type), or {nullptr, nullptr} where this build has none.
 Entry entry(W8A8TileConfig c, QuantType t) {
   const bool fp8 = t == QuantType::kFP8E4M3;
@@ -89,15 +108,21 @@ W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90) {
 
 bool tile_config_compiled(W8A8TileConfig c, QuantType t) { return entry(c, t).run != nullptr; }
 
+bool tile_config_has_lowrank(W8A8TileConfig c, QuantType t) { return lowrank_entry(c, t).run != nullptr; }
+
 size_t w8a8_gemm_workspace_bytes(const W8A8GemmParams& p, W8A8TileConfig c) {
-  Entry e = entry(c, p.in_type);
+  Entry e = p.rank > 0 ? lowrank_entry(c, p.in_type) : entry(c, p.in_type);
   return e.workspace ? e.workspace(p) : 0;
 }
 
 cudaError_t w8a8_gemm(const W8A8GemmParams& p, W8A8TileConfig c, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0 || p.K <= 0 || p.K % 16 || p.N % 8) return cudaErrorInvalidValue;
   if (p.out_type != FloatType::kBF16 && p.out_type != FloatType::kFP16) return cudaErrorInvalidValue;
-  Entry e = entry(c, p.in_type);
+  if (p.rank < 0 || p.rank % 8 ||
+      (p.rank > 0 && (p.lowrank_act == nullptr || p.lora_up == nullptr ||
+                      reinterpret_cast<uintptr_t>(p.lowrank_act) % 16 || reinterpret_cast<uintptr_t>(p.lora_up) % 16)))
+    return cudaErrorInvalidValue;
+  Entry e = p.rank > 0 ? lowrank_entry(c, p.in_type) : entry(c, p.in_type);
   if (e.run == nullptr) return cudaErrorNotSupported;
   return e.run(p, stream);
 }

@@ -251,7 +251,7 @@ def test_gemm_real_shapes(kind, m, k, n):
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
-def test_gemm_lowrank_unfused(kind):
+def test_gemm_lowrank_small(kind):
     if GEMM_OP[kind] in MISSING_CUDA_KERNELS:
         pytest.skip(f"no CUDA kernel for {GEMM_OP[kind]}")
     m, n, k, r = 70, 264, 512, 16

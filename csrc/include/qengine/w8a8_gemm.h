@@ -37,6 +37,12 @@ struct W8A8GemmParams {
   int sm_count;         // multiprocessors of the device (persistent schedulers size their grid by it)
   void* workspace;      // from w8a8_gemm_workspace_bytes, may be nullptr when that is 0
   size_t workspace_bytes;
+  // Fused SVDQuant low-rank branch (rank == 0: none), added before the rounding to out_type:
+  //   out[m,n] += sum_j lowrank_act[m,j] * lora_up[n,j]      (fp32 arithmetic)
+  // Only the sm90 configs fuse it (w8a8_gemm returns cudaErrorNotSupported for the others).
+  const float* lowrank_act = nullptr;  // [M, rank] fp32, row-major, contiguous, 16-byte aligned
+  const void* lora_up = nullptr;       // [N, rank] bf16, row-major, contiguous, 16-byte aligned
+  int rank = 0;                        // multiple of 8
 };
 
 // Named tile configurations. The sm90 ones use wgmma + TMA, warp-specialized, persistent; the
@@ -59,11 +65,13 @@ W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90);
 
 // Whether this binary holds kernels for the config and input type (for the compiled archs).
 bool tile_config_compiled(W8A8TileConfig c, QuantType t);
+// Whether the config has a fused low-rank epilogue variant in this binary.
+bool tile_config_has_lowrank(W8A8TileConfig c, QuantType t);
 
 size_t w8a8_gemm_workspace_bytes(const W8A8GemmParams& p, W8A8TileConfig c);
 
 // Runs the GEMM with the given config. cudaErrorInvalidValue: unsupported arguments;
-// cudaErrorNotSupported: config not compiled into this binary.
+// cudaErrorNotSupported: config not compiled into this binary (or no fused low-rank variant).
 cudaError_t w8a8_gemm(const W8A8GemmParams& p, W8A8TileConfig c, cudaStream_t stream);
 
 }  // namespace qengine

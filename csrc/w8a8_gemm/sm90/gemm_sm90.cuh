@@ -17,6 +17,7 @@
 
 #include "qengine/w8a8_gemm.h"
 #include "../cutlass_run.cuh"
+#include "lowrank_epilogue.cuh"
 #include "../kernels.h"
 
 namespace qengine::sm90 {
@@ -36,7 +37,7 @@ struct Sm90Only : Kernel {
 };
 
 template <typename ElementAB_, typename ElementOut_, typename TileShape_, typename ClusterShape_,
-          typename KernelSchedule_, typename EpilogueSchedule_, typename TileScheduler_>
+          typename KernelSchedule_, typename EpilogueSchedule_, typename TileScheduler_, bool kLowRank>
 struct ScaledGemm {
   using ElementAB = ElementAB_;
   using ElementOut = ElementOut_;
@@ -59,7 +60,13 @@ struct ScaledGemm {
   using MulW = cutlass::epilogue::fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>;
   using AccW = cutlass::epilogue::fusion::Sm90EVT<MulW, WScale, Acc>;
   using FmaA = cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>;
-  using EVT = cutlass::epilogue::fusion::Sm90EVT<FmaA, AScale, AccW, Bias>;
+  // With the low-rank branch: out = a_scale[m] * (w_scale[n] * acc) + (bias[n] + lowrank_act[m,:] . lora_up[n,:]),
+  // all in fp32, one rounding to ElementOut.
+  using LowRank = Sm90LowRankUp;
+  using AddLR = cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
+  using BiasLR = cutlass::epilogue::fusion::Sm90EVT<AddLR, Bias, LowRank>;
+  using EVT = cute::conditional_t<kLowRank, cutlass::epilogue::fusion::Sm90EVT<FmaA, AScale, AccW, BiasLR>,
+                                  cutlass::epilogue::fusion::Sm90EVT<FmaA, AScale, AccW, Bias>>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -89,10 +96,19 @@ struct ScaledGemm {
     StrideB stride_b = make_stride(p.ldw, Int<1>{}, int64_t(0));
     StrideD stride_d = make_stride(p.ldo, Int<1>{}, int64_t(0));
 
+    typename Bias::Arguments bias{static_cast<const ElementOut*>(p.bias), ElementOut(0.f), {}};  // nullptr -> 0
+    auto bias_term = [&] {
+      if constexpr (kLowRank) {
+        return typename BiasLR::Arguments{
+            bias, {p.lowrank_act, static_cast<const cutlass::bfloat16_t*>(p.lora_up), p.rank}, {}};
+      } else {
+        return bias;
+      }
+    }();
     typename EVT::Arguments evt{
         {static_cast<const float*>(p.a_scale), 0.f, {}},                           // AScale
         {{static_cast<const float*>(p.w_scale), 0.f, {}}, {}, {}},                 // AccW: WScale, Acc, op
-        {static_cast<const ElementOut*>(p.bias), ElementOut(0.f), {}},            // Bias (nullptr -> 0)
+        bias_term,                                                                  // Bias (+ low-rank)
         {}};                                                                        // FmaA op
 
     cutlass::KernelHardwareInfo hw;
@@ -138,22 +154,24 @@ struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1> {
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
   using Scheduler = cutlass::gemm::PersistentScheduler;
 };
-template <typename ElementAB, typename ElementOut, W8A8TileConfig C>
+template <typename ElementAB, typename ElementOut, W8A8TileConfig C, bool kLowRank>
 using GemmFor = ScaledGemm<ElementAB, ElementOut, typename ConfigOf<ElementAB, C>::Tile,
                            typename ConfigOf<ElementAB, C>::Cluster, typename ConfigOf<ElementAB, C>::Kernel,
-                           typename ConfigOf<ElementAB, C>::Epilogue, typename ConfigOf<ElementAB, C>::Scheduler>;
+                           typename ConfigOf<ElementAB, C>::Epilogue, typename ConfigOf<ElementAB, C>::Scheduler, kLowRank>;
 
 // Defines the entry points NAME_run / NAME_workspace (declared in ../kernels.h) for one
-// (input type, config); both output types live in the same translation unit.
-#define QENGINE_SM90_DEFINE(NAME, ELEMENT_AB, CONFIG)                                                      \
-  cudaError_t NAME##_run(const W8A8GemmParams& p, cudaStream_t stream) {                                     \
-    if (p.out_type == FloatType::kBF16) return GemmFor<ELEMENT_AB, cutlass::bfloat16_t, CONFIG>::run(p, stream); \
-    if (p.out_type == FloatType::kFP16) return GemmFor<ELEMENT_AB, cutlass::half_t, CONFIG>::run(p, stream);     \
-    return cudaErrorInvalidValue;                                                                              \
-  }                                                                                                            \
-  size_t NAME##_workspace(const W8A8GemmParams& p) {                                                          \
-    if (p.out_type == FloatType::kBF16) return GemmFor<ELEMENT_AB, cutlass::bfloat16_t, CONFIG>::workspace_bytes(p); \
-    return GemmFor<ELEMENT_AB, cutlass::half_t, CONFIG>::workspace_bytes(p);                                 \
+// (input type, config, low-rank epilogue or not); both output types live in the same translation unit.
+#define QENGINE_SM90_DEFINE_VARIANT(NAME, ELEMENT_AB, CONFIG, LOWRANK)                                        \
+  cudaError_t NAME##_run(const W8A8GemmParams& p, cudaStream_t stream) {                                      \
+    if (p.out_type == FloatType::kBF16) return GemmFor<ELEMENT_AB, cutlass::bfloat16_t, CONFIG, LOWRANK>::run(p, stream); \
+    if (p.out_type == FloatType::kFP16) return GemmFor<ELEMENT_AB, cutlass::half_t, CONFIG, LOWRANK>::run(p, stream);     \
+    return cudaErrorInvalidValue;                                                                               \
+  }                                                                                                             \
+  size_t NAME##_workspace(const W8A8GemmParams& p) {                                                           \
+    if (p.out_type == FloatType::kBF16) return GemmFor<ELEMENT_AB, cutlass::bfloat16_t, CONFIG, LOWRANK>::workspace_bytes(p); \
+    return GemmFor<ELEMENT_AB, cutlass::half_t, CONFIG, LOWRANK>::workspace_bytes(p);                         \
   }
+#define QENGINE_SM90_DEFINE(NAME, ELEMENT_AB, CONFIG) QENGINE_SM90_DEFINE_VARIANT(NAME, ELEMENT_AB, CONFIG, false)
+#define QENGINE_SM90_DEFINE_LOWRANK(NAME, ELEMENT_AB, CONFIG) QENGINE_SM90_DEFINE_VARIANT(NAME##_lowrank, ELEMENT_AB, CONFIG, true)
 
 }  // namespace qengine::sm90
