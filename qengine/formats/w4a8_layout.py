@@ -38,6 +38,14 @@ def _offsets_cpu(n: int, k: int) -> torch.Tensor:
     return (atom + 512 * (r // BLOCK_N) + 512 * (n // BLOCK_N) * (c // BLOCK_K)).reshape(-1)
 
 
+@functools.lru_cache(maxsize=64)
+def _offsets_on(n: int, k: int, device: torch.device) -> torch.Tensor:
+    # Cached per device: a host-to-device copy cannot run inside a CUDA-graph capture, and the
+    # reference backend un-permutes the weight on every call (a warm-up call outside the
+    # capture fills this cache).
+    return _offsets_cpu(n, k).to(device)
+
+
 def check_prepack_shape(n: int, k: int) -> None:
     if n % BLOCK_N or k % BLOCK_K or n <= 0 or k <= 0:
         raise ValueError(f"the w4a8 prepacked layout needs N % {BLOCK_N} == 0 and K % {BLOCK_K} == 0 "
@@ -58,7 +66,7 @@ def prepack(w: torch.Tensor) -> torch.Tensor:
     n, k = _check("w4a8_prepack", w)
     q = unpack_int4(w.contiguous()).reshape(-1)
     out = torch.empty_like(q)
-    out[_offsets_cpu(n, k).to(w.device)] = q
+    out[_offsets_on(n, k, w.device)] = q
     return pack_int4(out.reshape(n, k))
 
 
@@ -66,4 +74,4 @@ def unprepack(w: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`prepack`."""
     n, k = _check("w4a8_unprepack", w)
     flat = unpack_int4(w.contiguous()).reshape(-1)
-    return pack_int4(flat[_offsets_cpu(n, k).to(w.device)].reshape(n, k))
+    return pack_int4(flat[_offsets_on(n, k, w.device)].reshape(n, k))
