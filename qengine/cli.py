@@ -127,12 +127,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     meta = {"samples": args.samples, "steps": args.steps, "seed": args.seed, "budget": args.budget,
             "calib_per_class": args.calib_per_class, "device": args.device}
+    if args.rank is not None:
+        meta["rank"] = args.rank
     if args.merge:
         rows = run.load_rows(args.merge)
         meta = json.loads(Path(args.merge[0]).read_text()).get("meta", meta)
     else:
-        methods = ["fp", "naive", "calibrated"] + (["no-smoothing", "no-lowrank", "no-mixed-precision"]
-                                                   if args.ablations else [])
+        methods = args.methods or (["fp", "naive", "calibrated"] + (list(run.ABLATIONS) if args.ablations else []))
         rows = []
 
         def on_row(row):
@@ -143,7 +144,7 @@ def _eval(args: argparse.Namespace) -> int:
             run.evaluate(kind, args.schemes, methods, samples=args.samples, steps=args.steps, seed=args.seed,
                          budget=args.budget, calib_per_class=args.calib_per_class, device=args.device,
                          batch_size=args.batch_size, fid=not args.no_fid, out_dir=args.out, progress=not args.quiet,
-                         on_row=on_row)
+                         on_row=on_row, rank=args.rank, cache_dir=args.cache)
     js, md = run.write_report(rows, args.out, meta)
     print(md.read_text())
     print(f"written: {js}, {md}" + ("" if args.merge else f", grids in {Path(args.out) / 'grids'}"))
@@ -221,7 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="all", choices=("dit", "unet", "all"), help="(default: %(default)s)")
     e.add_argument("--schemes", nargs="+", default=list(qcfg.PRESETS), choices=qcfg.PRESETS, metavar="SCHEME",
                    help=f"schemes to evaluate (default: all of {', '.join(qcfg.PRESETS)})")
-    e.add_argument("--ablations", action="store_true", help="add the no-smoothing / no-lowrank / no-mixed-precision rows")
+    e.add_argument("--ablations", action="store_true",
+                   help="add the no-smoothing / no-lowrank / no-mixed-precision / no-gptq rows")
+    e.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="exactly these rows (fp naive calibrated no-smoothing no-lowrank no-mixed-precision no-gptq; "
+                        "overrides --ablations)")
+    e.add_argument("--cache", metavar="DIR",
+                   help="share the full-precision samples and FID reference statistics between processes here")
+    e.add_argument("--rank", type=int, help="low-rank branch rank of the 4-bit presets (default: the preset's, 32)")
     e.add_argument("--samples", type=int, default=1000, help="samples per row (default: %(default)s; FID wants >= 5000)")
     e.add_argument("--steps", type=int, default=20, help="DDIM steps (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="noise seed of the evaluated samples (default: %(default)s)")
