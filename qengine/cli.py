@@ -129,6 +129,11 @@ def _eval(args: argparse.Namespace) -> int:
             "calib_per_class": args.calib_per_class, "device": args.device}
     if args.rank is not None:
         meta["rank"] = args.rank
+    opts = {}
+    if args.alpha_top is not None:
+        opts["alpha_top"] = meta["alpha_top"] = args.alpha_top
+    if args.gptq_act_order:
+        opts["gptq_act_order"] = meta["gptq_act_order"] = True
     if args.merge:
         rows = run.load_rows(args.merge)
         meta = json.loads(Path(args.merge[0]).read_text()).get("meta", meta)
@@ -144,7 +149,7 @@ def _eval(args: argparse.Namespace) -> int:
             run.evaluate(kind, args.schemes, methods, samples=args.samples, steps=args.steps, seed=args.seed,
                          budget=args.budget, calib_per_class=args.calib_per_class, device=args.device,
                          batch_size=args.batch_size, fid=not args.no_fid, out_dir=args.out, progress=not args.quiet,
-                         on_row=on_row, rank=args.rank, cache_dir=args.cache)
+                         on_row=on_row, rank=args.rank, cache_dir=args.cache, options=opts)
     js, md = run.write_report(rows, args.out, meta)
     print(md.read_text())
     print(f"written: {js}, {md}" + ("" if args.merge else f", grids in {Path(args.out) / 'grids'}"))
@@ -229,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "overrides --ablations)")
     e.add_argument("--cache", metavar="DIR",
                    help="share the full-precision samples and FID reference statistics between processes here")
+    e.add_argument("--alpha-top", type=int, help="choose smoothing among this many best per layer by the "
+                   "denoiser-output error (default: the layer's own error)")
+    e.add_argument("--gptq-act-order", action="store_true", help="GPTQ visits columns by decreasing Hessian diagonal")
     e.add_argument("--rank", type=int, help="low-rank branch rank of the 4-bit presets (default: the preset's, 32)")
     e.add_argument("--samples", type=int, default=1000, help="samples per row (default: %(default)s; FID wants >= 5000)")
     e.add_argument("--steps", type=int, default=20, help="DDIM steps (default: %(default)s)")

@@ -85,6 +85,8 @@ def test_report_roundtrip_and_merge(tmp_path):
     write_report([fp, b], tmp_path / "p2")
     rows = load_rows([tmp_path / "p1" / "results.json", tmp_path / "p2" / "results.json"])
     assert [r.method for r in rows] == ["fp", "naive", "calibrated"]  # the fp row once
+    swapped = load_rows([tmp_path / "p2" / "results.json", tmp_path / "p1" / "results.json"])
+    assert [r.method for r in swapped] == ["fp", "naive", "calibrated"]  # table order, not file order
     md = markdown_table(rows)
     assert "| unet | w4a8 | calibrated (3 promoted) | 25.00 | 0.9000 | 6.00 | 0.880 |" in md
     assert "| unet | 16-bit | fp | n/a |" in md

@@ -137,3 +137,26 @@ def test_calibrated_layer_rejects_a_weight_of_another_layout():
     bad = {"weight": torch.zeros(32, 64, dtype=torch.int8), "weight_scale": torch.ones(32)}
     with pytest.raises(ValueError, match="calibrate with the same config"):
         qengine.api.calibrated_layer(lin, LayerQuantConfig("w4a8", 64, 0), bad)
+
+
+def test_alpha_chosen_by_model_score_among_the_best():
+    # alpha_top > 1: among the alpha_top best smoothing candidates by layer error, the model score decides.
+    lin, x = _linear_case(7)
+    cfg = LayerQuantConfig("w8a8-int8")
+    absmax = x.abs().amax(dim=0)
+    base = search_linear(lin, cfg, x, absmax, SearchOptions(gptq=False))
+    ranked = sorted(base.notes["alpha_errors"].items(), key=lambda kv: kv[1])
+    second = ranked[1][0]
+    second = None if second == "off" else second
+    calls = []
+
+    def score(calib):  # prefers the second-best candidate (no smoothing -> no "smooth" key)
+        calls.append(calib)
+        s = calib.get("smooth")
+        from qengine.calib.search import smooth_vector
+        want = None if second is None else smooth_vector(absmax, lin.weight.detach(), second)
+        return 0.0 if (s is None and want is None) or (s is not None and want is not None and torch.allclose(s, want)) else 1.0
+
+    picked = search_linear(lin, cfg, x, absmax, SearchOptions(gptq=False, alpha_top=3), score_fn=score)
+    assert len(calls) == 3
+    assert picked.notes["alpha"] == second

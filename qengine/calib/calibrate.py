@@ -119,7 +119,12 @@ def calibrate(model: nn.Module, config: QuantConfig | str, run_pipeline: Callabl
         h = obs.hessian.get() if obs.hessian is not None else None
         if isinstance(mod, nn.Conv2d):
             return search_conv(mod, cfg, x, obs.step_ranges(), opts, splits.get(name), hessian=h)
-        return search_linear(mod, cfg, x, obs.absmax, opts, hessian=h)
+        score = None
+        if opts.alpha_top > 1 and tracker.probes:
+            def score(calib):
+                q = calibrated_layer(mod, cfg, calib, backend="reference")
+                return _sensitivity(model, name, q, tracker.probes, refs)
+        return search_linear(mod, cfg, x, obs.absmax, opts, hessian=h, score_fn=score)
 
     found, rows_mp = {}, {}
     for p in targets:

@@ -111,7 +111,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: 
             col = w1[:, i]
             sc = col_scale(i1 + i, w1, i)
             # The module's rounding rule, in float32 as in quantize_weight (clamp = clip's saturation).
-            q = round_to_format((col.float() / sc).clamp(-qmax, qmax), fmt).double()
+            q = round_to_format((col.float() / sc).clamp(-qmax, qmax), fmt).float().double()
             codes[:, i1 + i] = q
             e = (col - q * sc.double()) / hinv1[i, i]
             w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]

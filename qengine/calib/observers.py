@@ -56,7 +56,8 @@ class Reservoir:
 
 
 class HessianAccumulator:
-    """``sum x x^T`` over every row of the inputs (float64 on the layer's device), and the row count."""
+    """``sum x x^T`` over every row of the inputs (float32 on the layer's device: many calibrations may
+    share one GPU, and a float32 sum of ~1e6 rows is far more precise than the 8-bit grids it serves)."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -77,13 +78,13 @@ class HessianAccumulator:
             self._fold(x.reshape(-1, x.shape[-1]).float())
 
     def _fold(self, rows: torch.Tensor) -> None:
-        g = (rows.t() @ rows).double()
-        self.h = g if self.h is None else self.h + g
+        g = rows.t() @ rows
+        self.h = g if self.h is None else self.h.add_(g)
         self.rows += len(rows)
 
     def get(self) -> torch.Tensor:
         """The mean second moment ``H / rows`` (float64, on the layer's device)."""
-        return self.h / max(self.rows, 1)
+        return self.h.double() / max(self.rows, 1)
 
 
 class LayerObserver:

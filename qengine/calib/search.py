@@ -51,6 +51,9 @@ class SearchOptions:
     gptq_act_order: bool = False
     gptq_damp: float = 0.01
     gptq_block: int = 128
+    #: > 1: the smoothing exponent is chosen among the ``alpha_top`` best by layer error on the
+    #: denoiser's output error (sensitivity) instead of the layer's own error
+    alpha_top: int = 1
 
 
 @dataclass
@@ -125,7 +128,7 @@ def _linear_residual(w: torch.Tensor, calib: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def search_linear(mod: nn.Linear, cfg: LayerQuantConfig, x: torch.Tensor, x_absmax: torch.Tensor,
-                  opts: SearchOptions, hessian: torch.Tensor | None = None) -> LayerSearch:
+                  opts: SearchOptions, hessian: torch.Tensor | None = None, score_fn=None) -> LayerSearch:
     x = x.to(mod.weight.device)
     w = mod.weight.float()
     ref = x.float() @ w.t()
@@ -147,15 +150,18 @@ def search_linear(mod: nn.Linear, cfg: LayerQuantConfig, x: torch.Tensor, x_absm
             calib["lora_down"], calib["lora_up"] = down.to(dtype), up.to(dtype)
         return calib
 
-    best_alpha, best_calib, best_err = None, candidate(None), None
-    best_err = _linear_err(mod, cfg, best_calib, x, ref)
-    tried = {"off": best_err}
+    cands = [(_linear_err(mod, cfg, candidate(None), x, ref), None)]
     for alpha in (opts.alphas if opts.smooth else ()):
-        c = candidate(alpha)
-        e = _linear_err(mod, cfg, c, x, ref)
-        tried[alpha] = e
-        if e < best_err:
-            best_alpha, best_calib, best_err = alpha, c, e
+        cands.append((_linear_err(mod, cfg, candidate(alpha), x, ref), alpha))
+    tried = {("off" if a is None else a): e for e, a in cands}
+    cands.sort(key=lambda c: c[0])
+    best_err, best_alpha = cands[0]
+    if score_fn is not None and opts.smooth and opts.alpha_top > 1:
+        # The layer's own error does not always transfer to the model output: let the model
+        # decide among the few best (score_fn: e.g. the denoiser-output error with this layer swapped in).
+        scored = [(score_fn(candidate(a)), e, a) for e, a in cands[:opts.alpha_top]]
+        _, best_err, best_alpha = min(scored, key=lambda t: t[0])
+    best_calib = candidate(best_alpha)
     best_clip, best_err = _search_clip(lambda c: _linear_err(mod, cfg, c, x, ref), best_calib, best_err, opts)
     best_calib["clip"] = best_clip
     notes = {"alpha": best_alpha, "clip": best_clip, "alpha_errors": tried, "gptq": False}

@@ -69,11 +69,14 @@ def preset(scheme: str, rank: int | None = None) -> QuantConfig:
 def calibrate_reference(model: torch.nn.Module, scheme: str, method: str = "calibrated", *, steps: int,
                         per_class: int = 2, seed: int = 10_000, budget: float = 0.1, progress: bool = False,
                         batch_size: int = 500, rows: int = 1024, maps: int = 32, probes: int = 4,
-                        rank: int | None = None, log=print):
-    """Calibrate a reference denoiser along its own DDIM trajectories (``per_class`` per class)."""
+                        rank: int | None = None, options: dict | None = None, log=print):
+    """Calibrate a reference denoiser along its own DDIM trajectories (``per_class`` per class).
+
+    ``options``: extra ``SearchOptions`` fields (e.g. ``{"alpha_top": 3}``); the method's ablation wins."""
     from ..calib import SearchOptions, calibrate
 
-    opts = SearchOptions(smooth=method != "no-smoothing", lowrank=method != "no-lowrank", gptq=method != "no-gptq")
+    opts = SearchOptions(**{**(options or {}), "smooth": method != "no-smoothing", "lowrank": method != "no-lowrank",
+                            "gptq": method != "no-gptq" and (options or {}).get("gptq", True)})
     labels = ref.class_grid_labels(per_class)
     return calibrate(model, preset(scheme, rank), lambda: ref.sample(model, labels, seed=seed, steps=steps,
                                                                      batch_size=batch_size),
@@ -83,13 +86,13 @@ def calibrate_reference(model: torch.nn.Module, scheme: str, method: str = "cali
 
 def quantized_copy(model: torch.nn.Module, scheme: str, method: str, *, steps: int, budget: float, backend: str,
                    per_class: int = 2, batch_size: int = 500, progress: bool = False, rank: int | None = None,
-                   log=print):
+                   options: dict | None = None, log=print):
     """``(quantized deep copy of model, calibration result or None)`` for one (scheme, method)."""
     q = copy.deepcopy(model)
     if method == "naive":
         return api.quantize(q, QuantConfig.preset(scheme, rank=0), backend=backend), None
     res = calibrate_reference(model, scheme, method, steps=steps, per_class=per_class, budget=budget,
-                              progress=progress, batch_size=batch_size, rank=rank, log=log)
+                              progress=progress, batch_size=batch_size, rank=rank, options=options, log=log)
     return api.quantize(q, calibration=res, backend=backend), res
 
 
@@ -97,7 +100,7 @@ def evaluate(kind: str, schemes=SCHEMES, methods=("fp", "naive", "calibrated"), 
              steps: int = ref.DEFAULT_STEPS, seed: int = 0, budget: float = 0.1, calib_per_class: int = 2,
              device: str = "cpu", batch_size: int = 500, fid: bool = True, out_dir: str | Path = "eval-out",
              grid_per_class: int = 6, progress: bool = True, on_row=None, rank: int | None = None,
-             cache_dir: str | Path | None = None, log=print) -> list[Row]:
+             cache_dir: str | Path | None = None, options: dict | None = None, log=print) -> list[Row]:
     """Evaluate one reference model (``"dit"`` or ``"unet"``); returns the rows.
 
     Writes to ``out_dir`` a PNG grid per quantized row and each calibration's per-layer table;
@@ -144,7 +147,7 @@ def evaluate(kind: str, schemes=SCHEMES, methods=("fp", "naive", "calibrated"), 
             t = time.perf_counter()
             qmodel, res = quantized_copy(model, scheme, method, steps=steps, budget=budget, backend=backend,
                                          per_class=calib_per_class, batch_size=batch_size, rank=rank,
-                                         log=lambda s: None)
+                                         options=options, log=lambda s: None)
             row.calib_s = round(time.perf_counter() - t, 1)
             if res is not None:
                 from ..calib import summary_table
@@ -245,8 +248,9 @@ def markdown_table(rows: list[Row], meta: dict[str, Any] | None = None) -> str:
 
 
 def load_rows(paths) -> list[Row]:
-    """Rows of several ``results.json`` (e.g. from parallel runs), in order; a (model, scheme, method)
-    seen twice keeps its first row (parallel runs of one model each sample the same fp row)."""
+    """Rows of several ``results.json`` (e.g. from parallel runs), sorted by model, then fp first, then
+    scheme and method in table order (``SCHEMES``, ``METHODS``); a (model, scheme, method) seen twice
+    keeps its first row (parallel runs of one model each sample the same fp row)."""
     rows, seen = [], set()
     for p in paths:
         for r in json.loads(Path(p).read_text())["rows"]:
@@ -255,4 +259,9 @@ def load_rows(paths) -> list[Row]:
             if key not in seen:
                 seen.add(key)
                 rows.append(row)
-    return rows
+
+    def order(r: Row):
+        scheme = SCHEMES.index(r.scheme) if r.scheme in SCHEMES else -1
+        return r.model, r.method != "fp", scheme, METHODS.index(r.method) if r.method in METHODS else len(METHODS)
+
+    return sorted(rows, key=order)
