@@ -106,9 +106,15 @@ def _calibrate(args: argparse.Namespace) -> int:
         method = "no-smoothing"
     elif args.no_lowrank:
         method = "no-lowrank"
+    elif args.no_gptq:
+        method = "no-gptq"
+    opts = {"gptq_act_order": True} if args.gptq_act_order else {}
+    if args.alpha_top:
+        opts["alpha_top"] = args.alpha_top
     model = ref.load_denoiser(args.model, models_dir=args.models_dir, device=args.device)
     res = calibrate_reference(model, args.preset, method, steps=args.steps, per_class=args.per_class,
-                              seed=args.seed, budget=args.budget, progress=not args.quiet)
+                              seed=args.seed, budget=args.budget, progress=not args.quiet, rank=args.rank,
+                              options=opts)
     res.meta["command"] = " ".join(sys.argv)
     res.save(args.out)
     print(summary_table(res.report))
@@ -206,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=10_000, help="noise seed of the trajectories (default: %(default)s)")
     c.add_argument("--no-smoothing", action="store_true", help="ablation: no smoothing search")
     c.add_argument("--no-lowrank", action="store_true", help="ablation: rank 0 (no low-rank branch)")
+    c.add_argument("--no-gptq", action="store_true", help="ablation: round-to-nearest weights instead of GPTQ")
+    c.add_argument("--gptq-act-order", action="store_true", help="GPTQ visits columns by decreasing Hessian diagonal")
+    c.add_argument("--alpha-top", type=int, help="choose smoothing among this many best per layer by the "
+                   "denoiser-output error (default: the layer's own error)")
+    c.add_argument("--rank", type=int, help="low-rank branch rank of the 4-bit presets (default: the preset's, 32)")
     c.add_argument("--models-dir", help="folder holding fashion-<model>/ (default: the repo's models/)")
     c.add_argument("--device", default="cpu", help="device (default: %(default)s)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")

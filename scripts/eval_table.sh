@@ -7,6 +7,7 @@
 #
 #   scripts/eval_table.sh OUT_DIR            # env: SAMPLES (5000), DEVICE (cuda), PYTHON (python),
 #                                            # EVAL_ARGS (more `qengine eval` options, e.g. for a smoke test),
+#                                            # MODELS, SCHEMES (subsets, space-separated),
 #                                            # TIME_LIMIT (s: processes still running then are stopped; the
 #                                            # rows they finished are kept, each process writes its report per row)
 #
@@ -19,21 +20,22 @@ out=${1:?usage: scripts/eval_table.sh OUT_DIR}
 samples=${SAMPLES:-5000}
 device=${DEVICE:-cuda}
 py=${PYTHON:-python}
-schemes=(w8a8-int8 w8a8-fp8 w4a8 w4a4)
+schemes=(${SCHEMES:-w8a8-int8 w8a8-fp8 w4a8 w4a4})
+models=(${MODELS:-dit unet})
 mkdir -p "$out/logs"
 t0=$(date +%s)
 ev() { local left=$(( ${TIME_LIMIT:-1000000} - ($(date +%s) - t0) ))
        timeout $(( left > 1 ? left : 1 )) "$py" -c 'import sys; from qengine.cli import main; sys.exit(main())' eval --samples "$samples" \
           --device "$device" --cache "$out/cache" --quiet ${EVAL_ARGS:-} "$@"; }
 fp_pids=()
-for m in dit unet; do  # 1. fp samples and FID statistics once per model
+for m in "${models[@]}"; do  # 1. fp samples and FID statistics once per model
   ev --model "$m" --schemes w8a8-int8 --methods fp --out "$out/$m-fp" >"$out/logs/$m-fp.log" 2>&1 &
   fp_pids+=($!)
 done
 for p in "${fp_pids[@]}"; do wait "$p" || { tail -5 "$out"/logs/*-fp.log; exit 1; }; done
 echo "fp rows: $(( $(date +%s) - t0 )) s"
 pids=()
-for m in dit unet; do  # 2. the quantized rows, three processes per model and scheme
+for m in "${models[@]}"; do  # 2. the quantized rows, three processes per model and scheme
   for s in "${schemes[@]}"; do
     ev --model "$m" --schemes "$s" --methods naive calibrated --out "$out/$m-$s-a" >"$out/logs/$m-$s-a.log" 2>&1 &
     pids+=($!)

@@ -207,8 +207,12 @@ def save_grid(fp: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, path: Pat
     from PIL import Image
 
     tiles = []
+    counts = [int((labels == c).sum()) for c in range(len(ref.CLASSES))]
+    per_class = min([per_class] + [n for n in counts if n])  # rows of equal width with few samples
     for c in range(len(ref.CLASSES)):
         idx = (labels == c).nonzero().flatten()[:per_class]
+        if len(idx) == 0:  # fewer samples than classes (smoke tests)
+            continue
         left = torch.cat(list(fp[idx, 0]), dim=1)
         right = torch.cat(list(q[idx, 0]), dim=1)
         gap = torch.full((left.shape[0], 4), 255, dtype=torch.uint8)
