@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--table", action="store_true", help="print the per-layer calibration table")
+    p.add_argument("--no-gptq", action="store_true",
+                   help="round-to-nearest weights instead of GPTQ (about 4x faster calibration on a CPU, lower quality)")
     p.add_argument("--out", default="fashion-mnist-quantized.png", help="side-by-side PNG to write")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
     labels = ref.class_grid_labels(args.per_class)
 
     t = time.perf_counter()
-    res = calibrate_reference(model, args.scheme, steps=args.steps, per_class=args.calib_per_class,
+    res = calibrate_reference(model, args.scheme, "no-gptq" if args.no_gptq else "calibrated", steps=args.steps,
+                              per_class=args.calib_per_class,
                               progress=True, batch_size=len(labels), rows=512, maps=16, probes=2,
                               log=lambda s: None)
     calib_s = time.perf_counter() - t

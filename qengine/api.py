@@ -137,16 +137,28 @@ def calibrated_layer(mod: nn.Module, cfg: LayerQuantConfig, lc: dict[str, Any], 
     """The quantized module for ``mod`` with one layer's calibration applied.
 
     ``lc`` keys (all optional): ``smooth`` [K] (Linear), ``lora_down`` [r, K] / ``lora_up`` [N, r]
-    (Linear), ``clip`` (ratio of each weight row's or group's absmax kept before rounding; 1 = none)
-    and ``input_scale`` [1] (Conv2d static activation scale).
+    (Linear), ``clip`` (ratio of each weight row's or group's absmax kept before rounding; 1 = none),
+    ``input_scale`` [1] (Conv2d static activation scale), and ``weight`` + ``weight_scale``: a
+    GPTQ-rounded weight (of the smoothed low-rank residual) in the module's stored layout, which
+    replaces the module's own round-to-nearest one.
     """
     clip = float(lc.get("clip", 1.0))
     if isinstance(mod, nn.Conv2d):
-        return QConv2d.from_float(mod, cfg, input_scale=lc.get("input_scale"), clip=clip, backend=backend)
-    lowrank = None
-    if cfg.rank and lc.get("lora_down") is not None:
-        lowrank = (lc["lora_down"], lc["lora_up"])
-    return QLinear.from_float(mod, cfg, smooth=lc.get("smooth"), lowrank=lowrank, clip=clip, backend=backend)
+        q = QConv2d.from_float(mod, cfg, input_scale=lc.get("input_scale"), clip=clip, backend=backend)
+    else:
+        lowrank = None
+        if cfg.rank and lc.get("lora_down") is not None:
+            lowrank = (lc["lora_down"], lc["lora_up"])
+        q = QLinear.from_float(mod, cfg, smooth=lc.get("smooth"), lowrank=lowrank, clip=clip, backend=backend)
+    if lc.get("weight") is not None:
+        # The buffers are the stored layout itself (no re-rounding): shapes and dtypes must match.
+        for key in ("weight", "weight_scale"):
+            src, dst = lc[key], getattr(q, key)
+            if src.dtype != dst.dtype or src.numel() != dst.numel():
+                raise ValueError(f"calibrated {key} is {src.dtype} {tuple(src.shape)}, the module stores "
+                                 f"{dst.dtype} {tuple(dst.shape)}; calibrate with the same config")
+            dst.copy_(src.reshape(dst.shape))
+    return q
 
 
 def build_empty_layer(spec: dict[str, Any], dtype: torch.dtype, device, backend: str) -> nn.Module:

@@ -106,9 +106,15 @@ def _calibrate(args: argparse.Namespace) -> int:
         method = "no-smoothing"
     elif args.no_lowrank:
         method = "no-lowrank"
+    elif args.no_gptq:
+        method = "no-gptq"
+    opts = {"gptq_act_order": True} if args.gptq_act_order else {}
+    if args.alpha_top:
+        opts["alpha_top"] = args.alpha_top
     model = ref.load_denoiser(args.model, models_dir=args.models_dir, device=args.device)
     res = calibrate_reference(model, args.preset, method, steps=args.steps, per_class=args.per_class,
-                              seed=args.seed, budget=args.budget, progress=not args.quiet)
+                              seed=args.seed, budget=args.budget, progress=not args.quiet, rank=args.rank,
+                              options=opts)
     res.meta["command"] = " ".join(sys.argv)
     res.save(args.out)
     print(summary_table(res.report))
@@ -127,12 +133,18 @@ def _eval(args: argparse.Namespace) -> int:
 
     meta = {"samples": args.samples, "steps": args.steps, "seed": args.seed, "budget": args.budget,
             "calib_per_class": args.calib_per_class, "device": args.device}
+    if args.rank is not None:
+        meta["rank"] = args.rank
+    opts = {}
+    if args.alpha_top is not None:
+        opts["alpha_top"] = meta["alpha_top"] = args.alpha_top
+    if args.gptq_act_order:
+        opts["gptq_act_order"] = meta["gptq_act_order"] = True
     if args.merge:
         rows = run.load_rows(args.merge)
         meta = json.loads(Path(args.merge[0]).read_text()).get("meta", meta)
     else:
-        methods = ["fp", "naive", "calibrated"] + (["no-smoothing", "no-lowrank", "no-mixed-precision"]
-                                                   if args.ablations else [])
+        methods = args.methods or (["fp", "naive", "calibrated"] + (list(run.ABLATIONS) if args.ablations else []))
         rows = []
 
         def on_row(row):
@@ -143,7 +155,7 @@ def _eval(args: argparse.Namespace) -> int:
             run.evaluate(kind, args.schemes, methods, samples=args.samples, steps=args.steps, seed=args.seed,
                          budget=args.budget, calib_per_class=args.calib_per_class, device=args.device,
                          batch_size=args.batch_size, fid=not args.no_fid, out_dir=args.out, progress=not args.quiet,
-                         on_row=on_row)
+                         on_row=on_row, rank=args.rank, cache_dir=args.cache, options=opts)
     js, md = run.write_report(rows, args.out, meta)
     print(md.read_text())
     print(f"written: {js}, {md}" + ("" if args.merge else f", grids in {Path(args.out) / 'grids'}"))
@@ -200,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=10_000, help="noise seed of the trajectories (default: %(default)s)")
     c.add_argument("--no-smoothing", action="store_true", help="ablation: no smoothing search")
     c.add_argument("--no-lowrank", action="store_true", help="ablation: rank 0 (no low-rank branch)")
+    c.add_argument("--no-gptq", action="store_true", help="ablation: round-to-nearest weights instead of GPTQ")
+    c.add_argument("--gptq-act-order", action="store_true", help="GPTQ visits columns by decreasing Hessian diagonal")
+    c.add_argument("--alpha-top", type=int, help="choose smoothing among this many best per layer by the "
+                   "denoiser-output error (default: the layer's own error)")
+    c.add_argument("--rank", type=int, help="low-rank branch rank of the 4-bit presets (default: the preset's, 32)")
     c.add_argument("--models-dir", help="folder holding fashion-<model>/ (default: the repo's models/)")
     c.add_argument("--device", default="cpu", help="device (default: %(default)s)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -221,7 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="all", choices=("dit", "unet", "all"), help="(default: %(default)s)")
     e.add_argument("--schemes", nargs="+", default=list(qcfg.PRESETS), choices=qcfg.PRESETS, metavar="SCHEME",
                    help=f"schemes to evaluate (default: all of {', '.join(qcfg.PRESETS)})")
-    e.add_argument("--ablations", action="store_true", help="add the no-smoothing / no-lowrank / no-mixed-precision rows")
+    e.add_argument("--ablations", action="store_true",
+                   help="add the no-smoothing / no-lowrank / no-mixed-precision / no-gptq rows")
+    e.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="exactly these rows (fp naive calibrated no-smoothing no-lowrank no-mixed-precision no-gptq; "
+                        "overrides --ablations)")
+    e.add_argument("--cache", metavar="DIR",
+                   help="share the full-precision samples and FID reference statistics between processes here")
+    e.add_argument("--alpha-top", type=int, help="choose smoothing among this many best per layer by the "
+                   "denoiser-output error (default: the layer's own error)")
+    e.add_argument("--gptq-act-order", action="store_true", help="GPTQ visits columns by decreasing Hessian diagonal")
+    e.add_argument("--rank", type=int, help="low-rank branch rank of the 4-bit presets (default: the preset's, 32)")
     e.add_argument("--samples", type=int, default=1000, help="samples per row (default: %(default)s; FID wants >= 5000)")
     e.add_argument("--steps", type=int, default=20, help="DDIM steps (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0, help="noise seed of the evaluated samples (default: %(default)s)")

@@ -107,7 +107,11 @@ def test_conv_search_reports_split_halves():
     found = search_conv(conv, LayerQuantConfig("w8a8-int8"), x, ranges, SearchOptions(), split=16)
     split = found.notes["split"]
     assert split["range_ratio"] > 10
-    assert split["err_per_half_scales"] < found.err  # what a two-scale op would buy
+    assert split["err_dynamic"] < found.err  # what a two-scale op would buy
+    assert split["err_static"] < found.err
+    scales = found.calib["split_input_scale"]  # what a checkpoint of a two-scale conv would carry
+    assert scales.shape == (2,) and found.calib["split_at"] == 16
+    assert scales.max() / scales.min() > 5  # the halves' ranges differ > 10x
     assert found.err <= found.err_rtn
 
 

@@ -75,6 +75,9 @@ def test_class_accuracy_and_grid(tmp_path):
     path = save_grid(imgs, imgs, labels, tmp_path / "g.png", per_class=2, scale=1)
     w, h = Image.open(path).size
     assert (w, h) == (2 * 2 * 32 + 4, 10 * 32)
+    few = torch.arange(13) % 10  # 3 classes with 2 samples, 7 with 1, none missing; then 6 classes only
+    assert Image.open(save_grid(imgs[:13], imgs[:13], few, tmp_path / "f.png", per_class=2, scale=1)).size == (68, 320)
+    assert Image.open(save_grid(imgs[:6], imgs[:6], few[:6], tmp_path / "s.png", scale=1)).size == (68, 6 * 32)
 
 
 def test_report_roundtrip_and_merge(tmp_path):
@@ -85,6 +88,8 @@ def test_report_roundtrip_and_merge(tmp_path):
     write_report([fp, b], tmp_path / "p2")
     rows = load_rows([tmp_path / "p1" / "results.json", tmp_path / "p2" / "results.json"])
     assert [r.method for r in rows] == ["fp", "naive", "calibrated"]  # the fp row once
+    swapped = load_rows([tmp_path / "p2" / "results.json", tmp_path / "p1" / "results.json"])
+    assert [r.method for r in swapped] == ["fp", "naive", "calibrated"]  # table order, not file order
     md = markdown_table(rows)
     assert "| unet | w4a8 | calibrated (3 promoted) | 25.00 | 0.9000 | 6.00 | 0.880 |" in md
     assert "| unet | 16-bit | fp | n/a |" in md

@@ -3,8 +3,10 @@
 1. Run the full-precision pipeline once (``run_pipeline``) with observers on every layer the
    config quantizes (observers.py: streamed, timestep-aware).
 2. Per layer, search the smoothing exponent (with the low-rank branch included), the weight
-   clip, and for convs the activation scale (search.py). UNet layers fed by a skip
-   concatenation get the split-shortcut analysis (see ``search.search_conv``).
+   clip, and for convs the activation scale (search.py); then GPTQ of the residual weight on the
+   Hessian gathered along the trajectory, kept where it lowers the layer's output error
+   (gptq.py). UNet layers fed by a skip concatenation get per-half statistics and static
+   per-half scales (see ``search.split_half_scales``).
 3. Sensitivity: swap ONE calibrated layer into the full-precision model and measure how far the
    denoiser's output moves on calls recorded along the trajectory (relative MSE).
 4. Mixed precision: under ``budget`` (a fraction of the quantized weights' parameters), the
@@ -101,7 +103,7 @@ def calibrate(model: nn.Module, config: QuantConfig | str, run_pipeline: Callabl
     names = [p.name for p in targets]
     log(f"calibrate: collecting activations of {len(names)} layers along the sampling trajectory")
     observers, tracker = collect(model, names, run_pipeline, rows=rows, maps=maps, probes=probes,
-                                 steps_per_trajectory=steps_per_trajectory, seed=seed)
+                                 steps_per_trajectory=steps_per_trajectory, seed=seed, hessian=opts.gptq)
     t_collect = time.perf_counter() - t0
     refs = [_output(model(*a, **k)).float() for a, k in tracker.probes]
     splits = skip_concat_splits(model)
@@ -114,9 +116,15 @@ def calibrate(model: nn.Module, config: QuantConfig | str, run_pipeline: Callabl
     def search(name: str, cfg: LayerQuantConfig):
         mod, obs = model.get_submodule(name), observers[name]
         x = obs.reservoir.get()
+        h = obs.hessian.get() if obs.hessian is not None else None
         if isinstance(mod, nn.Conv2d):
-            return search_conv(mod, cfg, x, obs.step_ranges(), opts, splits.get(name))
-        return search_linear(mod, cfg, x, obs.absmax, opts)
+            return search_conv(mod, cfg, x, obs.step_ranges(), opts, splits.get(name), hessian=h)
+        score = None
+        if opts.alpha_top > 1 and tracker.probes:
+            def score(calib):
+                q = calibrated_layer(mod, cfg, calib, backend="reference")
+                return _sensitivity(model, name, q, tracker.probes, refs)
+        return search_linear(mod, cfg, x, obs.absmax, opts, hessian=h, score_fn=score)
 
     found, rows_mp = {}, {}
     for p in targets:
@@ -150,10 +158,12 @@ def calibrate(model: nn.Module, config: QuantConfig | str, run_pipeline: Callabl
         note = []
         if ov is not None:
             note.append(f"promoted from {_cfg_str(cfg)}")
+        if res.notes.get("gptq"):
+            note.append("GPTQ")
         split = res.notes.get("split")
         if split:
             note.append(f"split@{split['at']} ranges x{split['range_ratio']:.1f}, per-half scales would give "
-                        f"{split['err_per_half_scales']:.1e}")
+                        f"{split['err_dynamic']:.1e} dynamic / {split['err_static']:.1e} static")
         result.report.append({"name": name, "as": as_str, "alpha": res.notes.get("alpha"),
                               "clip": res.notes.get("clip", 1.0), "act_scale": res.notes.get("input_scale", "dynamic"),
                               "err_rtn": res.err_rtn, "err": res.err, "sensitivity": rows_mp[name]["sensitivity"],

@@ -10,6 +10,10 @@ the calls; a pre-hook on every layer to be quantized folds its input into:
   ``[R, C, H, W]``): the layer's inputs for the output-error searches. Its size is fixed, so
   memory does not grow with steps or samples, and every step is represented in proportion.
 
+With ``hessian=True`` each observer also accumulates ``H = sum x x^T`` over EVERY input row it sees
+(Linear: tokens; Conv2d: the im2col patches in the weight's (kh, kw, C) column order) on the
+layer's device: GPTQ's second moment from the whole trajectory, O(K^2) memory per layer.
+
 The denoiser's own call arguments are kept in a small reservoir too ("probes"): replaying them
 measures how much each quantized layer moves the model output (sensitivity).
 """
@@ -51,10 +55,44 @@ class Reservoir:
         return self.data[:min(self.seen, self.capacity)]
 
 
+class HessianAccumulator:
+    """``sum x x^T`` over every row of the inputs (float32 on the layer's device: many calibrations may
+    share one GPU, and a float32 sum of ~1e6 rows is far more precise than the 8-bit grids it serves)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.h: torch.Tensor | None = None
+        self.rows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        m = self.module
+        if isinstance(m, nn.Conv2d):
+            # Chunks of images: an unfolded batch is kh*kw times the maps.
+            for xb in x.split(max(1, 2 ** 26 // max(1, x[0].numel() * m.kernel_size[0] * m.kernel_size[1]))):
+                cols = torch.nn.functional.unfold(xb.float(), m.kernel_size, m.dilation, m.padding, m.stride)
+                b, _, l = cols.shape
+                # unfold's rows are (C, kh, kw); the quantized conv's weight columns are (kh, kw, C).
+                cols = cols.reshape(b, m.in_channels, -1, l).permute(0, 3, 2, 1).reshape(b * l, -1)
+                self._fold(cols)
+        else:
+            self._fold(x.reshape(-1, x.shape[-1]).float())
+
+    def _fold(self, rows: torch.Tensor) -> None:
+        g = rows.t() @ rows
+        self.h = g if self.h is None else self.h.add_(g)
+        self.rows += len(rows)
+
+    def get(self) -> torch.Tensor:
+        """The mean second moment ``H / rows`` (float64, on the layer's device)."""
+        return self.h.double() / max(self.rows, 1)
+
+
 class LayerObserver:
-    def __init__(self, name: str, module: nn.Module, capacity: int, gen: torch.Generator, tracker: StepTracker):
+    def __init__(self, name: str, module: nn.Module, capacity: int, gen: torch.Generator, tracker: StepTracker,
+                 hessian: bool = False):
         self.name = name
         self.is_conv = isinstance(module, nn.Conv2d)
+        self.hessian = HessianAccumulator(module) if hessian else None
         self.absmax: torch.Tensor | None = None
         self.step_absmax: dict[int, torch.Tensor] = {}
         self.reservoir = Reservoir(capacity, gen)
@@ -62,6 +100,8 @@ class LayerObserver:
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         x = args[0].detach()
+        if self.hessian is not None:
+            self.hessian.add(x)
         if self.is_conv:
             chan = x.abs().amax(dim=(0, 2, 3)).float().cpu()
             self.reservoir.add(x)
@@ -117,7 +157,7 @@ def _detach(obj: Any) -> Any:
 
 def collect(model: nn.Module, names: list[str], run_pipeline: Callable[[], Any], *, rows: int = 2048,
             maps: int = 64, probes: int = 8, steps_per_trajectory: int | None = None,
-            seed: int = 0) -> tuple[dict[str, LayerObserver], StepTracker]:
+            seed: int = 0, hessian: bool = False) -> tuple[dict[str, LayerObserver], StepTracker]:
     """Run ``run_pipeline()`` (the full-precision pipeline, end to end) once with observers attached."""
     gen = torch.Generator().manual_seed(seed)
     tracker = StepTracker(steps_per_trajectory, probes, gen)
@@ -126,7 +166,7 @@ def collect(model: nn.Module, names: list[str], run_pipeline: Callable[[], Any],
     try:
         for name in names:
             mod = model.get_submodule(name)
-            obs = LayerObserver(name, mod, maps if isinstance(mod, nn.Conv2d) else rows, gen, tracker)
+            obs = LayerObserver(name, mod, maps if isinstance(mod, nn.Conv2d) else rows, gen, tracker, hessian)
             observers[name] = obs
             handles.append(mod.register_forward_pre_hook(obs))
         with torch.no_grad():

@@ -1,7 +1,8 @@
 """The calibration result: what ``qengine.quantize(model, calibration=...)`` consumes, saved atomically.
 
 On disk it is ONE safetensors file: the per-layer tensors (``<layer>/smooth``, ``<layer>/lora_down``,
-``<layer>/lora_up``, ``<layer>/input_scale``) and, in the header metadata, a JSON document with the
+``<layer>/lora_up``, ``<layer>/input_scale``, GPTQ's ``<layer>/weight`` + ``<layer>/weight_scale``,
+``<layer>/split_input_scale``) and, in the header metadata, a JSON document with the
 calibrated QuantConfig (its overrides are the mixed-precision plan), each layer's scalar choices
 (config, clip ratio, smoothing exponent), the per-layer report and the run's metadata. One file
 written to a temporary name, fsynced and renamed, so a reader sees the old result or the new one,
@@ -20,7 +21,9 @@ from ..config import QuantConfig
 
 RESULT_FORMAT = "qengine-calibration"
 RESULT_VERSION = 1
-_TENSOR_KEYS = ("smooth", "lora_down", "lora_up", "input_scale")
+# weight/weight_scale: a GPTQ-rounded weight in the module's stored layout; split_input_scale [2]:
+# per-half static activation scales of a conv fed by a skip concatenation (for a two-scale op).
+_TENSOR_KEYS = ("smooth", "lora_down", "lora_up", "input_scale", "weight", "weight_scale", "split_input_scale")
 
 
 class CalibrationError(ValueError):

@@ -13,6 +13,12 @@ branch takes them), then the weight clipping ratio for the chosen alpha.
 
 Conv2d: the op has one activation scale per image (dynamic) or per tensor (static). The search
 picks dynamic or a static scale at a fraction of the trajectory's absmax, then a weight clip.
+
+GPTQ (``SearchOptions.gptq``, needs the layer's Hessian from ``observers.HessianAccumulator``):
+after the round-to-nearest choice, the residual is GPTQ-rounded for every clip candidate (Linear)
+or for the chosen clip and no clip (Conv2d); a GPTQ weight is kept only where it lowers the
+layer's real output error (activations quantized too, which GPTQ's objective ignores), so
+turning GPTQ on never makes a layer worse on the calibration data.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from torch import nn
 from ..api import calibrated_layer
 from ..config import LayerQuantConfig
 from ..formats import get_scheme
+from .gptq import gptq_quantize
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 CLIPS = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875, 0.85, 0.8)
@@ -39,6 +46,14 @@ class SearchOptions:
     static_conv_scales: bool = True
     alphas: tuple[float, ...] = ALPHAS
     clips: tuple[float, ...] = CLIPS
+    #: GPTQ of the (smoothed, low-rank residual) weight on the trajectory's Hessian
+    gptq: bool = True
+    gptq_act_order: bool = False
+    gptq_damp: float = 0.01
+    gptq_block: int = 128
+    #: > 1: the smoothing exponent is chosen among the ``alpha_top`` best by layer error on the
+    #: denoiser's output error (sensitivity) instead of the layer's own error
+    alpha_top: int = 1
 
 
 @dataclass
@@ -95,9 +110,25 @@ def top_svd(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (root[:, None] * v.t()).float(), (u * root[None, :]).float()
 
 
+def _gptq_calib(w_res: torch.Tensor, h: torch.Tensor, cfg: LayerQuantConfig, calib: dict, clip: float,
+                opts: SearchOptions) -> dict:
+    """``calib`` plus the GPTQ-rounded residual (``weight``/``weight_scale`` in the module's stored layout)."""
+    r = gptq_quantize(w_res, h, get_scheme(cfg.scheme), cfg.group_size, clip=clip, block=opts.gptq_block,
+                      damp=opts.gptq_damp, act_order=opts.gptq_act_order)
+    return {**calib, "clip": clip, "weight": r.weight, "weight_scale": r.weight_scale}
+
+
+def _linear_residual(w: torch.Tensor, calib: dict) -> torch.Tensor:
+    """What ``QLinear.from_float`` rounds: W * s - L_up L_down, with s and the factors as stored."""
+    ws = w if calib.get("smooth") is None else w * calib["smooth"].float()[None, :]
+    if calib.get("lora_down") is not None:
+        ws = ws - calib["lora_up"].float() @ calib["lora_down"].float()
+    return ws
+
+
 @torch.no_grad()
 def search_linear(mod: nn.Linear, cfg: LayerQuantConfig, x: torch.Tensor, x_absmax: torch.Tensor,
-                  opts: SearchOptions) -> LayerSearch:
+                  opts: SearchOptions, hessian: torch.Tensor | None = None, score_fn=None) -> LayerSearch:
     x = x.to(mod.weight.device)
     w = mod.weight.float()
     ref = x.float() @ w.t()
@@ -119,18 +150,34 @@ def search_linear(mod: nn.Linear, cfg: LayerQuantConfig, x: torch.Tensor, x_absm
             calib["lora_down"], calib["lora_up"] = down.to(dtype), up.to(dtype)
         return calib
 
-    best_alpha, best_calib, best_err = None, candidate(None), None
-    best_err = _linear_err(mod, cfg, best_calib, x, ref)
-    tried = {"off": best_err}
+    cands = [(_linear_err(mod, cfg, candidate(None), x, ref), None)]
     for alpha in (opts.alphas if opts.smooth else ()):
-        c = candidate(alpha)
-        e = _linear_err(mod, cfg, c, x, ref)
-        tried[alpha] = e
-        if e < best_err:
-            best_alpha, best_calib, best_err = alpha, c, e
+        cands.append((_linear_err(mod, cfg, candidate(alpha), x, ref), alpha))
+    tried = {("off" if a is None else a): e for e, a in cands}
+    cands.sort(key=lambda c: c[0])
+    best_err, best_alpha = cands[0]
+    if score_fn is not None and opts.smooth and opts.alpha_top > 1:
+        # The layer's own error does not always transfer to the model output: let the model
+        # decide among the few best (score_fn: e.g. the denoiser-output error with this layer swapped in).
+        scored = [(score_fn(candidate(a)), e, a) for e, a in cands[:opts.alpha_top]]
+        _, best_err, best_alpha = min(scored, key=lambda t: t[0])
+    best_calib = candidate(best_alpha)
     best_clip, best_err = _search_clip(lambda c: _linear_err(mod, cfg, c, x, ref), best_calib, best_err, opts)
     best_calib["clip"] = best_clip
-    return LayerSearch(best_calib, err_rtn, best_err, {"alpha": best_alpha, "clip": best_clip, "alpha_errors": tried})
+    notes = {"alpha": best_alpha, "clip": best_clip, "alpha_errors": tried, "gptq": False}
+    if opts.gptq and hessian is not None:
+        h = hessian.to(w.device).double()
+        s = best_calib.get("smooth")
+        if s is not None:  # the GEMM sees x / s
+            inv = 1.0 / s.double().to(w.device)
+            h = h * inv[:, None] * inv[None, :]
+        res = _linear_residual(w, best_calib)
+        for clip in (opts.clips if opts.clip else (1.0,)):
+            c = _gptq_calib(res, h, cfg, best_calib, clip, opts)
+            e = _linear_err(mod, cfg, c, x, ref)
+            if e < best_err:
+                best_calib, best_err, notes["clip"], notes["gptq"] = c, e, clip, True
+    return LayerSearch(best_calib, err_rtn, best_err, notes)
 
 
 def _search_clip(err_fn, calib: dict, best_err: float, opts: SearchOptions) -> tuple[float, float]:
@@ -152,7 +199,7 @@ def _conv_err(mod: nn.Conv2d, cfg: LayerQuantConfig, calib: dict, x: torch.Tenso
 
 @torch.no_grad()
 def search_conv(mod: nn.Conv2d, cfg: LayerQuantConfig, x: torch.Tensor, step_absmax: torch.Tensor,
-                opts: SearchOptions, split: int | None = None) -> LayerSearch:
+                opts: SearchOptions, split: int | None = None, hessian: torch.Tensor | None = None) -> LayerSearch:
     x = x.to(mod.weight.device)
     ref = F.conv2d(x.float(), mod.weight.float(), None, mod.stride, mod.padding, mod.dilation)
     err_rtn = _conv_err(mod, cfg, {}, x, ref)
@@ -168,13 +215,25 @@ def search_conv(mod: nn.Conv2d, cfg: LayerQuantConfig, x: torch.Tensor, step_abs
     best_clip, best_err = _search_clip(lambda c: _conv_err(mod, cfg, c, x, ref), best, best_err, opts)
     best["clip"] = best_clip
     notes["clip"] = best_clip
+    notes["gptq"] = False
+    if opts.gptq and hessian is not None:
+        w2 = mod.weight.float().permute(0, 2, 3, 1).reshape(mod.out_channels, -1)  # the stored (kh, kw, C) order
+        h = hessian.to(w2.device).double()
+        for clip in sorted({best_clip, 1.0}):
+            c = _gptq_calib(w2, h, cfg, best, clip, opts)
+            e = _conv_err(mod, cfg, c, x, ref)
+            if e < best_err:
+                best, best_err, notes["clip"], notes["gptq"] = c, e, clip, True
     if split is not None:
-        # The op has one activation scale; record how far apart the halves' ranges are (and what
-        # a per-half scale would buy) so the report and the mixed-precision plan can act on it.
+        # The op has one activation scale today. Measure per half (ranges, and the error a
+        # two-scale op would give with per-half dynamic or static scales) and hand the static
+        # pair on in the result (``split_input_scale`` [2], ``split_at``) for a two-scale conv.
         ha, hb = step_absmax[:, :split].max(), step_absmax[:, split:].max()
         ratio = float(torch.maximum(ha, hb) / torch.minimum(ha, hb).clamp_min(1e-8))
-        notes["split"] = {"at": split, "range_ratio": ratio,
-                          "err_per_half_scales": _per_half_err(mod, cfg, best, x, ref, split)}
+        halves = split_half_scales(mod, cfg, best.get("clip", 1.0), x, ref, step_absmax, split)
+        notes["split"] = {"at": split, "range_ratio": ratio, **{k: v for k, v in halves.items() if k != "scales"}}
+        if halves.get("scales") is not None:
+            best["split_input_scale"], best["split_at"] = halves["scales"], split
     return LayerSearch(best, err_rtn, best_err, notes)
 
 
@@ -183,20 +242,37 @@ def _act_qmax(cfg: LayerQuantConfig) -> float:
 
 
 @torch.no_grad()
-def _per_half_err(mod: nn.Conv2d, cfg: LayerQuantConfig, calib: dict, x: torch.Tensor, ref: torch.Tensor,
-                  split: int) -> float:
-    """Output error if each half had its own dynamic activation scale (two convs over the halves, summed).
+def split_half_scales(mod: nn.Conv2d, cfg: LayerQuantConfig, clip: float, x: torch.Tensor, ref: torch.Tensor,
+                      step_absmax: torch.Tensor, split: int) -> dict:
+    """Per-half activation scales for a conv fed by ``cat([a, b])`` (b from channel ``split`` on).
 
-    This is what a two-scale conv op would give; qengine's conv op has one scale today, so it is
-    reported, not used.
+    Emulates a two-scale conv as two convs over the halves, summed (each half's weight columns
+    quantized per output channel with ``clip``, round-to-nearest). Returns the output error with
+    per-half dynamic scales (``err_dynamic``), with per-half static scales (``err_static``:
+    each half's fraction of its trajectory absmax chosen on that half's partial output), the
+    chosen fractions and the static scales ``[2]`` float32.
     """
     if split % 16 or (mod.in_channels - split) % 16:
-        return float("nan")
-    ys = []
+        return {"err_dynamic": float("nan"), "err_static": float("nan"), "scales": None}
+    qmax = _act_qmax(cfg)
+    dyn, stat, scales, fracs = [], [], [], []
     for lo, hi in ((0, split), (split, mod.in_channels)):
         half = nn.Conv2d(hi - lo, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
                          bias=False, device=mod.weight.device, dtype=mod.weight.dtype)
         half.weight.copy_(mod.weight[:, lo:hi])
-        q = calibrated_layer(half, cfg, {"clip": calib.get("clip", 1.0)}, backend="reference")
-        ys.append(q(x[:, lo:hi].to(mod.weight.dtype)).float())
-    return _rel_err(ys[0] + ys[1], ref)
+        xh = x[:, lo:hi].to(mod.weight.dtype)
+        part_ref = F.conv2d(xh.float(), half.weight.float(), None, mod.stride, mod.padding, mod.dilation)
+        dyn.append(calibrated_layer(half, cfg, {"clip": clip}, backend="reference")(xh).float())
+        top = float(step_absmax[:, lo:hi].max())
+        best = None
+        for frac in CONV_SCALE_FRACTIONS:
+            sc = torch.tensor([top * frac / qmax], dtype=torch.float32)
+            y = calibrated_layer(half, cfg, {"clip": clip, "input_scale": sc}, backend="reference")(xh).float()
+            e = _rel_err(y, part_ref)
+            if best is None or e < best[0]:
+                best = (e, frac, sc, y)
+        stat.append(best[3])
+        fracs.append(best[1])
+        scales.append(best[2])
+    return {"err_dynamic": _rel_err(dyn[0] + dyn[1], ref), "err_static": _rel_err(stat[0] + stat[1], ref),
+            "fractions": fracs, "scales": torch.cat(scales)}

@@ -10,6 +10,7 @@ calibrated          ``calibrate`` (smoothing + low-rank + clipping + conv scales
 no-smoothing        calibrated, smoothing search off
 no-lowrank          calibrated with rank 0 (only differs from calibrated for the 4-bit presets)
 no-mixed-precision  calibrated with budget 0
+no-gptq             calibrated with round-to-nearest weights instead of GPTQ
 =================== ==========================================================================
 
 Samples are class-balanced (sample i has class i % 10) from ``initial_noise(N, seed)``;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +37,8 @@ from ..models import reference as ref
 from . import fid as fidlib
 from .metrics import class_accuracy, psnr, ssim
 
-METHODS = ("fp", "naive", "calibrated", "no-smoothing", "no-lowrank", "no-mixed-precision")
+METHODS = ("fp", "naive", "calibrated", "no-smoothing", "no-lowrank", "no-mixed-precision", "no-gptq")
+ABLATIONS = ("no-smoothing", "no-lowrank", "no-mixed-precision", "no-gptq")
 SCHEMES = ("w8a8-int8", "w8a8-fp8", "w4a8", "w4a4")
 
 
@@ -55,35 +58,49 @@ class Row:
     promoted: int = 0
 
 
+def preset(scheme: str, rank: int | None = None) -> QuantConfig:
+    """The scheme's preset; ``rank`` replaces the low-rank presets' rank (8-bit presets have none)."""
+    cfg = QuantConfig.preset(scheme)
+    if rank is not None and cfg.rank:
+        cfg = QuantConfig.preset(scheme, rank=rank)
+    return cfg
+
+
 def calibrate_reference(model: torch.nn.Module, scheme: str, method: str = "calibrated", *, steps: int,
                         per_class: int = 2, seed: int = 10_000, budget: float = 0.1, progress: bool = False,
-                        batch_size: int = 500, rows: int = 1024, maps: int = 32, probes: int = 4, log=print):
-    """Calibrate a reference denoiser along its own DDIM trajectories (``per_class`` per class)."""
+                        batch_size: int = 500, rows: int = 1024, maps: int = 32, probes: int = 4,
+                        rank: int | None = None, options: dict | None = None, log=print):
+    """Calibrate a reference denoiser along its own DDIM trajectories (``per_class`` per class).
+
+    ``options``: extra ``SearchOptions`` fields (e.g. ``{"alpha_top": 3}``); the method's ablation wins."""
     from ..calib import SearchOptions, calibrate
 
-    opts = SearchOptions(smooth=method != "no-smoothing", lowrank=method != "no-lowrank")
+    opts = SearchOptions(**{**(options or {}), "smooth": method != "no-smoothing", "lowrank": method != "no-lowrank",
+                            "gptq": method != "no-gptq" and (options or {}).get("gptq", True)})
     labels = ref.class_grid_labels(per_class)
-    return calibrate(model, QuantConfig.preset(scheme), lambda: ref.sample(model, labels, seed=seed, steps=steps,
-                                                                           batch_size=batch_size),
+    return calibrate(model, preset(scheme, rank), lambda: ref.sample(model, labels, seed=seed, steps=steps,
+                                                                     batch_size=batch_size),
                      steps_per_trajectory=steps, budget=0.0 if method == "no-mixed-precision" else budget,
                      options=opts, rows=rows, maps=maps, probes=probes, progress=progress, log=log)
 
 
 def quantized_copy(model: torch.nn.Module, scheme: str, method: str, *, steps: int, budget: float, backend: str,
-                   per_class: int = 2, batch_size: int = 500, progress: bool = False, log=print):
+                   per_class: int = 2, batch_size: int = 500, progress: bool = False, rank: int | None = None,
+                   options: dict | None = None, log=print):
     """``(quantized deep copy of model, calibration result or None)`` for one (scheme, method)."""
     q = copy.deepcopy(model)
     if method == "naive":
         return api.quantize(q, QuantConfig.preset(scheme, rank=0), backend=backend), None
     res = calibrate_reference(model, scheme, method, steps=steps, per_class=per_class, budget=budget,
-                              progress=progress, batch_size=batch_size, log=log)
+                              progress=progress, batch_size=batch_size, rank=rank, options=options, log=log)
     return api.quantize(q, calibration=res, backend=backend), res
 
 
 def evaluate(kind: str, schemes=SCHEMES, methods=("fp", "naive", "calibrated"), *, samples: int = 1000,
              steps: int = ref.DEFAULT_STEPS, seed: int = 0, budget: float = 0.1, calib_per_class: int = 2,
              device: str = "cpu", batch_size: int = 500, fid: bool = True, out_dir: str | Path = "eval-out",
-             grid_per_class: int = 6, progress: bool = True, on_row=None, log=print) -> list[Row]:
+             grid_per_class: int = 6, progress: bool = True, on_row=None, rank: int | None = None,
+             cache_dir: str | Path | None = None, options: dict | None = None, log=print) -> list[Row]:
     """Evaluate one reference model (``"dit"`` or ``"unet"``); returns the rows.
 
     Writes to ``out_dir`` a PNG grid per quantized row and each calibration's per-layer table;
@@ -99,16 +116,23 @@ def evaluate(kind: str, schemes=SCHEMES, methods=("fp", "naive", "calibrated"), 
     net = ref_stats = None
     if fid:
         net = fidlib.load_inception(device=device)
-        test_imgs, _ = ref.load_fashion_mnist("test")
-        ref_stats = fidlib.stats(fidlib.features(net, ref.to_uint8(ref.to_model_space(test_imgs))))
+
+        def test_stats():
+            test_imgs, _ = ref.load_fashion_mnist("test")
+            return fidlib.stats(fidlib.features(net, ref.to_uint8(ref.to_model_space(test_imgs))))
+
+        ref_stats = _cached(cache_dir, "fid-ref-fashion-mnist-test.pt", test_stats)
     t = time.perf_counter()
-    fp = ref.to_uint8(ref.sample(model, labels, seed=seed, steps=steps, batch_size=batch_size))
+    fp = _cached(cache_dir, f"fp-{kind}-{samples}-{steps}-{seed}.pt",
+                 lambda: ref.to_uint8(ref.sample(model, labels, seed=seed, steps=steps, batch_size=batch_size)))
     fp_s = time.perf_counter() - t
     todo = [("fp", "fp")] if "fp" in methods else []
     for scheme in schemes:
         for m in methods:
             if m == "fp" or (m == "no-lowrank" and QuantConfig.preset(scheme).rank == 0):
                 continue  # the 8-bit presets have no low-rank branch: that ablation is the calibrated row
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
             todo.append((scheme, m))
     bar = None
     if progress:
@@ -122,7 +146,8 @@ def evaluate(kind: str, schemes=SCHEMES, methods=("fp", "naive", "calibrated"), 
         else:
             t = time.perf_counter()
             qmodel, res = quantized_copy(model, scheme, method, steps=steps, budget=budget, backend=backend,
-                                         per_class=calib_per_class, batch_size=batch_size, log=lambda s: None)
+                                         per_class=calib_per_class, batch_size=batch_size, rank=rank,
+                                         options=options, log=lambda s: None)
             row.calib_s = round(time.perf_counter() - t, 1)
             if res is not None:
                 from ..calib import summary_table
@@ -152,6 +177,21 @@ def evaluate(kind: str, schemes=SCHEMES, methods=("fp", "naive", "calibrated"), 
     return rows
 
 
+def _cached(cache_dir, name: str, compute):
+    """``compute()``, or what an earlier call with the same ``name`` saved in ``cache_dir`` (None: no cache)."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / name
+    if path.is_file():
+        return torch.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    torch.save(value, tmp)
+    os.replace(tmp, path)  # atomic: a parallel reader sees the whole file or none
+    return value
+
+
 def format_row(r: Row) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
@@ -167,8 +207,12 @@ def save_grid(fp: torch.Tensor, q: torch.Tensor, labels: torch.Tensor, path: Pat
     from PIL import Image
 
     tiles = []
+    counts = [int((labels == c).sum()) for c in range(len(ref.CLASSES))]
+    per_class = min([per_class] + [n for n in counts if n])  # rows of equal width with few samples
     for c in range(len(ref.CLASSES)):
         idx = (labels == c).nonzero().flatten()[:per_class]
+        if len(idx) == 0:  # fewer samples than classes (smoke tests)
+            continue
         left = torch.cat(list(fp[idx, 0]), dim=1)
         right = torch.cat(list(q[idx, 0]), dim=1)
         gap = torch.full((left.shape[0], 4), 255, dtype=torch.uint8)
@@ -208,8 +252,9 @@ def markdown_table(rows: list[Row], meta: dict[str, Any] | None = None) -> str:
 
 
 def load_rows(paths) -> list[Row]:
-    """Rows of several ``results.json`` (e.g. from parallel runs), in order; a (model, scheme, method)
-    seen twice keeps its first row (parallel runs of one model each sample the same fp row)."""
+    """Rows of several ``results.json`` (e.g. from parallel runs), sorted by model, then fp first, then
+    scheme and method in table order (``SCHEMES``, ``METHODS``); a (model, scheme, method) seen twice
+    keeps its first row (parallel runs of one model each sample the same fp row)."""
     rows, seen = [], set()
     for p in paths:
         for r in json.loads(Path(p).read_text())["rows"]:
@@ -218,4 +263,9 @@ def load_rows(paths) -> list[Row]:
             if key not in seen:
                 seen.add(key)
                 rows.append(row)
-    return rows
+
+    def order(r: Row):
+        scheme = SCHEMES.index(r.scheme) if r.scheme in SCHEMES else -1
+        return r.model, r.method != "fp", scheme, METHODS.index(r.method) if r.method in METHODS else len(METHODS)
+
+    return sorted(rows, key=order)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The quality table of notes/calibration.md (and the README): every row of
+#   qengine eval --model all --ablations --samples 5000 --device cuda
+# (fp, naive and calibrated rows, and the ablations no-smoothing / no-lowrank / no-mixed-precision /
+# no-gptq, for the DiT and the UNet and each of w8a8-int8, w8a8-fp8, w4a8, w4a4), with the defaults
+# of `qengine eval`, computed as parallel processes on one GPU and merged into one table.
+#
+#   scripts/eval_table.sh OUT_DIR            # env: SAMPLES (5000), DEVICE (cuda), PYTHON (python),
+#                                            # EVAL_ARGS (more `qengine eval` options, e.g. for a smoke test),
+#                                            # MODELS, SCHEMES (subsets, space-separated),
+#                                            # TIME_LIMIT (s: processes still running then are stopped; the
+#                                            # rows they finished are kept, each process writes its report per row)
+#
+# Why parallel processes: the reference ops on these small models leave a GPU mostly idle, so 24
+# processes side by side finish in about the time of the slowest one. They share the
+# full-precision samples and the FID reference statistics through OUT_DIR/cache (computed once per
+# model first), so every row is scored against the same fp samples a single process would use.
+set -euo pipefail
+out=${1:?usage: scripts/eval_table.sh OUT_DIR}
+samples=${SAMPLES:-5000}
+device=${DEVICE:-cuda}
+py=${PYTHON:-python}
+schemes=(${SCHEMES:-w8a8-int8 w8a8-fp8 w4a8 w4a4})
+models=(${MODELS:-dit unet})
+mkdir -p "$out/logs"
+t0=$(date +%s)
+ev() { local left=$(( ${TIME_LIMIT:-1000000} - ($(date +%s) - t0) ))
+       timeout $(( left > 1 ? left : 1 )) "$py" -c 'import sys; from qengine.cli import main; sys.exit(main())' eval --samples "$samples" \
+          --device "$device" --cache "$out/cache" --quiet ${EVAL_ARGS:-} "$@"; }
+fp_pids=()
+for m in "${models[@]}"; do  # 1. fp samples and FID statistics once per model
+  ev --model "$m" --schemes w8a8-int8 --methods fp --out "$out/$m-fp" >"$out/logs/$m-fp.log" 2>&1 &
+  fp_pids+=($!)
+done
+for p in "${fp_pids[@]}"; do wait "$p" || { tail -5 "$out"/logs/*-fp.log; exit 1; }; done
+echo "fp rows: $(( $(date +%s) - t0 )) s"
+pids=()
+for m in "${models[@]}"; do  # 2. the quantized rows, three processes per model and scheme
+  for s in "${schemes[@]}"; do
+    ev --model "$m" --schemes "$s" --methods naive calibrated --out "$out/$m-$s-a" >"$out/logs/$m-$s-a.log" 2>&1 &
+    pids+=($!)
+    ev --model "$m" --schemes "$s" --methods no-smoothing no-lowrank --out "$out/$m-$s-b" >"$out/logs/$m-$s-b.log" 2>&1 &
+    pids+=($!)
+    ev --model "$m" --schemes "$s" --methods no-mixed-precision no-gptq --out "$out/$m-$s-c" >"$out/logs/$m-$s-c.log" 2>&1 &
+    pids+=($!)
+  done
+done
+fail=0
+for p in "${pids[@]}"; do wait "$p" || fail=1; done
+echo "all rows: $(( $(date +%s) - t0 )) s"
+TIME_LIMIT= ev --merge "$out"/*/results.json --out "$out/all" >/dev/null
+cat "$out/all/results.md"
+exit $fail
