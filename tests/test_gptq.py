@@ -10,13 +10,16 @@ from qengine.calib.observers import HessianAccumulator
 from qengine.calib.search import search_conv, search_linear
 from qengine.config import LayerQuantConfig
 from qengine.formats import dequantize_groups, dequantize_rows, get_scheme, unpack_int4
+from qengine.formats.w4a8_layout import unprepack
 from qengine.nn.quantize_weight import quantize_weight
 
-CASES = [("w4a8", 64), ("w8a8-int8", 0), ("w8a8-fp8", 0)]
+CASES = [("w4a8", 64), ("w4a8", 0), ("w8a8-int8", 0), ("w8a8-fp8", 0)]
 
 
 def _deq(scheme, weight, scale):
     if scheme.weight_grouped:
+        if scheme.name == "w4a8":  # stored in the kernel's prepacked layout
+            weight = unprepack(weight)
         return dequantize_groups(unpack_int4(weight), scale)
     return dequantize_rows(weight, scale)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import Scheme, absmax_scale, pack_int4, round_to_format
+from ..formats.w4a8_layout import prepack
 
 
 @dataclass
@@ -70,6 +71,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: 
     if h.shape != (k, k):
         raise ValueError(f"GPTQ: Hessian shape {tuple(h.shape)} does not match the weight's K={k}")
     grouped = scheme.weight_grouped
+    if grouped and group_size == 0:
+        group_size = k  # per-channel INT4 (w4a8's default): one group spanning K, as quantize_weight does
     if grouped and (group_size <= 0 or k % group_size):
         raise ValueError(f"GPTQ: K={k} is not a multiple of the group size {group_size}")
     if grouped:
@@ -125,6 +128,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: 
     if grouped:
         deq = (codes.reshape(n, -1, group_size) * scales.double()[:, :, None]).reshape(n, k)
         stored = pack_int4(codes.round().to(torch.int8))
+        if scheme.name == "w4a8":
+            stored = prepack(stored)  # the layout QLinear stores for w4a8 (its sm_90a kernel's)
     else:
         deq = codes * scales.double()[:, None]
         stored = round_to_format(codes.float(), fmt)  # codes are already on the grid: exact
