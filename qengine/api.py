@@ -71,7 +71,7 @@ def layer_spec(q: nn.Module) -> dict[str, Any]:
     else:
         spec.update(kind="conv2d", in_channels=q.in_channels, out_channels=q.out_channels,
                     kernel_size=list(q.kernel_size), stride=list(q.stride), padding=list(q.padding),
-                    dilation=list(q.dilation), static_input_scale=q.input_scale is not None)
+                    dilation=list(q.dilation), static_input_scale=q.input_scale is not None, split=q.split)
     return spec
 
 
@@ -138,13 +138,19 @@ def calibrated_layer(mod: nn.Module, cfg: LayerQuantConfig, lc: dict[str, Any], 
 
     ``lc`` keys (all optional): ``smooth`` [K] (Linear), ``lora_down`` [r, K] / ``lora_up`` [N, r]
     (Linear), ``clip`` (ratio of each weight row's or group's absmax kept before rounding; 1 = none),
-    ``input_scale`` [1] (Conv2d static activation scale), and ``weight`` + ``weight_scale``: a
+    ``input_scale`` [1] (Conv2d static activation scale), ``split_at`` + ``split_input_scale`` [2]
+    (a Conv2d fed by a skip concatenation: one static scale per half), and ``weight`` + ``weight_scale``: a
     GPTQ-rounded weight (of the smoothed low-rank residual) in the module's stored layout, which
     replaces the module's own round-to-nearest one.
     """
     clip = float(lc.get("clip", 1.0))
     if isinstance(mod, nn.Conv2d):
-        q = QConv2d.from_float(mod, cfg, input_scale=lc.get("input_scale"), clip=clip, backend=backend)
+        split = lc.get("split_at")
+        if split is not None:
+            q = QConv2d.from_float(mod, cfg, input_scale=lc["split_input_scale"], split=int(split), clip=clip,
+                                   backend=backend)
+        else:
+            q = QConv2d.from_float(mod, cfg, input_scale=lc.get("input_scale"), clip=clip, backend=backend)
     else:
         lowrank = None
         if cfg.rank and lc.get("lora_down") is not None:
@@ -169,8 +175,8 @@ def build_empty_layer(spec: dict[str, Any], dtype: torch.dtype, device, backend:
                        dtype=dtype, device=device, backend=backend)
     return QConv2d(spec["in_channels"], spec["out_channels"], spec["kernel_size"], cfg, stride=spec["stride"],
                    padding=spec["padding"], dilation=spec["dilation"], bias=spec["bias"],
-                   static_input_scale=spec["static_input_scale"], dtype=dtype, device=device,
-                   backend=backend)
+                   static_input_scale=spec["static_input_scale"], split=spec.get("split"), dtype=dtype,
+                   device=device, backend=backend)
 
 
 def model_bytes(model: nn.Module) -> int:

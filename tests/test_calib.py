@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import qengine
+from qengine.api import build_empty_layer, calibrated_layer, layer_spec
 from qengine.calib import CalibrationError, CalibrationResult, SearchOptions, calibrate, mixed_precision_plan
 from qengine.calib.observers import Reservoir, collect, skip_concat_splits
 from qengine.calib.search import search_conv, search_linear, top_svd
@@ -113,6 +114,14 @@ def test_conv_search_reports_split_halves():
     assert scales.shape == (2,) and found.calib["split_at"] == 16
     assert scales.max() / scales.min() > 5  # the halves' ranges differ > 10x
     assert found.err <= found.err_rtn
+    # ... and the quantized conv uses them (two static scales, one per half), through a checkpoint too.
+    assert found.notes["input_scale"] == "static per half (split shortcut)"
+    q = calibrated_layer(conv, LayerQuantConfig("w8a8-int8"), found.calib, backend="reference")
+    assert q.split == 16 and torch.equal(q.input_scale, scales)
+    spec = layer_spec(q)
+    assert spec["split"] == 16
+    empty = build_empty_layer(spec, torch.float32, "cpu", "reference")
+    assert empty.split == 16 and empty.input_scale.shape == (2,)
 
 
 def test_mixed_precision_plan_respects_budget_and_density():

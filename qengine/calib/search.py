@@ -225,15 +225,20 @@ def search_conv(mod: nn.Conv2d, cfg: LayerQuantConfig, x: torch.Tensor, step_abs
             if e < best_err:
                 best, best_err, notes["clip"], notes["gptq"] = c, e, clip, True
     if split is not None:
-        # The op has one activation scale today. Measure per half (ranges, and the error a
-        # two-scale op would give with per-half dynamic or static scales) and hand the static
-        # pair on in the result (``split_input_scale`` [2], ``split_at``) for a two-scale conv.
+        # Split shortcut: the conv quantizes the two halves of its concatenated input with their
+        # own static scales (QConv2d(split=...)) where that measurably beats the best one-scale
+        # choice above; the per-half ranges and errors go to the report either way.
         ha, hb = step_absmax[:, :split].max(), step_absmax[:, split:].max()
         ratio = float(torch.maximum(ha, hb) / torch.minimum(ha, hb).clamp_min(1e-8))
         halves = split_half_scales(mod, cfg, best.get("clip", 1.0), x, ref, step_absmax, split)
         notes["split"] = {"at": split, "range_ratio": ratio, **{k: v for k, v in halves.items() if k != "scales"}}
-        if halves.get("scales") is not None:
-            best["split_input_scale"], best["split_at"] = halves["scales"], split
+        if halves.get("scales") is not None and split % 16 == 0:
+            e = _conv_err(mod, cfg, {**best, "input_scale": None, "split_input_scale": halves["scales"],
+                                     "split_at": split}, x, ref)
+            if e < best_err:
+                best.pop("input_scale", None)
+                best["split_input_scale"], best["split_at"] = halves["scales"], split
+                best_err, notes["input_scale"] = e, "static per half (split shortcut)"
     return LayerSearch(best, err_rtn, best_err, notes)
 
 
