@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "cute/tensor.hpp"
+#include "qengine/cutlass_run.cuh"
 #include "cutlass/kernel_hardware_info.hpp"
 #include "cutlass/conv/collective/collective_builder.hpp"
 #include "cutlass/conv/convnd_problem_shape.hpp"
@@ -123,16 +124,7 @@ struct ScaledConv {
   static size_t workspace_bytes(const QConv2dParams& p) { return Conv::get_workspace_size(arguments(p)); }
 
   static cudaError_t run(const QConv2dParams& p, cudaStream_t stream) {
-    auto args = arguments(p);
-    Conv conv;
-    if (conv.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-    if (Conv::get_workspace_size(args) > p.workspace_bytes) return cudaErrorInvalidValue;
-    if (conv.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-    if (conv.run(stream) != cutlass::Status::kSuccess) {
-      cudaError_t e = cudaGetLastError();
-      return e == cudaSuccess ? cudaErrorLaunchFailure : e;
-    }
-    return cudaGetLastError();
+    return run_cutlass_op<Conv>(arguments(p), p, stream);
   }
 };
 

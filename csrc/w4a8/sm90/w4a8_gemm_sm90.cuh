@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "cute/tensor.hpp"
+#include "qengine/cutlass_run.cuh"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
 #include "cutlass/epilogue/fusion/operations.hpp"
@@ -137,16 +138,7 @@ struct W4A8Gemm {
   static size_t workspace_bytes(const W4A8GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static cudaError_t run(const W4A8GemmParams& p, cudaStream_t stream) {
-    auto args = arguments(p);
-    Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return cudaErrorInvalidValue;
-    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-    if (gemm.run(stream) != cutlass::Status::kSuccess) {
-      cudaError_t e = cudaGetLastError();
-      return e == cudaSuccess ? cudaErrorLaunchFailure : e;
-    }
-    return cudaGetLastError();
+    return run_cutlass_op<Gemm>(arguments(p), p, stream);
   }
 };
 

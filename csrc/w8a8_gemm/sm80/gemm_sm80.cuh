@@ -22,7 +22,7 @@
 // clang-format on
 
 #include "qengine/w8a8_gemm.h"
-#include "../cutlass_run.cuh"
+#include "qengine/cutlass_run.cuh"
 #include "../kernels.h"
 
 namespace qengine::sm80 {
@@ -99,7 +99,7 @@ struct ScaledGemm {
   static size_t workspace_bytes(const W8A8GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static cudaError_t run(const W8A8GemmParams& p, cudaStream_t stream) {
-    return run_cutlass_gemm<Gemm>(arguments(p), p, stream);
+    return run_cutlass_op<Gemm>(arguments(p), p, stream);
   }
 };
 

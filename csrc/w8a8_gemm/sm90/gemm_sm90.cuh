@@ -16,7 +16,7 @@
 #include "cutlass/util/packed_stride.hpp"
 
 #include "qengine/w8a8_gemm.h"
-#include "../cutlass_run.cuh"
+#include "qengine/cutlass_run.cuh"
 #include "lowrank_epilogue.cuh"
 #include "../kernels.h"
 
@@ -127,7 +127,7 @@ struct ScaledGemm {
   static size_t workspace_bytes(const W8A8GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static cudaError_t run(const W8A8GemmParams& p, cudaStream_t stream) {
-    return run_cutlass_gemm<Gemm>(arguments(p), p, stream);
+    return run_cutlass_op<Gemm>(arguments(p), p, stream);
   }
 };
 
