@@ -18,18 +18,17 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
+
+EXT = require_extension()
 
 import qengine  # noqa: E402,F401
-from qengine import _extension  # noqa: E402
 from qengine.config import LayerQuantConfig  # noqa: E402
 from qengine.nn import QConv2d  # noqa: E402
 from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
 from qengine.ops import reference as ref  # noqa: E402
 
-EXT = _extension.load_extension()
-if EXT is None or not hasattr(EXT, "conv_configs"):
+if not hasattr(EXT, "conv_configs"):
     pytest.skip("qengine._C is not built with the conv kernels", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -46,18 +45,6 @@ KINDS = [pytest.param(k, marks=pytest.mark.skipif(CONV_OP[k] in MISSING_CUDA_KER
 def configs_for(kind: str) -> list[str]:
     name = "int8" if kind == "int8" else "float8_e4m3fn"
     return [c for c in EXT.conv_configs() if EXT.conv_config_available(c, name, DEV.index or 0)]
-
-
-def sqnr_db(out: torch.Tensor, expect: torch.Tensor) -> float:
-    err = (out.double() - expect.double()).pow(2).sum().item()
-    sig = expect.double().pow(2).sum().item()
-    return math.inf if err == 0 else 10 * math.log10(sig / err)
-
-
-def poison_allocator(nbytes: int) -> None:
-    """Fill freed caching-allocator memory with NaN so an output the kernel fails to write shows."""
-    t = torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.bfloat16, device=DEV)
-    del t
 
 
 def operands(kind, b, h, w, c, o, k, seed=0, dtype=torch.bfloat16, bias=True):

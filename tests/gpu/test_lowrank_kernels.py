@@ -24,17 +24,13 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
 
-from qengine import _extension  # noqa: E402
+EXT = require_extension()
+
 from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
 from qengine.ops import reference as ref  # noqa: E402
 
-EXT = _extension.load_extension()
-if EXT is None:
-    pytest.skip("qengine._C is not built (QENGINE_BUILD_CUDA=1 pip install --no-build-isolation .)",
-                allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from shapes import load_shapes  # noqa: E402
@@ -44,18 +40,6 @@ GEMM_OP = {"int8": "w8a8_int8_gemm", "fp8": "w8a8_fp8_gemm"}
 QUANT_OP = {"int8": "quantize_act_int8", "fp8": "quantize_act_fp8"}
 IN_DTYPE_NAME = {"int8": "int8", "fp8": "float8_e4m3fn"}
 RANKS = [16, 32, 64, 128]
-
-
-def sqnr_db(out: torch.Tensor, expect: torch.Tensor) -> float:
-    err = (out.double() - expect.double()).pow(2).sum().item()
-    sig = expect.double().pow(2).sum().item()
-    return math.inf if err == 0 else 10 * math.log10(sig / err)
-
-
-def poison_allocator(nbytes: int) -> None:
-    """Fill freed caching-allocator memory with NaN so an output the kernel fails to write shows."""
-    t = torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.bfloat16, device=DEV)
-    del t
 
 
 def skip_missing(kind: str, *ops: str) -> None:

@@ -21,20 +21,16 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
 
-from qengine import _extension  # noqa: E402
+EXT = require_extension()
+
 from qengine.config import LayerQuantConfig  # noqa: E402
 from qengine.formats import pack_int4  # noqa: E402
 from qengine.nn import QLinear  # noqa: E402
 from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
 from qengine.ops import reference as ref  # noqa: E402
 
-EXT = _extension.load_extension()
-if EXT is None:
-    pytest.skip("qengine._C is not built (QENGINE_BUILD_CUDA=1 pip install --no-build-isolation .)",
-                allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from shapes import load_shapes  # noqa: E402
@@ -59,22 +55,10 @@ def exact_fp32_matmul():
     torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def sqnr_db(out: torch.Tensor, expect: torch.Tensor) -> float:
-    err = (out.double() - expect.double()).pow(2).sum().item()
-    sig = expect.double().pow(2).sum().item()
-    return math.inf if err == 0 else 10 * math.log10(sig / err)
-
-
 def log_sqnr(tag: str, db: float) -> None:
     if SQNR_LOG:
         with open(SQNR_LOG, "a") as f:
             f.write(f"{tag}\t{db:.2f}\n")
-
-
-def poison_allocator(nbytes: int) -> None:
-    """Fill freed caching-allocator memory with NaN so an output the kernel fails to write shows."""
-    t = torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.bfloat16, device=DEV)
-    del t
 
 
 def configs() -> list[str]:

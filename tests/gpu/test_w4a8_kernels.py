@@ -9,7 +9,6 @@ low-rank ranks 16/32/64/128; plus prepack on the GPU, opcheck, CUDA graphs and t
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,10 +18,10 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
 
-from qengine import _extension  # noqa: E402
+EXT = require_extension()
+
 from qengine.config import LayerQuantConfig  # noqa: E402
 from qengine.formats import pack_int4  # noqa: E402
 from qengine.formats.w4a8_layout import prepack, unprepack  # noqa: E402
@@ -30,10 +29,6 @@ from qengine.nn import QLinear  # noqa: E402
 from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
 from qengine.ops import reference as ref  # noqa: E402
 
-EXT = _extension.load_extension()
-if EXT is None:
-    pytest.skip("qengine._C is not built (QENGINE_BUILD_CUDA=1 pip install --no-build-isolation .)",
-                allow_module_level=True)
 if "w4a8_gemm" in MISSING_CUDA_KERNELS or not hasattr(EXT, "w4a8_gemm_configs"):
     pytest.skip("qengine._C has no w4a8_gemm kernel", allow_module_level=True)
 if torch.cuda.get_device_capability() != (9, 0) or "sm_90a" not in EXT.build_info()["archs"]:
@@ -45,18 +40,6 @@ from shapes import load_shapes  # noqa: E402
 
 DEV = torch.device("cuda")
 CONFIGS = list(EXT.w4a8_gemm_configs())
-
-
-def sqnr_db(out: torch.Tensor, expect: torch.Tensor) -> float:
-    err = (out.double() - expect.double()).pow(2).sum().item()
-    sig = expect.double().pow(2).sum().item()
-    return math.inf if err == 0 else 10 * math.log10(sig / err)
-
-
-def poison_allocator(nbytes: int) -> None:
-    """Fill freed caching-allocator memory with NaN so an output the kernel fails to write shows."""
-    t = torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.bfloat16, device=DEV)
-    del t
 
 
 def operands(m: int, n: int, k: int, rank: int = 0, seed: int = 0, out_dtype=torch.bfloat16):

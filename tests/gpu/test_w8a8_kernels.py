@@ -7,7 +7,6 @@ plus the heuristic, an M sweep, the smallest K/N and every real shape of benchma
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -17,20 +16,16 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
+
+EXT = require_extension()
 
 import qengine  # noqa: E402
-from qengine import _extension  # noqa: E402
 from qengine.config import LayerQuantConfig  # noqa: E402
 from qengine.nn import QLinear  # noqa: E402
 from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
 from qengine.ops import reference as ref  # noqa: E402
 
-EXT = _extension.load_extension()
-if EXT is None:
-    pytest.skip("qengine._C is not built (QENGINE_BUILD_CUDA=1 pip install --no-build-isolation .)",
-                allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from shapes import load_shapes  # noqa: E402
@@ -48,18 +43,6 @@ def need(op: str):
 def configs_for(kind: str) -> list[str]:
     name = "int8" if kind == "int8" else "float8_e4m3fn"
     return [c for c in EXT.gemm_configs() if EXT.gemm_config_available(c, name, DEV.index or 0)]
-
-
-def sqnr_db(out: torch.Tensor, expect: torch.Tensor) -> float:
-    err = (out.double() - expect.double()).pow(2).sum().item()
-    sig = expect.double().pow(2).sum().item()
-    return math.inf if err == 0 else 10 * math.log10(sig / err)
-
-
-def poison_allocator(nbytes: int) -> None:
-    """Fill freed caching-allocator memory with NaN so an output the kernel fails to write shows."""
-    t = torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.bfloat16, device=DEV)
-    del t
 
 
 def activations(m: int, k: int, dtype=torch.bfloat16, seed=0) -> torch.Tensor:
