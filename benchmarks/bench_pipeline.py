@@ -102,6 +102,8 @@ def build_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype,
             model = cls.from_config(load_model_config(cfg_name))
     finally:
         torch.set_default_dtype(old)
+    if is_unet(name):  # UNets run channels_last in every mode (qengine's conv is NHWC; cuDNN is fast there too)
+        model = model.to(memory_format=torch.channels_last)
     return model.eval()
 
 
@@ -130,7 +132,10 @@ def make_inputs(name: str, model: nn.Module, tiny: bool, device, dtype, batch: i
     if name == "sd3-medium":
         return dict(hidden_states=randn(batch, cfg.in_channels, side, side), encoder_hidden_states=randn(batch, text, cfg.joint_attention_dim),
                     pooled_projections=randn(batch, cfg.pooled_projection_dim), timestep=torch.full((batch,), 700.0, device=device))
-    inputs = dict(sample=randn(batch, cfg.in_channels, side, side), timestep=torch.full((batch,), 700.0, device=device),
+    sample = randn(batch, cfg.in_channels, side, side)
+    if not tiny:
+        sample = sample.contiguous(memory_format=torch.channels_last)
+    inputs = dict(sample=sample, timestep=torch.full((batch,), 700.0, device=device),
                   encoder_hidden_states=randn(batch, text, cfg.cross_attention_dim))
     if getattr(cfg, "addition_embed_type", None) == "text_time":  # SDXL
         text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim

@@ -9,7 +9,13 @@
 #                                            # EVAL_ARGS (more `qengine eval` options, e.g. for a smoke test),
 #                                            # MODELS, SCHEMES (subsets, space-separated),
 #                                            # TIME_LIMIT (s: processes still running then are stopped; the
-#                                            # rows they finished are kept, each process writes its report per row)
+#                                            # rows they finished are kept, each process writes its report per row),
+#                                            # PARTS (row groups: a = naive + calibrated, b = no-smoothing +
+#                                            # no-lowrank, c = no-mixed-precision + no-gptq; default "a b c";
+#                                            # a table over several calls: PARTS=a, then PARTS="b c" with the same
+#                                            # OUT_DIR merges every row found there),
+#                                            # OMP_NUM_THREADS (CPU threads per process, default 2: 24 processes
+#                                            # with a thread per core each oversubscribe the CPU many times over)
 #
 # Why parallel processes: the reference ops on these small models leave a GPU mostly idle, so 24
 # processes side by side finish in about the time of the slowest one. They share the
@@ -22,6 +28,8 @@ device=${DEVICE:-cuda}
 py=${PYTHON:-python}
 schemes=(${SCHEMES:-w8a8-int8 w8a8-fp8 w4a8 w4a4})
 models=(${MODELS:-dit unet})
+parts=" ${PARTS:-a b c} "
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$out/logs"
 t0=$(date +%s)
 ev() { local left=$(( ${TIME_LIMIT:-1000000} - ($(date +%s) - t0) ))
@@ -37,12 +45,16 @@ echo "fp rows: $(( $(date +%s) - t0 )) s"
 pids=()
 for m in "${models[@]}"; do  # 2. the quantized rows, three processes per model and scheme
   for s in "${schemes[@]}"; do
-    ev --model "$m" --schemes "$s" --methods naive calibrated --out "$out/$m-$s-a" >"$out/logs/$m-$s-a.log" 2>&1 &
-    pids+=($!)
-    ev --model "$m" --schemes "$s" --methods no-smoothing no-lowrank --out "$out/$m-$s-b" >"$out/logs/$m-$s-b.log" 2>&1 &
-    pids+=($!)
-    ev --model "$m" --schemes "$s" --methods no-mixed-precision no-gptq --out "$out/$m-$s-c" >"$out/logs/$m-$s-c.log" 2>&1 &
-    pids+=($!)
+    for part in a b c; do
+      [[ $parts == *" $part "* ]] || continue
+      case $part in
+        a) methods="naive calibrated" ;;
+        b) methods="no-smoothing no-lowrank" ;;
+        c) methods="no-mixed-precision no-gptq" ;;
+      esac
+      ev --model "$m" --schemes "$s" --methods $methods --out "$out/$m-$s-$part" >"$out/logs/$m-$s-$part.log" 2>&1 &
+      pids+=($!)
+    done
   done
 done
 fail=0

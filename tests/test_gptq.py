@@ -5,7 +5,8 @@ from torch import nn
 
 import qengine
 from qengine.calib import CalibrationResult, SearchOptions
-from qengine.calib.gptq import gptq_quantize
+import qengine.calib.gptq as gptq_mod
+from qengine.calib.gptq import gptq_quantize, gptq_quantize_clips
 from qengine.calib.observers import HessianAccumulator
 from qengine.calib.search import search_conv, search_linear
 from qengine.config import LayerQuantConfig
@@ -65,6 +66,28 @@ def test_gptq_lowers_output_error_on_correlated_inputs(name, group, act_order):
     assert e_gptq < 0.6 * e_rtn, (e_gptq, e_rtn)
     if scheme.weight_grouped:  # the scale rule's range: INT4 codes stay in [-7, 7] like RTN's
         assert int(unpack_int4(r.weight).abs().max()) <= 7
+
+
+@pytest.mark.parametrize("name,group", CASES)
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("sweep_elements", [1 << 26, 48 * 128 * 2])  # all clips in one sweep / two per sweep
+def test_stacked_clip_sweep_equals_one_run_per_clip(name, group, act_order, sweep_elements, monkeypatch):
+    # The search runs GPTQ for every clip candidate in one stacked sweep: it must give exactly
+    # what separate runs give (rows are independent in GPTQ), also when split into several sweeps.
+    monkeypatch.setattr(gptq_mod, "_SWEEP_ELEMENTS", sweep_elements)
+    x = _correlated(512, 128, seed=5)
+    w = torch.randn(48, 128, generator=torch.Generator().manual_seed(6))
+    h = x.t() @ x / len(x)
+    scheme = get_scheme(name)
+    clips = (1.0, 0.95, 0.9, 0.8, 0.85)
+    stacked = gptq_quantize_clips(w, h, scheme, group, clips=clips, block=32, act_order=act_order)
+    assert len(stacked) == len(clips)
+    for clip, r in zip(clips, stacked):
+        one = gptq_quantize(w, h, scheme, group, clip=clip, block=32, act_order=act_order)
+        assert torch.equal(_bits(r.weight), _bits(one.weight)), clip
+        assert torch.equal(r.weight_scale, one.weight_scale), clip
+        assert torch.equal(r.dequant, one.dequant), clip
+    assert not torch.equal(stacked[0].weight_scale, stacked[-1].weight_scale)  # the clips did differ
 
 
 def test_gptq_rejects_mismatched_hessian():

@@ -66,7 +66,24 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: 
     ``group_size`` > 0 only for the grouped 4-bit schemes (it must divide K). ``clip`` scales each
     row's (8-bit) or group's (4-bit) absmax before the scale is taken, as ``quantize_weight`` does.
     """
-    fmt = scheme.weight
+    return gptq_quantize_clips(w, h, scheme, group_size, clips=(clip,), block=block, damp=damp,
+                               act_order=act_order)[0]
+
+
+#: rows x K float64 elements one sweep may hold (several clip candidates are stacked up to this)
+_SWEEP_ELEMENTS = 1 << 26  # 512 MiB
+
+
+@torch.no_grad()
+def gptq_quantize_clips(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: int = 0, *,
+                        clips: tuple[float, ...] = (1.0,), block: int = 128, damp: float = 0.01,
+                        act_order: bool = False) -> list[GPTQResult]:
+    """:func:`gptq_quantize` for each clip ratio in ``clips``, in one sweep over the columns.
+
+    GPTQ treats every output row on its own (the error feedback runs along K, within a row), so
+    the candidates are stacked as extra rows of one matrix with a clip ratio per row: the
+    column loop, the search's cost, runs once instead of once per clip (results are identical).
+    """
     n, k = w.shape
     if h.shape != (k, k):
         raise ValueError(f"GPTQ: Hessian shape {tuple(h.shape)} does not match the weight's K={k}")
@@ -80,18 +97,36 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: 
     perm = torch.argsort(torch.diagonal(h).double(), descending=True) if act_order else None
     hp = h if perm is None else h[perm][:, perm]
     hinv = _prepare_hinv(hp.to(w.device), damp)
-    W = w.double().clone() if perm is None else w.double()[:, perm].clone()
+    per_sweep = max(1, _SWEEP_ELEMENTS // max(1, n * k))
+    out: list[GPTQResult] = []
+    for i in range(0, len(clips), per_sweep):
+        out += _sweep(w, hinv, perm, scheme, group_size, clips[i:i + per_sweep], block)
+    return out
+
+
+def _sweep(w: torch.Tensor, hinv: torch.Tensor, perm: torch.Tensor | None, scheme: Scheme, group_size: int,
+           clips: tuple[float, ...], block: int) -> list[GPTQResult]:
+    fmt = scheme.weight
+    n, k = w.shape
+    c = len(clips)
+    grouped = scheme.weight_grouped
+    wc = w.repeat(c, 1)  # [c*N, K]: candidate j is rows j*N .. (j+1)*N
+    # One clip per row, float32 like the Python float quantize_weight multiplies by.
+    clip_rows = torch.tensor(clips, dtype=torch.float32, device=w.device).repeat_interleave(n)
+    W = wc.double().clone() if perm is None else wc.double()[:, perm].clone()
     qmax = fmt.scale_divisor  # the scale rule's QMAX: clamp like clip_weight does (INT4 never gives -8)
+    rows = c * n
 
     # Scales: 8-bit per row up front; 4-bit per group (static when act-order, else at each group's
     # start). In float32 exactly as quantize_weight computes them, so H = I reproduces it bit for bit.
     if grouped:
         n_groups = k // group_size
-        scales = torch.zeros(n, n_groups, dtype=torch.float32, device=w.device)
-        if act_order:
-            scales = absmax_scale(w.float().reshape(n, n_groups, group_size).abs().amax(dim=2) * clip, fmt)
+        scales = torch.zeros(rows, n_groups, dtype=torch.float32, device=w.device)
+        if perm is not None:
+            scales = absmax_scale(wc.float().reshape(rows, n_groups, group_size).abs().amax(dim=2) * clip_rows[:, None],
+                                  fmt)
     else:
-        scales = absmax_scale(w.float().abs().amax(dim=1) * clip, fmt)
+        scales = absmax_scale(wc.float().abs().amax(dim=1) * clip_rows, fmt)
     codes = torch.zeros_like(W)
     perm_list = perm.tolist() if perm is not None else None
 
@@ -102,7 +137,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: 
         g = orig // group_size
         if perm is None and j % group_size == 0:
             grp = w1[:, i:i + group_size]
-            scales[:, g] = absmax_scale(grp.float().abs().amax(dim=1) * clip, fmt)
+            scales[:, g] = absmax_scale(grp.float().abs().amax(dim=1) * clip_rows, fmt)
         return scales[:, g]
 
     for i1 in range(0, k, block):
@@ -123,14 +158,17 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, scheme: Scheme, group_size: 
             W[:, i2:] -= err1 @ hinv[i1:i2, i2:]
 
     if perm is not None:
-        inv = torch.argsort(perm)
-        codes = codes[:, inv]
-    if grouped:
-        deq = (codes.reshape(n, -1, group_size) * scales.double()[:, :, None]).reshape(n, k)
-        stored = pack_int4(codes.round().to(torch.int8))
-        if scheme.name == "w4a8":
-            stored = prepack(stored)  # the layout QLinear stores for w4a8 (its sm_90a kernel's)
-    else:
-        deq = codes * scales.double()[:, None]
-        stored = round_to_format(codes.float(), fmt)  # codes are already on the grid: exact
-    return GPTQResult(stored, scales, deq.float())
+        codes = codes[:, torch.argsort(perm)]
+    results = []
+    for j in range(c):
+        cj, sj = codes[j * n:(j + 1) * n], scales[j * n:(j + 1) * n]
+        if grouped:
+            deq = (cj.reshape(n, -1, group_size) * sj.double()[:, :, None]).reshape(n, k)
+            stored = pack_int4(cj.round().to(torch.int8))
+            if scheme.name == "w4a8":
+                stored = prepack(stored)  # the layout QLinear stores for w4a8 (its sm_90a kernel's)
+        else:
+            deq = cj * sj.double()[:, None]
+            stored = round_to_format(cj.float(), fmt)  # codes are already on the grid: exact
+        results.append(GPTQResult(stored, sj.clone(), deq.float()))
+    return results

@@ -31,7 +31,7 @@ from torch import nn
 from ..api import calibrated_layer
 from ..config import LayerQuantConfig
 from ..formats import get_scheme
-from .gptq import gptq_quantize
+from .gptq import gptq_quantize_clips
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 CLIPS = (1.0, 0.975, 0.95, 0.925, 0.9, 0.875, 0.85, 0.8)
@@ -110,12 +110,14 @@ def top_svd(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (root[:, None] * v.t()).float(), (u * root[None, :]).float()
 
 
-def _gptq_calib(w_res: torch.Tensor, h: torch.Tensor, cfg: LayerQuantConfig, calib: dict, clip: float,
-                opts: SearchOptions) -> dict:
-    """``calib`` plus the GPTQ-rounded residual (``weight``/``weight_scale`` in the module's stored layout)."""
-    r = gptq_quantize(w_res, h, get_scheme(cfg.scheme), cfg.group_size, clip=clip, block=opts.gptq_block,
-                      damp=opts.gptq_damp, act_order=opts.gptq_act_order)
-    return {**calib, "clip": clip, "weight": r.weight, "weight_scale": r.weight_scale}
+def _gptq_calibs(w_res: torch.Tensor, h: torch.Tensor, cfg: LayerQuantConfig, calib: dict, clips: tuple[float, ...],
+                 opts: SearchOptions) -> list[tuple[float, dict]]:
+    """Per clip ratio: ``calib`` plus the GPTQ-rounded residual (``weight``/``weight_scale`` in the
+    module's stored layout). One GPTQ sweep serves every clip (``gptq_quantize_clips``)."""
+    rs = gptq_quantize_clips(w_res, h, get_scheme(cfg.scheme), cfg.group_size, clips=tuple(clips),
+                             block=opts.gptq_block, damp=opts.gptq_damp, act_order=opts.gptq_act_order)
+    return [(clip, {**calib, "clip": clip, "weight": r.weight, "weight_scale": r.weight_scale})
+            for clip, r in zip(clips, rs)]
 
 
 def _linear_residual(w: torch.Tensor, calib: dict) -> torch.Tensor:
@@ -172,8 +174,7 @@ def search_linear(mod: nn.Linear, cfg: LayerQuantConfig, x: torch.Tensor, x_absm
             inv = 1.0 / s.double().to(w.device)
             h = h * inv[:, None] * inv[None, :]
         res = _linear_residual(w, best_calib)
-        for clip in (opts.clips if opts.clip else (1.0,)):
-            c = _gptq_calib(res, h, cfg, best_calib, clip, opts)
+        for clip, c in _gptq_calibs(res, h, cfg, best_calib, opts.clips if opts.clip else (1.0,), opts):
             e = _linear_err(mod, cfg, c, x, ref)
             if e < best_err:
                 best_calib, best_err, notes["clip"], notes["gptq"] = c, e, clip, True
@@ -219,8 +220,7 @@ def search_conv(mod: nn.Conv2d, cfg: LayerQuantConfig, x: torch.Tensor, step_abs
     if opts.gptq and hessian is not None:
         w2 = mod.weight.float().permute(0, 2, 3, 1).reshape(mod.out_channels, -1)  # the stored (kh, kw, C) order
         h = hessian.to(w2.device).double()
-        for clip in sorted({best_clip, 1.0}):
-            c = _gptq_calib(w2, h, cfg, best, clip, opts)
+        for clip, c in _gptq_calibs(w2, h, cfg, best, tuple(sorted({best_clip, 1.0})), opts):
             e = _conv_err(mod, cfg, c, x, ref)
             if e < best_err:
                 best, best_err, notes["clip"], notes["gptq"] = c, e, clip, True

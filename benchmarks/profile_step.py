@@ -1,0 +1,62 @@
+"""Where one denoiser step spends its GPU time and memory, for one model and mode of bench_pipeline.
+
+    python benchmarks/profile_step.py --model sdxl --mode fp8 [--rows 30] [--trace out/trace.json]
+
+Builds the model exactly as ``bench_pipeline.py`` does (real config, random weights), applies the
+mode, runs warm-up steps, then profiles one step with ``torch.profiler``: a table of the CUDA
+kernels by total time, and the operators that allocated the most memory. Use it to find which op
+makes a quantized step slower than it should be; the figures of record come from bench_pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_pipeline as bp  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(bp.MODEL_CONFIGS), required=True)
+    ap.add_argument("--mode", required=True, help="a bench_pipeline mode, e.g. fp8, int8, w4a8-lr32")
+    ap.add_argument("--rows", type=int, default=30, help="table rows (default %(default)s)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--trace", type=Path, help="also write a Chrome trace here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_step.py needs a CUDA GPU")
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    mode = bp.Mode.parse(args.mode)
+    model = bp.build_model(args.model, False, device, dtype)
+    bp.apply_mode(model, args.model, mode, device)
+    inputs = bp.make_inputs(args.model, model, False, device, dtype)
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            model(**inputs)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts, profile_memory=True, record_shapes=True) as prof:
+            model(**inputs)
+            torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    print(f"{args.model} {args.mode}: weights+state {base / 2**20:.0f} MiB, step peak {peak / 2**20:.0f} MiB "
+          f"(+{(peak - base) / 2**20:.0f} MiB during the step)")
+    ka = prof.key_averages()
+    print(ka.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=args.rows,
+                                                             max_name_column_width=50, max_shapes_column_width=70))
+    print(ka.table(sort_by="self_cuda_memory_usage", row_limit=15, max_name_column_width=70))
+    if args.trace:
+        args.trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(args.trace))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
