@@ -42,8 +42,17 @@ def main(argv=None) -> int:
     p.add_argument("--table", action="store_true", help="print the per-layer calibration table")
     p.add_argument("--no-gptq", action="store_true",
                    help="round-to-nearest weights instead of GPTQ (about 4x faster calibration on a CPU, lower quality)")
-    p.add_argument("--out", default="fashion-mnist-quantized.png", help="side-by-side PNG to write")
+    p.add_argument("--out", default="fashion-mnist-quantized.png",
+                   help="side-by-side PNG to write (a folder: the default file name inside it)")
     args = p.parse_args(argv)
+    # Checked before minutes of work, not when the image is saved at the end.
+    out = Path(args.out)
+    if out.is_dir() or args.out.endswith("/"):
+        out = out / "fashion-mnist-quantized.png"
+    elif out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        p.error(f"--out {args.out!r}: give a .png (or .jpg) file name, or an existing folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args.out = str(out)
     torch.manual_seed(args.seed)
     backend = "auto" if args.device == "cpu" else "reference"
 

@@ -18,8 +18,6 @@ N % 16 == 0 and K % 32 == 0.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .quantizers import pack_int4, unpack_int4
@@ -30,26 +28,26 @@ BLOCK_N, BLOCK_K = 16, 32
 LAYOUT_NAME = "sm90-int8-rs-shuffle-16x32"
 
 
-@functools.lru_cache(maxsize=64)
-def _offsets_cpu(n: int, k: int) -> torch.Tensor:
-    r = torch.arange(n)[:, None]
-    c = torch.arange(k)[None, :]
+def _offsets(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """Flat destination offset of every (n, k) value, int32, computed on ``device``.
+
+    Not cached: for FLUX-size layers one offset table is up to 190 MB, and a per-shape cache on the
+    GPU held ~1 GiB for the whole process (it was measured in the FLUX w4a8 denoising memory).
+    Computed with device ops (no host-to-device copy), so the reference backend's per-call
+    un-permute also works inside a CUDA-graph capture.
+    """
+    r = torch.arange(n, dtype=torch.int32, device=device)[:, None]
+    c = torch.arange(k, dtype=torch.int32, device=device)[None, :]
     atom = 64 * (r % 8) + 4 * ((r // 8) % 2) + (c % 4) + 16 * ((c // 4) % 4) + 8 * ((c // 16) % 2)
     return (atom + 512 * (r // BLOCK_N) + 512 * (n // BLOCK_N) * (c // BLOCK_K)).reshape(-1)
-
-
-@functools.lru_cache(maxsize=64)
-def _offsets_on(n: int, k: int, device: torch.device) -> torch.Tensor:
-    # Cached per device: a host-to-device copy cannot run inside a CUDA-graph capture, and the
-    # reference backend un-permutes the weight on every call (a warm-up call outside the
-    # capture fills this cache).
-    return _offsets_cpu(n, k).to(device)
 
 
 def check_prepack_shape(n: int, k: int) -> None:
     if n % BLOCK_N or k % BLOCK_K or n <= 0 or k <= 0:
         raise ValueError(f"the w4a8 prepacked layout needs N % {BLOCK_N} == 0 and K % {BLOCK_K} == 0 "
                          f"(positive), got N={n} K={k}")
+    if n * k >= 2 ** 31:
+        raise ValueError(f"the w4a8 prepacked layout supports N * K < 2^31 values, got N={n} K={k}")
 
 
 def _check(op: str, w: torch.Tensor) -> tuple[int, int]:
@@ -66,7 +64,7 @@ def prepack(w: torch.Tensor) -> torch.Tensor:
     n, k = _check("w4a8_prepack", w)
     q = unpack_int4(w.contiguous()).reshape(-1)
     out = torch.empty_like(q)
-    out[_offsets_on(n, k, w.device)] = q
+    out[_offsets(n, k, w.device)] = q
     return pack_int4(out.reshape(n, k))
 
 
@@ -74,4 +72,4 @@ def unprepack(w: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`prepack`."""
     n, k = _check("w4a8_unprepack", w)
     flat = unpack_int4(w.contiguous()).reshape(-1)
-    return pack_int4(flat[_offsets_on(n, k, w.device)].reshape(n, k))
+    return pack_int4(flat[_offsets(n, k, w.device)].reshape(n, k))
