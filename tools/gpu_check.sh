@@ -7,6 +7,13 @@
 #   ARCHS="89;90a" BENCH_ARGS="--models flux1-dev --sweep-configs" tools/gpu_check.sh all
 #   SAN_K="quantize or m_sweep" tools/gpu_check.sh sanitize   (pytest -k expression)
 #   TEST_PATHS="tests/gpu/test_conv_kernels.py" BUILD_TEMP=/tmp/qe-build tools/gpu_check.sh build test
+#
+# Building takes ~5-6 minutes of a 10-minute call (ARCHS=90a). To build once per session: `pack`
+# writes the built extension (xz, ~10 MB) and a hash of the sources it was built from to $OUT/so/;
+# copy both files into .sobuild/ here (git-ignored) and carry ".sobuild" to later calls. `build`
+# then installs that .so instead of compiling, when its source hash matches the tree (csrc/,
+# setup.py); otherwise it compiles as usual.
+#   ARCHS=90a tools/gpu_check.sh build test pack      # first call; then: cp $FILES/so/* .sobuild/
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -21,6 +28,15 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 has() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
+
+src_hash() { find csrc setup.py -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
+so_name=$(python3 -c 'import sysconfig; print("qengine/_C" + sysconfig.get_config_var("EXT_SUFFIX"))')
+
+if has build && [[ -f .sobuild/C.so.xz && -f .sobuild/C.so.src ]] && [[ "$(cat .sobuild/C.so.src)" == "$(src_hash)" ]]; then
+  xz -d -c .sobuild/C.so.xz >"$so_name" && echo "build: installed the carried .sobuild/C.so.xz (sources $(src_hash))"
+  STEPS=${STEPS//build/}
+  STEPS=${STEPS//all/test bench}
+fi
 
 if has build; then
   t0=$SECONDS
@@ -56,4 +72,10 @@ if [[ " $STEPS " == *" sanitize "* ]]; then
     >"$OUT/sanitize.log" 2>&1
   echo "compute-sanitizer memcheck rc=$? in $((SECONDS - t0))s"
   grep -E "ERROR SUMMARY|passed|failed|Invalid" "$OUT/sanitize.log" | tail -8
+fi
+
+if [[ " $STEPS " == *" pack "* ]]; then
+  mkdir -p "$OUT/so"
+  xz -T0 -2 -c "$so_name" >"$OUT/so/C.so.xz" && src_hash >"$OUT/so/C.so.src"
+  echo "pack: $(du -h "$OUT/so/C.so.xz" | cut -f1) -> $OUT/so/ (sources $(cat "$OUT/so/C.so.src"))"
 fi
