@@ -167,6 +167,13 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
 
         quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
     if mode.compile:
+        # Regional compilation compiles one forward per block class, and every distinct block
+        # shape (an SDXL ResnetBlock2D has ~13: channels x resolution x skip widths) needs a cache
+        # entry. Past dynamo's default limit of 8, the other blocks run eager after failing every
+        # guard set on each call. Raised for every compile mode alike.
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
         n = 0
         for sub in model.modules():
             if type(sub).__name__ in COMPILE_BLOCKS:
