@@ -18,7 +18,9 @@ Modes: ``bf16``; qengine ``fp8`` / ``int8`` (W8A8, per-token activations; UNets:
 (torchao Float8DynamicActivationFloat8Weight, per-row scales, on every Linear whose shape it
 accepts: what a torchao user would write). ``+compile`` compiles the model's repeated blocks
 (diffusers regional compilation: FLUX/SD3 transformer blocks, UNet resnet + transformer blocks)
-with the same call for every mode, so compile rows compare like with like.
+with the same call for every mode, so compile rows compare like with like. ``+graph`` replays
+the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph`` vs
+``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
 
 Inputs are real-shaped at the default resolution, batch 1 (no CFG doubling): FLUX 4096 image +
 512 text tokens (1024x1024), SD3 128x128 latent + 333 text tokens, SDXL 128x128 latent + 77
@@ -68,16 +70,17 @@ class Mode:
     name: str
     base: str
     compile: bool
+    graph: bool = False
 
     @classmethod
     def parse(cls, name: str) -> "Mode":
         base, plus, rest = name.partition("+")
-        if plus and rest != "compile":
-            raise SystemExit(f"mode {name!r}: the only suffix is '+compile'")
+        if plus and rest not in ("compile", "graph"):
+            raise SystemExit(f"mode {name!r}: the suffixes are '+compile' and '+graph'")
         if base not in ("bf16", "torchao-fp8", *QENGINE_MODES):
             raise SystemExit(f"unknown mode {name!r}; modes: bf16, torchao-fp8, {', '.join(QENGINE_MODES)} "
-                             "(each optionally +compile)")
-        return cls(name, base, bool(plus))
+                             "(each optionally +compile or +graph)")
+        return cls(name, base, rest == "compile", rest == "graph")
 
 
 # ----------------------------------------------------------------------------- models and inputs
@@ -166,6 +169,12 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
             return isinstance(mod, nn.Linear) and mod.in_features % 16 == 0 and mod.out_features % 16 == 0
 
         quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
+    if mode.graph:
+        # The whole step replayed as one CUDA graph (qengine.CUDAGraphModule): no host cost per
+        # kernel. bf16+graph is the like-for-like baseline of a quantized +graph row.
+        import qengine
+
+        return qengine.CUDAGraphModule(model)
     if mode.compile:
         # Regional compilation compiles one forward per block class, and every distinct block
         # shape (an SDXL ResnetBlock2D has ~13: channels x resolution x skip widths) needs a cache
@@ -249,7 +258,7 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
         torch.cuda.synchronize(device)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    apply_mode(model, name, mode, device)
+    model = apply_mode(model, name, mode, device)
     if cuda:
         torch.cuda.synchronize(device)
     quant_s = time.perf_counter() - t0
@@ -290,6 +299,8 @@ def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> d
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
 
+    if mode.graph:
+        raise SystemExit("--denoise-memory takes no +graph mode (the temporal cache looks timesteps up on the host)")
     reset()
     model = build_model(name, args.tiny, device, dtype)
     apply_mode(model, name, mode, device)
@@ -392,7 +403,7 @@ def add_ratios(rows: list[dict]) -> None:
         if "ms_median" not in r:
             continue
         same = {x["mode"]: x["ms_median"] for x in rows if x.get("model") == r["model"] and "ms_median" in x}
-        for base in ("bf16", "bf16+compile", "torchao-fp8+compile"):
+        for base in ("bf16", "bf16+compile", "bf16+graph", "torchao-fp8+compile"):
             if base in same and r["mode"] != base:
                 r[f"speedup_vs_{base}"] = round(same[base] / r["ms_median"], 3)
         mib = {x["mode"]: x["weights_MiB"] for x in rows if x.get("model") == r["model"] and "weights_MiB" in x}

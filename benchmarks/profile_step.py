@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     device, dtype = torch.device("cuda"), torch.bfloat16
     mode = bp.Mode.parse(args.mode)
     model = bp.build_model(args.model, False, device, dtype)
-    bp.apply_mode(model, args.model, mode, device)
+    model = bp.apply_mode(model, args.model, mode, device)
     inputs = bp.make_inputs(args.model, model, False, device, dtype)
     with torch.inference_mode():
         for _ in range(args.warmup):

@@ -11,12 +11,13 @@ from ._extension import backend_description, build_info, compiled_archs
 from .api import is_quantized, model_bytes, plan, quantize, summary
 from .checkpoint import CheckpointError, load, save
 from .config import PRESETS, ConfigError, LayerQuantConfig, QuantConfig
+from .cuda_graph import CUDAGraphError, CUDAGraphModule
 from .integrations.temporal_cache import TemporalCache, TemporalCacheError, enable_temporal_cache
 from .nn import QConv2d, QLinear
 from .version import __version__
 
 __all__ = [
-    "PRESETS", "CheckpointError", "ConfigError", "LayerQuantConfig", "QConv2d", "QLinear", "QuantConfig",
+    "PRESETS", "CUDAGraphError", "CUDAGraphModule", "CheckpointError", "ConfigError", "LayerQuantConfig", "QConv2d", "QLinear", "QuantConfig",
     "TemporalCache", "TemporalCacheError", "__version__", "backend_description", "build_info", "compiled_archs",
     "enable_temporal_cache", "is_quantized", "load", "model_bytes", "ops", "plan", "quantize", "save", "summary",
 ]

@@ -49,6 +49,9 @@ def test_unknown_mode_is_a_clear_error():
         bench_pipeline.Mode.parse("fp4")
     with pytest.raises(SystemExit, match="suffix"):
         bench_pipeline.Mode.parse("fp8+eager")
+    m = bench_pipeline.Mode.parse("fp8+graph")
+    assert (m.base, m.compile, m.graph) == ("fp8", False, True)
+    assert bench_pipeline.Mode.parse("bf16+compile").compile
 
 
 def test_randomized_lowrank_split_matches_exact_on_a_decaying_spectrum():
