@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qengine.calib import calibrate, summary_table  # noqa: E402
+from qengine.calib import SearchOptions, calibrate, summary_table  # noqa: E402
 from qengine.integrations.diffusers import load_model_config  # noqa: E402
 
 
@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-tokens", type=int, default=4096)
     p.add_argument("--text-tokens", type=int, default=512)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-gptq", action="store_true",
+                   help="round-to-nearest weights (GPTQ's Hessians of 3072-15360 wide layers dominate on a CPU)")
     p.add_argument("--json", help="write the timings here")
     args = p.parse_args(argv)
     from diffusers import FluxTransformer2DModel
@@ -54,12 +56,12 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     res = calibrate(model, args.scheme, trajectory, steps_per_trajectory=args.steps, probes=2, budget=0.1,
-                    progress=False)
+                    options=SearchOptions(gptq=not args.no_gptq), progress=False)
     wall = time.perf_counter() - t0
     print(summary_table(res.report))
     out = {"scheme": args.scheme, "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
            "layers": len(res.report), "steps": args.steps, "image_tokens": n, "text_tokens": t,
-           "wall_s": round(wall, 1), "collect_s": res.meta["collect_s"]}
+           "gptq": not args.no_gptq, "wall_s": round(wall, 1), "collect_s": res.meta["collect_s"]}
     print(json.dumps(out))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
