@@ -17,7 +17,8 @@ from .nn import QConv2d, QLinear
 from .version import __version__
 
 __all__ = [
-    "PRESETS", "CUDAGraphError", "CUDAGraphModule", "CheckpointError", "ConfigError", "LayerQuantConfig", "QConv2d", "QLinear", "QuantConfig",
+    "PRESETS", "CUDAGraphError", "CUDAGraphModule", "CheckpointError", "ConfigError", "LayerQuantConfig", "QConv2d",
+    "QLinear", "QuantConfig",
     "TemporalCache", "TemporalCacheError", "__version__", "backend_description", "build_info", "compiled_archs",
     "enable_temporal_cache", "is_quantized", "load", "model_bytes", "ops", "plan", "quantize", "save", "summary",
 ]

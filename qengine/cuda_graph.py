@@ -2,8 +2,8 @@
 
 At batch 1 an eager SDXL UNet step keeps the GPU busy ~27 ms out of ~70 ms; the rest is Python and
 kernel launches (notes/h100_2026-11-22b/README.md). A captured graph replays every kernel of the
-step with one launch. qengine's ops are capture-safe (tested: tests/gpu/*cuda_graph*), so
-a quantized model can be captured as it is::
+step with one launch. qengine's CUDA ops pass capture/replay tests (tests/gpu/test_*_kernels.py),
+so a quantized model can be captured as it is (tests/gpu/test_cuda_graph_module.py)::
 
     step = qengine.CUDAGraphModule(unet)            # wraps; the module itself is unchanged
     out = step(sample, t, encoder_hidden_states=emb, return_dict=False)   # as unet(...) would
