@@ -1,4 +1,7 @@
 """qengine.CUDAGraphModule on a GPU: a captured quantized model replays exactly what eager computes."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -44,7 +47,11 @@ def test_replay_equals_eager_for_new_inputs(scheme):
             x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
             got = g(x, 0.5, extra=bias)
             want = m(x, 0.5, extra=bias)
-            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), i
+            # qengine's kernels are deterministic: the replay is bit-exact. cuBLAS (the bf16
+            # model) may pick another algorithm under capture: within bf16 rounding there.
+            tol = dict(rtol=0, atol=0) if scheme else dict(rtol=2e-2, atol=2e-2)
+            torch.testing.assert_close(got[0], want[0], **tol, msg=f"call {i}")
+            torch.testing.assert_close(got[1], want[1], **tol, msg=f"call {i}")
     assert g.num_graphs == 1
 
 
@@ -73,11 +80,21 @@ def test_cpu_tensor_argument_is_rejected():
         g(torch.randn(2, 4))
 
 
-def test_host_sync_in_forward_is_a_clear_error():  # last: a failed capture is the last thing this file does
-    class Syncs(nn.Module):
-        def forward(self, x):
-            return x * float(x.abs().max().item())
-
-    g = qengine.CUDAGraphModule(Syncs())
-    with pytest.raises(qengine.CUDAGraphError, match="must not synchronise with the host"):
-        g(torch.randn(8, device="cuda"))
+def test_host_sync_in_forward_is_a_clear_error():
+    # In a subprocess: an invalidated capture must not leave this test process's CUDA state to
+    # the GPU tests that run after it.
+    code = (
+        "import torch, qengine\n"
+        "class Syncs(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x * float(x.abs().max().item())\n"
+        "g = qengine.CUDAGraphModule(Syncs())\n"
+        "try:\n"
+        "    g(torch.randn(8, device='cuda'))\n"
+        "except qengine.CUDAGraphError as e:\n"
+        "    print('CUDAGraphError:', e)\n"
+        "    raise SystemExit(7)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 7, p.stdout + p.stderr
+    assert "must not synchronise with the host" in p.stdout
