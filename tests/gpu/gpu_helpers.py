@@ -32,3 +32,30 @@ def poison_allocator(nbytes: int, device: torch.device | str = "cuda") -> None:
     """Fill freed caching-allocator memory with NaN so an output the kernel fails to write shows."""
     t = torch.full((max(nbytes // 2, 1) + 4096,), float("nan"), dtype=torch.bfloat16, device=device)
     del t
+
+
+def capture_graph(fn, static_x: torch.Tensor, warmup: int = 2):
+    """``fn(static_x)`` captured in a CUDA graph after ``warmup`` calls on a side stream (lazy
+    state such as cuBLAS handles must exist before capture). Returns ``(graph, static_output)``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = fn(static_x)
+    return graph, static_y
+
+
+def assert_replays_equal_eager(fn, static_x: torch.Tensor, make_x, seeds=range(3)) -> None:
+    """Capture ``fn(static_x)``, then for each seed copy ``make_x(seed)`` into the captured input,
+    replay, and require the graph's output to equal an eager call on the same input bit for bit."""
+    graph, static_y = capture_graph(fn, static_x)
+    for seed in seeds:
+        new_x = make_x(seed)
+        static_x.copy_(new_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_y, fn(new_x)), f"replay {seed} differs from eager"

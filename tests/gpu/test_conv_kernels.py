@@ -18,7 +18,7 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
+from gpu_helpers import assert_replays_equal_eager, poison_allocator, require_extension, sqnr_db  # noqa: E402
 
 EXT = require_extension()
 
@@ -257,22 +257,11 @@ def test_cuda_graph_capture_replay(scheme):
     q, _ = make_qconv(scheme, split=32)
     shape = (2, 64, 16, 12)
     static_x = torch.randn(shape, device=DEV).bfloat16().to(memory_format=torch.channels_last)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            q(static_x)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = q(static_x)
-    for seed in range(3):
+
+    def make_x(seed):  # a different range per replay: the dynamic scale is recomputed inside the graph
         torch.manual_seed(seed)
-        new_x = (torch.randn(shape, device=DEV) * (seed + 1)).bfloat16().to(memory_format=torch.channels_last)
-        static_x.copy_(new_x)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(static_y, q(new_x))  # the dynamic scale is recomputed inside the graph
+        return (torch.randn(shape, device=DEV) * (seed + 1)).bfloat16().to(memory_format=torch.channels_last)
+    assert_replays_equal_eager(q, static_x, make_x)
 
 
 @pytest.mark.parametrize("scheme", ["w8a8-int8", "w8a8-fp8"])

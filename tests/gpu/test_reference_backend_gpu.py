@@ -8,6 +8,8 @@ import qengine
 from qengine import LayerQuantConfig, QConv2d, QLinear
 from qengine.ops import MISSING_CUDA_KERNELS
 
+from gpu_helpers import capture_graph  # noqa: E402
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -31,14 +33,7 @@ def test_reference_backend_in_cuda_graph_and_compile(scheme, group):
     x = torch.randn(16, 256, device="cuda")
     eager = q(x)
     static_x = x.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        q(static_x)  # warm up outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = q(static_x)
+    graph, static_y = capture_graph(q, static_x, warmup=1)  # warmed up outside the capture
     static_x.copy_(x)
     graph.replay()
     assert torch.equal(static_y, eager)

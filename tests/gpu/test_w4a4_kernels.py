@@ -21,7 +21,7 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
+from gpu_helpers import assert_replays_equal_eager, poison_allocator, require_extension, sqnr_db  # noqa: E402
 
 EXT = require_extension()
 
@@ -322,22 +322,11 @@ def test_cuda_graph_capture_replay():
     need_kernels()
     q = make_qlinear()
     static_x = torch.randn(77, 512, device=DEV).bfloat16()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            q(static_x)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = q(static_x)
-    for seed in range(3):
+
+    def make_x(seed):
         torch.manual_seed(seed)
-        new_x = torch.randn(77, 512, device=DEV).bfloat16()
-        static_x.copy_(new_x)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(static_y, q(new_x))
+        return torch.randn(77, 512, device=DEV).bfloat16()
+    assert_replays_equal_eager(q, static_x, make_x)
 
 
 def test_torch_compile_fullgraph():

@@ -18,7 +18,7 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import poison_allocator, require_extension, sqnr_db  # noqa: E402
+from gpu_helpers import assert_replays_equal_eager, poison_allocator, require_extension, sqnr_db  # noqa: E402
 
 EXT = require_extension()
 
@@ -174,22 +174,11 @@ def test_qlinear_matches_reference_backend():
 def test_cuda_graph_capture_replay():
     q = make_qlinear()
     static_x = torch.randn(77, 512, device=DEV).bfloat16()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            q(static_x)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = q(static_x)
-    for seed in range(3):
+
+    def make_x(seed):
         torch.manual_seed(seed)
-        new_x = torch.randn(77, 512, device=DEV).bfloat16()
-        static_x.copy_(new_x)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(static_y, q(new_x))
+        return torch.randn(77, 512, device=DEV).bfloat16()
+    assert_replays_equal_eager(q, static_x, make_x)
 
 
 @pytest.mark.skipif("quantize_act_int8" in MISSING_CUDA_KERNELS, reason="no CUDA quantize_act_int8")
