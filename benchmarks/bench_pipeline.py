@@ -13,7 +13,9 @@ output SQNR vs the bf16 model on the same inputs. Results are appended to ``benc
 as each mode finishes (``--resume`` skips rows already there, so a long sweep can span several
 calls on a time-limited GPU machine); CSV, markdown and a PNG are rewritten from it each time.
 
-Modes: ``bf16``; qengine ``fp8`` / ``int8`` (W8A8, per-token activations; UNets: linear + conv),
+Modes: ``bf16``; ``bf16-fused`` (bf16 weights + qengine's fused GroupNorm and FLUX q/k
+norm + rotary kernels, which every qengine mode also gets); qengine ``fp8`` / ``int8`` (W8A8,
+per-token activations; UNets: linear + conv),
 ``fp8-lr32`` (SVDQuant low-rank branch of rank 32), ``w4a8`` / ``w4a8-lr32``; ``torchao-fp8``
 (torchao Float8DynamicActivationFloat8Weight, per-row scales, on every Linear whose shape it
 accepts: what a torchao user would write). ``+compile`` compiles the model's repeated blocks
@@ -77,9 +79,9 @@ class Mode:
         base, plus, rest = name.partition("+")
         if plus and rest not in ("compile", "graph"):
             raise SystemExit(f"mode {name!r}: the suffixes are '+compile' and '+graph'")
-        if base not in ("bf16", "torchao-fp8", *QENGINE_MODES):
-            raise SystemExit(f"unknown mode {name!r}; modes: bf16, torchao-fp8, {', '.join(QENGINE_MODES)} "
-                             "(each optionally +compile or +graph)")
+        if base not in ("bf16", "bf16-fused", "torchao-fp8", *QENGINE_MODES):
+            raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, torchao-fp8, "
+                             f"{', '.join(QENGINE_MODES)} (each optionally +compile or +graph)")
         return cls(name, base, rest == "compile", rest == "graph")
 
 
@@ -161,7 +163,11 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
         scheme, rank = QENGINE_MODES[mode.base]
         conv = scheme if is_unet(name) and scheme.startswith("w8a8") else "none"
         cfg = qengine.QuantConfig.preset(scheme, rank=rank, conv_scheme=conv)
-        qengine.quantize(model, cfg)
+        qengine.quantize(model, cfg)  # also swaps in the fused norm kernels (fused_kernels=True)
+    elif mode.base == "bf16-fused":
+        # bf16 weights with only qengine's fused GroupNorm / q-k norm + rotary kernels: how much of
+        # a quantized mode's gain comes from those rather than from the low-bit layers.
+        qengine.enable_fused_kernels(model)
     elif mode.base == "torchao-fp8":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 

@@ -13,12 +13,13 @@ from .checkpoint import CheckpointError, load, save
 from .config import PRESETS, ConfigError, LayerQuantConfig, QuantConfig
 from .cuda_graph import CUDAGraphError, CUDAGraphModule
 from .integrations.temporal_cache import TemporalCache, TemporalCacheError, enable_temporal_cache
-from .nn import QConv2d, QLinear
+from .nn import FusedGroupNorm, QConv2d, QLinear, enable_fused_kernels
 from .version import __version__
 
 __all__ = [
-    "PRESETS", "CUDAGraphError", "CUDAGraphModule", "CheckpointError", "ConfigError", "LayerQuantConfig", "QConv2d",
+    "PRESETS", "CUDAGraphError", "CUDAGraphModule", "CheckpointError", "ConfigError", "FusedGroupNorm",
+    "LayerQuantConfig", "QConv2d",
     "QLinear", "QuantConfig",
     "TemporalCache", "TemporalCacheError", "__version__", "backend_description", "build_info", "compiled_archs",
-    "enable_temporal_cache", "is_quantized", "load", "model_bytes", "ops", "plan", "quantize", "save", "summary",
+    "enable_fused_kernels", "enable_temporal_cache", "is_quantized", "load", "model_bytes", "ops", "plan", "quantize", "save", "summary",
 ]

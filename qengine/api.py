@@ -11,7 +11,7 @@ from torch import nn
 
 from .config import LayerQuantConfig, QuantConfig
 from .integrations.diffusers import find_denoiser, keep_16bit_patterns
-from .nn import QConv2d, QLinear, check_conv_module, check_linear_shape, max_lowrank
+from .nn import QConv2d, QLinear, check_conv_module, check_linear_shape, enable_fused_kernels, max_lowrank
 
 
 @dataclass
@@ -82,7 +82,7 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def quantize(obj: Any, config: QuantConfig | str | None = None, *, backend: str = "auto",
-             progress: bool = False, calibration: Any = None) -> Any:
+             progress: bool = False, calibration: Any = None, fused_kernels: bool = True) -> Any:
     """Quantize a model or diffusers pipeline in place; returns ``obj``.
 
     ``config`` is a :class:`QuantConfig` or a preset name (default: the calibration's config, else
@@ -94,6 +94,10 @@ def quantize(obj: Any, config: QuantConfig | str | None = None, *, backend: str 
     with ``.config`` and ``.layers: {name: dict}``; see :func:`calibrated_layer`), each layer gets
     its calibrated smoothing vector, low-rank factors, weight clipping and conv input scale, and
     the calibration's config carries its mixed-precision plan (per-layer overrides).
+
+    ``fused_kernels`` (default on) also swaps in qengine's fused GroupNorm and FLUX q/k
+    norm + rotary kernels (:func:`qengine.nn.enable_fused_kernels`); they run on CUDA 16-bit
+    activations and leave every other case to the stock computation.
     """
     if config is None:
         config = calibration.config if calibration is not None else "w8a8-fp8"
@@ -118,6 +122,8 @@ def quantize(obj: Any, config: QuantConfig | str | None = None, *, backend: str 
             new = cls.from_float(mod, p.config, backend=backend)
         state.layers[p.name] = layer_spec(new)
         set_submodule(model, p.name, new)
+    if fused_kernels:
+        enable_fused_kernels(model)
     model.qengine_state = state
     return obj
 

@@ -173,7 +173,7 @@ def _check_model(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
 
 
 def load(obj: Any, path: str | os.PathLike, *, device: str | torch.device | None = None, backend: str = "auto",
-         verify_hash: bool = True) -> Any:
+         verify_hash: bool = True, fused_kernels: bool = True) -> Any:
     """Swap in the quantized layers saved at ``path`` and load every tensor; returns ``obj``.
 
     ``obj`` is a float model (or a pipeline holding one) of the same architecture and config;
@@ -248,5 +248,9 @@ def load(obj: Any, path: str | os.PathLike, *, device: str | torch.device | None
                               strict=True, assign=True)
         set_submodule(model, qname, layer)
     model.load_state_dict(tensors, strict=True, assign=True)
+    if fused_kernels:  # as qengine.quantize does: fused GroupNorm / FLUX q-k norm + rotary kernels
+        from .nn import enable_fused_kernels
+
+        enable_fused_kernels(model)
     model.qengine_state = QuantState(quant_config, dict(meta["layers"]), dict(meta.get("kept_16bit", {})))
     return obj

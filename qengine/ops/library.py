@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
+from . import reference_norms as ref_norms
 
 _GEMM_ARGS = ("Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias, Tensor? lowrank_act, "
               "Tensor? lora_up, ScalarType out_dtype) -> Tensor")
@@ -30,12 +31,17 @@ SCHEMAS: dict[str, str] = {
     "w4a4_gemm": "(" + _GEMM_ARGS,
     "w8a8_int8_conv2d": _CONV_ARGS,
     "w8a8_fp8_conv2d": _CONV_ARGS,
+    # Fused non-GEMM ops around the quantized layers (qengine/ops/reference_norms.py).
+    "rmsnorm_rope": ("(Tensor x, Tensor weight, Tensor? cos, Tensor? sin, float eps, Tensor? prefix=None, "
+                     "Tensor? prefix_weight=None) -> Tensor"),
+    "group_norm_nhwc": "(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu=False) -> Tensor",
 }
+_REFERENCE = {"rmsnorm_rope": ref_norms.rmsnorm_rope, "group_norm_nhwc": ref_norms.group_norm_nhwc}
 
 _lib = torch.library.Library("qengine", "DEF")
 for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
-    torch.library.impl(f"qengine::{_name}", "CPU", lib=_lib)(getattr(ref, _name))
+    torch.library.impl(f"qengine::{_name}", "CPU", lib=_lib)(_REFERENCE.get(_name) or getattr(ref, _name))
 
 
 # The w4a8 weight prepack is a permutation written with device-generic torch ops: one
@@ -85,6 +91,21 @@ torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_c
 torch.library.register_fake("qengine::w8a8_fp8_conv2d", _fake_conv("w8a8_fp8_conv2d", torch.float8_e4m3fn),
                             lib=_lib)
 
+
+
+
+def _fake_rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None):
+    b, s, h, d = ref_norms.check_rmsnorm_rope_args("rmsnorm_rope", x, weight, cos, sin, prefix, prefix_weight)
+    return x.new_empty(b, s, h, d)
+
+
+def _fake_group_norm_nhwc(x, groups, weight, bias, eps, silu=False):
+    ref_norms.check_group_norm_args("group_norm_nhwc", x, groups, weight, bias)
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+torch.library.register_fake("qengine::rmsnorm_rope", _fake_rmsnorm_rope, lib=_lib)
+torch.library.register_fake("qengine::group_norm_nhwc", _fake_group_norm_nhwc, lib=_lib)
 
 # ---------------------------------------------------------------- loud CUDA failure
 

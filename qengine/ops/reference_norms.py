@@ -1,0 +1,108 @@
+"""Reference (CPU kernel and test oracle) of the fused normalization ops.
+
+  rmsnorm_rope(x [B,S,H,D], weight [D], cos [S_p+S,D] f32?, sin?, eps, prefix [B,S_p,H,D]?, prefix_weight [D]?)
+      -> [B, S_p+S, H, D] in x.dtype: per-head RMSNorm, then the interleaved rotary embedding;
+      the prefix (text tokens, own weight) comes first along the tokens.
+  group_norm_nhwc(x [N,C,H,W] channels_last, groups, weight [C]?, bias [C]?, eps, silu)
+      -> [N,C,H,W] channels_last in x.dtype: GroupNorm, then SiLU if asked.
+
+The math is that of the eager ops they replace, step for step, so on the CPU the fused modules
+give the same numbers as diffusers: ``F.rms_norm`` in float32 rounded to x.dtype, then
+``(n.float() * cos + rotate(n).float() * sin).to(dtype)`` (diffusers' ``apply_rotary_emb`` with
+interleaved pairs); ``F.group_norm`` in float32 rounded to x.dtype, then SiLU of the rounded value.
+The CUDA kernels (csrc/norms/) differ only in the order of their float32 reductions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import _fail, check_tensor
+
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _check_heads(op, name, t, device):
+    if not isinstance(t, torch.Tensor) or t.dim() != 4:
+        _fail(op, f"{name} must have shape [batch, tokens, heads, head_dim], got "
+                  f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if t.dtype not in _DTYPES:
+        _fail(op, f"{name} must have dtype torch.bfloat16 or torch.float16, got {t.dtype}")
+    if t.shape[-1] not in (64, 128, 256):
+        _fail(op, f"{name}: head_dim={t.shape[-1]} is not supported (64, 128 or 256)")
+    if t.device != device:
+        _fail(op, f"{name} is on {t.device} but the other operands are on {device}")
+
+
+def check_rmsnorm_rope_args(op, x, weight, cos, sin, prefix, prefix_weight):
+    _check_heads(op, "x", x, x.device)
+    b, s, h, d = x.shape
+    check_tensor(op, "weight", weight, dtypes=(x.dtype,), shape=[d], device=x.device)
+    if (prefix is None) != (prefix_weight is None):
+        _fail(op, "prefix and prefix_weight must be given together")
+    s_p = 0
+    if prefix is not None:
+        _check_heads(op, "prefix", prefix, x.device)
+        if prefix.dtype != x.dtype:
+            _fail(op, f"prefix dtype {prefix.dtype} differs from x dtype {x.dtype}")
+        if (prefix.shape[0], prefix.shape[2], prefix.shape[3]) != (b, h, d):
+            _fail(op, f"prefix shape {list(prefix.shape)} does not match x shape {list(x.shape)} outside the token dim")
+        check_tensor(op, "prefix_weight", prefix_weight, dtypes=(x.dtype,), shape=[d], device=x.device)
+        s_p = prefix.shape[1]
+    if (cos is None) != (sin is None):
+        _fail(op, "cos and sin must be given together")
+    if cos is not None:
+        check_tensor(op, "cos", cos, dtypes=(torch.float32,), shape=[s_p + s, d], device=x.device)
+        check_tensor(op, "sin", sin, dtypes=(torch.float32,), shape=[s_p + s, d], device=x.device)
+    return b, s_p + s, h, d
+
+
+def _rms_norm(x, weight, eps):
+    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Interleaved rotary embedding of ``x [B, S, H, D]`` with ``cos/sin [S, D]`` (diffusers'
+    ``apply_rotary_emb(..., use_real=True, use_real_unbind_dim=-1, sequence_dim=1)``)."""
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
+    return (x.float() * c + x_rotated.float() * s).to(x.dtype)
+
+
+def rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None):
+    check_rmsnorm_rope_args("rmsnorm_rope", x, weight, cos, sin, prefix, prefix_weight)
+    n = _rms_norm(x, weight, eps)
+    if prefix is not None:
+        n = torch.cat([_rms_norm(prefix, prefix_weight, eps), n], dim=1)
+    if cos is not None:
+        n = apply_rope(n, cos, sin)
+    return n.contiguous()
+
+
+def check_group_norm_args(op, x, groups, weight, bias):
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        _fail(op, f"x must have shape [N, C, H, W], got {list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in _DTYPES:
+        _fail(op, f"x must have dtype torch.bfloat16 or torch.float16, got {x.dtype}")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        _fail(op, f"x must be channels_last (x.contiguous(memory_format=torch.channels_last)); strides {x.stride()} "
+                  f"for shape {list(x.shape)}")
+    c = x.shape[1]
+    if groups <= 0 or groups > 128 or c % groups or (c // groups) % 2:
+        _fail(op, f"groups={groups} with C={c} is not supported: need C % groups == 0, an even C / groups "
+                  "and groups <= 128")
+    if c > 4096 or x.shape[0] > 65535:
+        _fail(op, f"C={c} N={x.shape[0]} is not supported (C <= 4096, N <= 65535)")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            check_tensor(op, name, t, dtypes=(x.dtype,), shape=[c], device=x.device)
+
+
+def group_norm_nhwc(x, groups, weight, bias, eps, silu=False):
+    check_group_norm_args("group_norm_nhwc", x, groups, weight, bias)
+    y = F.group_norm(x.float(), groups, None if weight is None else weight.float(),
+                     None if bias is None else bias.float(), eps).to(x.dtype)
+    if silu:
+        y = F.silu(y.float()).to(x.dtype)
+    return y.contiguous(memory_format=torch.channels_last)
