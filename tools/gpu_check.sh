@@ -12,7 +12,9 @@
 # writes the built extension (xz, ~10 MB) and a hash of the sources it was built from to $OUT/so/;
 # copy both files into .sobuild/ here (git-ignored) and carry ".sobuild" to later calls. `build`
 # then installs that .so instead of compiling, when its source hash matches the tree (csrc/,
-# setup.py); otherwise it compiles as usual.
+# setup.py); otherwise it compiles as usual. With BUILD_TEMP set, `pack` also writes the kernel
+# objects (kernels.tar.xz); carried in .sobuild/, `build` unpacks them and recompiles only the
+# kernel sources that changed (the bindings always compile: ~1 minute).
 #   ARCHS=90a tools/gpu_check.sh build test pack      # first call; then: cp $FILES/so/* .sobuild/
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +31,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 has() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
 
-src_hash() { find csrc setup.py -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
+# LC_ALL=C: the file order (so the hash) must not depend on the machine's locale.
+src_hash() { find csrc setup.py tools/kernel_build.py -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
 so_name=$(python3 -c 'import sysconfig; print("qengine/_C" + sysconfig.get_config_var("EXT_SUFFIX"))')
 
 if has build && [[ -f .sobuild/C.so.xz && -f .sobuild/C.so.src ]] && [[ "$(cat .sobuild/C.so.src)" == "$(src_hash)" ]]; then
@@ -40,6 +43,10 @@ fi
 
 if has build; then
   t0=$SECONDS
+  if [[ -n "${BUILD_TEMP:-}" && -f .sobuild/kernels.tar.xz && ! -d "$BUILD_TEMP/qengine_kernels" ]]; then
+    mkdir -p "$BUILD_TEMP" && xz -d -c .sobuild/kernels.tar.xz | tar -C "$BUILD_TEMP" -xf - \
+      && echo "build: reusing carried kernel objects (.sobuild/kernels.tar.xz; stale ones recompile)"
+  fi
   QENGINE_BUILD_CUDA=1 QENGINE_CUDA_ARCHS=${ARCHS:-"89;90a"} MAX_JOBS=${MAX_JOBS:-16} \
     python3 setup.py build_ext --inplace ${BUILD_TEMP:+--build-temp "$BUILD_TEMP"} >"$OUT/build.log" 2>&1
   rc=$?
@@ -78,4 +85,10 @@ if [[ " $STEPS " == *" pack "* ]]; then
   mkdir -p "$OUT/so"
   xz -T0 -2 -c "$so_name" >"$OUT/so/C.so.xz" && src_hash >"$OUT/so/C.so.src"
   echo "pack: $(du -h "$OUT/so/C.so.xz" | cut -f1) -> $OUT/so/ (sources $(cat "$OUT/so/C.so.src"))"
+  # The kernel objects too (content-keyed, tools/kernel_build.py): untar them into a build temp
+  # dir (BUILD_TEMP) on a later call and only changed kernel sources recompile.
+  if [[ -n "${BUILD_TEMP:-}" && -d "$BUILD_TEMP/qengine_kernels" ]]; then
+    tar -C "$BUILD_TEMP" -cf - qengine_kernels | xz -T0 -2 >"$OUT/so/kernels.tar.xz"
+    echo "pack: kernel objects $(du -h "$OUT/so/kernels.tar.xz" | cut -f1) -> $OUT/so/kernels.tar.xz"
+  fi
 fi

@@ -30,10 +30,11 @@ def _has_cuda_kernel(op: str) -> bool:
     return library.has_cuda_kernel(op) and op not in _missing()
 
 
-def _kernel_device(t: torch.Tensor, op: str) -> bool:
-    """Whether ``op``'s compiled kernel serves ``t``'s device (the tests also point this at the
-    CPU reference, to check the fused modules' logic where there is no GPU)."""
-    return t.is_cuda and _has_cuda_kernel(op)
+def _kernel_device(t: torch.Tensor, kernel_built: bool) -> bool:
+    """Whether a compiled kernel (``kernel_built``, looked up once when the module is made, so
+    torch.compile traces no dispatcher query) serves ``t``'s device. The tests point this at the
+    CPU reference, to check the fused modules' logic where there is no GPU."""
+    return kernel_built and t.is_cuda
 
 
 def _missing() -> list[str]:
@@ -53,6 +54,7 @@ class FusedGroupNorm(nn.GroupNorm):
                  device=None, dtype=None, silu: bool = False):
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
         self.silu = silu
+        self._kernel_built = _has_cuda_kernel("group_norm_nhwc")
 
     @classmethod
     def from_module(cls, gn: nn.GroupNorm) -> "FusedGroupNorm":
@@ -61,6 +63,7 @@ class FusedGroupNorm(nn.GroupNorm):
         new.num_groups, new.num_channels, new.eps, new.affine = gn.num_groups, gn.num_channels, gn.eps, gn.affine
         new.weight, new.bias = gn.weight, gn.bias  # shared Parameters: the state_dict is unchanged
         new.silu = False
+        new._kernel_built = _has_cuda_kernel("group_norm_nhwc")
         new.train(gn.training)
         return new
 
@@ -69,7 +72,7 @@ class FusedGroupNorm(nn.GroupNorm):
         return (x.dim() == 4 and x.dtype in _FUSED_DTYPES and c % g == 0 and (c // g) % 2 == 0
                 and g <= 128 and c <= 4096 and x.shape[0] <= 65535
                 and (self.weight is None or self.weight.dtype == x.dtype)
-                and _kernel_device(x, "group_norm_nhwc"))
+                and _kernel_device(x, self._kernel_built))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fusable(x):
@@ -110,11 +113,15 @@ def _make_flux_processor_class():
         """diffusers' ``FluxAttnProcessor`` with the q/k RMSNorm, the text+image concat of q and k
         and the rotary embedding done by one ``qengine::rmsnorm_rope`` call each for q and k."""
 
+        def __init__(self):
+            super().__init__()
+            self._kernel_built = _has_cuda_kernel("rmsnorm_rope")
+
         def _fused_args(self, attn, hidden_states, encoder_hidden_states, image_rotary_emb):
             if not (hidden_states.dtype in _FUSED_DTYPES and attn.head_dim in (64, 128, 256)
                     and isinstance(image_rotary_emb, tuple) and len(image_rotary_emb) == 2
                     and all(t.dtype == torch.float32 and t.device == hidden_states.device for t in image_rotary_emb)
-                    and _kernel_device(hidden_states, "rmsnorm_rope")):
+                    and _kernel_device(hidden_states, self._kernel_built)):
                 return None
             norms = [_rms_weight_eps(attn.norm_q), _rms_weight_eps(attn.norm_k)]
             if attn.added_kv_proj_dim is not None:
