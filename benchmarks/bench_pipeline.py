@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import csv
 import json
+import re
 import statistics
 import sys
 import time
@@ -360,8 +361,14 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
             return json.loads(line[4:])
     err = [ln for ln in (r.stderr or "").splitlines() if ln.strip()]
     # A mode this build cannot run (no kernel for the arch, torchao missing) is a row that says
-    # why, not a crash that loses the other rows.
-    return base | {"error": (err[-1] if err else f"exit code {r.returncode}")[:300]}
+    # why, not a crash that loses the other rows. The row keeps the exception's own line (torch
+    # appends hints after it); the whole stderr goes to <out-dir>/errors/.
+    log = Path(args.out_dir) / "errors" / f"{name}_{mode.replace('+', '_')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(r.stderr or "")
+    exc = [ln for ln in err if re.match(r"^[\w.]+(Error|Exception|Unsupported)\b", ln)]
+    line = exc[-1] if exc else err[-1] if err else f"exit code {r.returncode}"
+    return base | {"error": f"{line[:300]} (stderr: {log})"}
 
 
 def run_worker(args, device, dtype, modes) -> int:
