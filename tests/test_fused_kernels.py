@@ -200,3 +200,16 @@ def test_quantize_enables_fused_kernels_and_can_opt_out():
     qengine.quantize(m2, "w8a8-int8", fused_kernels=False)
     assert any(isinstance(m, qengine.FusedGroupNorm) for m in m1.modules())
     assert not any(isinstance(m, qengine.FusedGroupNorm) for m in m2.modules())
+
+
+def test_group_norm_fake_accepts_symbolic_spatial_sizes(fused_on_cpu):
+    """Regional compilation marks H and W dynamic after the first resolutions; the op's fake must
+    take the channels_last input then. On the H100 the fake's is_contiguous(channels_last) check
+    read False for symbolic H, W inside the SDXL UNet (the fake no longer checks the layout); this
+    CPU graph does not reproduce that, it checks the dynamic-shape compile end to end."""
+    gn = qengine.FusedGroupNorm.from_module(nn.GroupNorm(4, 16)).to(torch.bfloat16)
+    compiled = torch.compile(gn, fullgraph=True, dynamic=True)
+    for hw in (4, 6, 10):
+        x = torch.randn(1, 16, hw, hw + 1, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert torch.equal(compiled(x), gn(x))

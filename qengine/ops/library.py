@@ -100,7 +100,7 @@ def _fake_rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None
 
 
 def _fake_group_norm_nhwc(x, groups, weight, bias, eps, silu=False):
-    ref_norms.check_group_norm_args("group_norm_nhwc", x, groups, weight, bias)
+    ref_norms.check_group_norm_args("group_norm_nhwc", x, groups, weight, bias, layout=False)
     return torch.empty_like(x, memory_format=torch.channels_last)
 
 

@@ -80,12 +80,15 @@ def rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None):
     return n.contiguous()
 
 
-def check_group_norm_args(op, x, groups, weight, bias):
+def check_group_norm_args(op, x, groups, weight, bias, layout: bool = True):
+    """``layout=False`` skips the channels_last check: the fake (torch.compile) calls it with
+    symbolic H and W, where ``is_contiguous(memory_format=...)`` cannot be decided and reads False;
+    the real kernels check the layout themselves."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         _fail(op, f"x must have shape [N, C, H, W], got {list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if x.dtype not in _DTYPES:
         _fail(op, f"x must have dtype torch.bfloat16 or torch.float16, got {x.dtype}")
-    if not x.is_contiguous(memory_format=torch.channels_last):
+    if layout and not x.is_contiguous(memory_format=torch.channels_last):
         _fail(op, f"x must be channels_last (x.contiguous(memory_format=torch.channels_last)); strides {x.stride()} "
                   f"for shape {list(x.shape)}")
     c = x.shape[1]
