@@ -238,6 +238,12 @@ def sample_args():
                                  torch.tensor([0.05]), randn(1, 6, 6, 8, dtype=torch.bfloat16))
     cases["w8a8_fp8_conv2d"] = (xc, randn(8, 1, 1, 16).to(torch.float8_e4m3fn), randn(8).abs(),
                                 randn(8, dtype=torch.bfloat16), torch.tensor([0.1]), [2, 2], [0, 0], [1, 1])
+    # fused norm ops (reference_norms.py): q/k norm + rope with a text prefix; NHWC GroupNorm + SiLU
+    cases["rmsnorm_rope"] = (randn(1, 6, 2, 64, dtype=torch.bfloat16), randn(64, dtype=torch.bfloat16),
+                             randn(9, 64), randn(9, 64), 1e-6, randn(1, 3, 2, 64, dtype=torch.bfloat16),
+                             randn(64, dtype=torch.bfloat16))
+    cases["group_norm_nhwc"] = (randn(2, 32, 5, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last),
+                                8, randn(32, dtype=torch.bfloat16), randn(32, dtype=torch.bfloat16), 1e-5, True)
     return cases
 
 

@@ -23,8 +23,9 @@ def _fail(op: str, msg: str) -> None:
 
 
 def check_tensor(op: str, name: str, t: torch.Tensor, *, dtypes: Sequence[torch.dtype],
-                 shape: Sequence[int | None], device: torch.device | None = None) -> None:
-    """``shape`` entries of None match any size."""
+                 shape: Sequence[int | None], device: torch.device | None = None, contiguous: bool = True) -> None:
+    """``shape`` entries of None match any size. ``contiguous=False`` skips the layout check (fakes
+    under torch.compile with symbolic sizes, where it cannot be decided; the kernels check it)."""
     if not isinstance(t, torch.Tensor):
         _fail(op, f"{name} must be a tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
@@ -34,7 +35,7 @@ def check_tensor(op: str, name: str, t: torch.Tensor, *, dtypes: Sequence[torch.
         _fail(op, f"{name} must have shape {want}, got {list(t.shape)}")
     if device is not None and t.device != device:
         _fail(op, f"{name} is on {t.device} but the other operands are on {device}")
-    if not t.is_contiguous():
+    if contiguous and not t.is_contiguous():
         _fail(op, f"{name} must be contiguous (strides {t.stride()} for shape {list(t.shape)})")
 
 

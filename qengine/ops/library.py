@@ -95,7 +95,8 @@ torch.library.register_fake("qengine::w8a8_fp8_conv2d", _fake_conv("w8a8_fp8_con
 
 
 def _fake_rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None):
-    b, s, h, d = ref_norms.check_rmsnorm_rope_args("rmsnorm_rope", x, weight, cos, sin, prefix, prefix_weight)
+    b, s, h, d = ref_norms.check_rmsnorm_rope_args("rmsnorm_rope", x, weight, cos, sin, prefix, prefix_weight,
+                                                   layout=False)
     return x.new_empty(b, s, h, d)
 
 

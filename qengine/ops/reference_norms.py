@@ -34,10 +34,11 @@ def _check_heads(op, name, t, device):
         _fail(op, f"{name} is on {t.device} but the other operands are on {device}")
 
 
-def check_rmsnorm_rope_args(op, x, weight, cos, sin, prefix, prefix_weight):
+def check_rmsnorm_rope_args(op, x, weight, cos, sin, prefix, prefix_weight, layout: bool = True):
+    """``layout=False``: no contiguity checks (the fake, under symbolic token counts)."""
     _check_heads(op, "x", x, x.device)
     b, s, h, d = x.shape
-    check_tensor(op, "weight", weight, dtypes=(x.dtype,), shape=[d], device=x.device)
+    check_tensor(op, "weight", weight, dtypes=(x.dtype,), shape=[d], device=x.device, contiguous=layout)
     if (prefix is None) != (prefix_weight is None):
         _fail(op, "prefix and prefix_weight must be given together")
     s_p = 0
@@ -47,13 +48,14 @@ def check_rmsnorm_rope_args(op, x, weight, cos, sin, prefix, prefix_weight):
             _fail(op, f"prefix dtype {prefix.dtype} differs from x dtype {x.dtype}")
         if (prefix.shape[0], prefix.shape[2], prefix.shape[3]) != (b, h, d):
             _fail(op, f"prefix shape {list(prefix.shape)} does not match x shape {list(x.shape)} outside the token dim")
-        check_tensor(op, "prefix_weight", prefix_weight, dtypes=(x.dtype,), shape=[d], device=x.device)
+        check_tensor(op, "prefix_weight", prefix_weight, dtypes=(x.dtype,), shape=[d], device=x.device,
+                     contiguous=layout)
         s_p = prefix.shape[1]
     if (cos is None) != (sin is None):
         _fail(op, "cos and sin must be given together")
     if cos is not None:
-        check_tensor(op, "cos", cos, dtypes=(torch.float32,), shape=[s_p + s, d], device=x.device)
-        check_tensor(op, "sin", sin, dtypes=(torch.float32,), shape=[s_p + s, d], device=x.device)
+        check_tensor(op, "cos", cos, dtypes=(torch.float32,), shape=[s_p + s, d], device=x.device, contiguous=layout)
+        check_tensor(op, "sin", sin, dtypes=(torch.float32,), shape=[s_p + s, d], device=x.device, contiguous=layout)
     return b, s_p + s, h, d
 
 
