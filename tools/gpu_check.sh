@@ -32,7 +32,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 has() { [[ " $STEPS " == *" all "* || " $STEPS " == *" $1 "* ]]; }
 
 # LC_ALL=C: the file order (so the hash) must not depend on the machine's locale.
-src_hash() { find csrc setup.py tools/kernel_build.py -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
+# Only what the build reads: a README edit under csrc/ must not make a carried .so stale.
+src_hash() { find csrc setup.py tools/kernel_build.py -type f \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cpp' -o -name '*.py' \) -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
 so_name=$(python3 -c 'import sysconfig; print("qengine/_C" + sysconfig.get_config_var("EXT_SUFFIX"))')
 
 if has build && [[ -f .sobuild/C.so.xz && -f .sobuild/C.so.src ]] && [[ "$(cat .sobuild/C.so.src)" == "$(src_hash)" ]]; then
