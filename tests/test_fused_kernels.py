@@ -117,15 +117,21 @@ def _flux_inputs(model, gen):
                 img_ids=ids_img.reshape(-1, 3), txt_ids=torch.zeros(txt, 3), return_dict=False)
 
 
-def test_flux_fused_processor_gives_the_stock_output(fused_on_cpu):
-    gen = torch.Generator().manual_seed(3)
-    # the shipped tiny FLUX has head_dim 32, below the kernel's 64: build one with head_dim 64
+def _flux_head_dim_64():
+    """A small FLUX (one double, one single block); the shipped tiny FLUX has head_dim 32, below
+    the kernel's 64."""
     from diffusers import FluxTransformer2DModel
 
-    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                   attention_head_dim=64, num_attention_heads=2, joint_attention_dim=32,
-                                   pooled_projection_dim=16, guidance_embeds=True,
-                                   axes_dims_rope=(16, 24, 24)).to(torch.bfloat16).eval()
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=64, num_attention_heads=2, joint_attention_dim=32,
+                                  pooled_projection_dim=16, guidance_embeds=True,
+                                  axes_dims_rope=(16, 24, 24)).to(torch.bfloat16).eval()
+
+
+def test_flux_fused_processor_gives_the_stock_output(fused_on_cpu):
+    gen = torch.Generator().manual_seed(3)
+    model = _flux_head_dim_64()
     inputs = _flux_inputs(model, gen)
     with torch.no_grad():
         expect = model(**inputs)[0]
@@ -150,18 +156,17 @@ def test_flux_fused_processor_gives_the_stock_output(fused_on_cpu):
 
 
 def test_flux_fused_processor_falls_back_off_the_kernel_device():
-    gen = torch.Generator().manual_seed(4)
-    from diffusers import FluxTransformer2DModel
+    import unittest.mock as mock
 
-    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                   attention_head_dim=64, num_attention_heads=2, joint_attention_dim=32,
-                                   pooled_projection_dim=16, guidance_embeds=True,
-                                   axes_dims_rope=(16, 24, 24)).to(torch.bfloat16).eval()
+    gen = torch.Generator().manual_seed(4)
+    model = _flux_head_dim_64()
     inputs = _flux_inputs(model, gen)
     with torch.no_grad():
         expect = model(**inputs)[0]
-        qengine.enable_fused_kernels(model)
-        assert torch.equal(model(**inputs)[0], expect)  # CPU: no kernel, the stock path
+        assert qengine.enable_fused_kernels(model)["flux_attention"] == 2
+        # CPU tensors, no compiled kernel: the stock path, the fused op never called
+        with mock.patch.object(torch.ops.qengine, "rmsnorm_rope", side_effect=AssertionError("fused op called")):
+            assert torch.equal(model(**inputs)[0], expect)
 
 
 def test_group_norm_swap_keeps_state_and_output(fused_on_cpu):
