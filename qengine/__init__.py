@@ -18,8 +18,7 @@ from .version import __version__
 
 __all__ = [
     "PRESETS", "CUDAGraphError", "CUDAGraphModule", "CheckpointError", "ConfigError", "FusedGroupNorm",
-    "LayerQuantConfig", "QConv2d",
-    "QLinear", "QuantConfig",
-    "TemporalCache", "TemporalCacheError", "__version__", "backend_description", "build_info", "compiled_archs",
-    "enable_fused_kernels", "enable_temporal_cache", "is_quantized", "load", "model_bytes", "ops", "plan", "quantize", "save", "summary",
+    "LayerQuantConfig", "QConv2d", "QLinear", "QuantConfig", "TemporalCache", "TemporalCacheError", "__version__",
+    "backend_description", "build_info", "compiled_archs", "enable_fused_kernels", "enable_temporal_cache",
+    "is_quantized", "load", "model_bytes", "ops", "plan", "quantize", "save", "summary",
 ]

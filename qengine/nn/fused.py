@@ -25,9 +25,11 @@ _FUSED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _has_cuda_kernel(op: str) -> bool:
+    """A compiled kernel, not the loud stub that ops registers for ops this build lacks."""
+    from .. import ops
     from ..ops import library
 
-    return library.has_cuda_kernel(op) and op not in _missing()
+    return library.has_cuda_kernel(op) and op not in ops.MISSING_CUDA_KERNELS
 
 
 def _kernel_device(t: torch.Tensor, kernel_built: bool) -> bool:
@@ -35,12 +37,6 @@ def _kernel_device(t: torch.Tensor, kernel_built: bool) -> bool:
     torch.compile traces no dispatcher query) serves ``t``'s device. The tests point this at the
     CPU reference, to check the fused modules' logic where there is no GPU."""
     return kernel_built and t.is_cuda
-
-
-def _missing() -> list[str]:
-    from .. import ops
-
-    return ops.MISSING_CUDA_KERNELS
 
 
 class FusedGroupNorm(nn.GroupNorm):
@@ -186,7 +182,7 @@ def enable_fused_kernels(model: nn.Module) -> dict[str, int]:
     counts = {"group_norm": 0, "flux_attention": 0}
     flux_cls = fused_flux_processor_class()
     flux_base = _flux_processor_base()
-    for name, mod in list(model.named_modules()):
+    for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
             if type(child) is nn.GroupNorm:
                 setattr(mod, child_name, FusedGroupNorm.from_module(child))
