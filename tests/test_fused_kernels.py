@@ -183,6 +183,7 @@ def test_group_norm_swap_keeps_state_and_output(fused_on_cpu):
         expect = model(sample, t, text).sample
     counts = qengine.enable_fused_kernels(model)
     assert counts["group_norm"] == n_gn > 0
+    assert qengine.enable_fused_kernels(model) == {"group_norm": 0, "flux_attention": 0}  # idempotent
     assert not any(type(m) is nn.GroupNorm for m in model.modules())
     assert list(model.state_dict()) == keys
     calls = []
@@ -197,6 +198,16 @@ def test_group_norm_swap_keeps_state_and_output(fused_on_cpu):
     # torch's CPU bf16 GroupNorm rounds at other points, so the UNet outputs agree to bf16 noise.
     err = (out.float() - expect.float()).pow(2).sum() / expect.float().pow(2).sum()
     assert err < 1e-4
+
+
+def test_enable_fused_kernels_takes_a_pipeline():
+    from qengine.integrations.tiny_models import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("unet2d_condition")
+    n_gn = sum(type(m) is nn.GroupNorm for m in pipe.unet.modules())
+    assert qengine.enable_fused_kernels(pipe)["group_norm"] == n_gn > 0
+    with pytest.raises(TypeError, match="diffusers pipeline"):
+        qengine.enable_fused_kernels(object())
 
 
 def test_quantize_enables_fused_kernels_and_can_opt_out():

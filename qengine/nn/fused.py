@@ -175,10 +175,14 @@ def fused_flux_processor_class():
     return _FLUX_PROCESSOR_CLASS
 
 
-def enable_fused_kernels(model: nn.Module) -> dict[str, int]:
-    """Swap qengine's fused norm kernels into ``model`` (a denoiser or anything holding one), in
-    place. Returns how many modules of each kind were swapped. Safe on any device: each module
-    falls back to the stock computation where its kernel does not apply."""
+def enable_fused_kernels(obj) -> dict[str, int]:
+    """Swap qengine's fused norm kernels into ``obj`` in place: an ``nn.Module`` (all of it), or a
+    diffusers pipeline (its denoiser). Returns how many modules of each kind were swapped. Safe
+    on any device: each module falls back to the stock computation where its kernel does not
+    apply. Calling it again swaps nothing more."""
+    from ..integrations.diffusers import find_denoiser
+
+    model, _ = find_denoiser(obj)
     counts = {"group_norm": 0, "flux_attention": 0}
     flux_cls = fused_flux_processor_class()
     flux_base = _flux_processor_base()
