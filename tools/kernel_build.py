@@ -91,7 +91,7 @@ def kernel_flags(archs: list[str]) -> list[str]:
 def kernel_archs(src: str, archs: list[str]) -> list[str]:
     """The archs a kernel source is compiled for: by directory, for every family.
     csrc/<family>/sm90/ holds wgmma/TMA code (90a only), csrc/<family>/sm89/ needs FP8 mma.sync
-    (sm_89+), everything else builds for every arch. tools/compile_kernels.sh has the same rule."""
+    (sm_89+), everything else builds for every arch (setup.py and tools/compile_kernels.sh use this)."""
     parts = src.split("/")
     if "sm90" in parts:
         return [a for a in archs if a == "90a"]
@@ -200,6 +200,8 @@ def main() -> None:
     args = ap.parse_args()
     archs = parse_archs(args.archs)
     kernels = kernel_sources(archs)
+    print(f"qengine: {len(kernels)} kernel sources for {', '.join('sm_' + a for a in archs)}, {args.jobs} jobs",
+          file=sys.stderr, flush=True)
     objs = compile_kernels(args.nvcc, kernels, kernel_flags(archs), args.out, args.jobs)
     print(f"qengine: {len(objs)} kernel objects in {args.out}", file=sys.stderr)
 
