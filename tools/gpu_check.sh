@@ -11,10 +11,10 @@
 # Building takes ~5-6 minutes of a 10-minute call (ARCHS=90a). To build once per session: `pack`
 # writes the built extension (xz, ~10 MB) and a hash of the sources it was built from to $OUT/so/;
 # copy both files into .sobuild/ here (git-ignored) and carry ".sobuild" to later calls. `build`
-# then installs that .so instead of compiling, when its source hash matches the tree (csrc/,
-# setup.py); otherwise it compiles as usual. With BUILD_TEMP set, `pack` also writes the kernel
-# objects (kernels.tar.xz); carried in .sobuild/, `build` unpacks them and recompiles only the
-# kernel sources that changed (the bindings always compile: ~1 minute).
+# then installs that .so instead of compiling, when its source hash matches the tree (the csrc/
+# sources, setup.py, tools/kernel_build.py); otherwise it compiles as usual. With BUILD_TEMP set,
+# `pack` also writes the kernel objects (kernels.tar.xz); carried in .sobuild/, `build` unpacks
+# them and recompiles only the kernel sources that changed (the bindings always compile: ~1 min).
 #   ARCHS=90a tools/gpu_check.sh build test pack      # first call; then: cp $FILES/so/* .sobuild/
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -36,12 +36,11 @@ SCHEMAS: dict[str, str] = {
                      "Tensor? prefix_weight=None) -> Tensor"),
     "group_norm_nhwc": "(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu=False) -> Tensor",
 }
-_REFERENCE = {"rmsnorm_rope": ref_norms.rmsnorm_rope, "group_norm_nhwc": ref_norms.group_norm_nhwc}
 
 _lib = torch.library.Library("qengine", "DEF")
 for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
-    torch.library.impl(f"qengine::{_name}", "CPU", lib=_lib)(_REFERENCE.get(_name) or getattr(ref, _name))
+    torch.library.impl(f"qengine::{_name}", "CPU", lib=_lib)(getattr(ref, _name))
 
 
 # The w4a8 weight prepack is a permutation written with device-generic torch ops: one
@@ -90,8 +89,6 @@ for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)
 torch.library.register_fake("qengine::w8a8_fp8_conv2d", _fake_conv("w8a8_fp8_conv2d", torch.float8_e4m3fn),
                             lib=_lib)
-
-
 
 
 def _fake_rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None):

@@ -261,3 +261,8 @@ def w8a8_int8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2
 def w8a8_fp8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None):
     return _conv2d("w8a8_fp8_conv2d", Format.FP8_E4M3, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2,
                    x2_scale, residual)
+
+
+# The fused norm ops' references live in their own module; re-exported so every op's reference is
+# ``reference.<op name>`` (the CPU kernels registered in library.py, backend="reference").
+from .reference_norms import group_norm_nhwc, rmsnorm_rope  # noqa: E402,F401
