@@ -7,7 +7,8 @@ alone (scales + bias epilogue), our activation quantize kernel alone, and our wh
 32, 0 = off) the same run also times the SVDQuant low-rank branch: the GEMMs with the fused
 low-rank epilogue (``lowrank_act @ lora_up^T``), the best unfused alternative (our GEMM, then a
 cuBLAS bf16 ``addmm_`` of the low-rank product into the output), the quantize kernel with the
-fused ``lora_down`` and the whole low-rank QLinear; overheads are ratios of the same run.
+fused ``lora_down`` and the whole low-rank QLinear, and the FP8 branch folded into the GEMM's K
+(``LR-cat``: qengine.formats.lowrank_cat, K + 3r); overheads are ratios of the same run.
 
 Timing: operands are built outside the timed region and rotated over enough copies to exceed
 L2; each measurement times 8 back-to-back replays of a CUDA graph of one call per copy, queued
@@ -122,6 +123,11 @@ def operand_sets(m, k, n, l2_bytes, rank=0, max_sets=8):
             d["up"] = (torch.randn(n, rank, device=DEV, generator=g) / math.sqrt(rank)).bfloat16()
             d["low"] = torch.randn(m, rank, device=DEV, generator=g)
             d["low16"] = d["low"].bfloat16()
+            if hasattr(torch.ops.qengine, "quantize_act_fp8_lowrank_cat"):
+                # The branch folded into K (qengine.formats.lowrank_cat): weight [N, K + 3r], q [M, K + 3r].
+                from qengine.formats.lowrank_cat import lowrank_cat_weight
+                d["wcat"], d["inv_c"] = lowrank_cat_weight(wf, ws, d["up"])
+                d["xcat"], d["xcs"] = torch.ops.qengine.quantize_act_fp8_lowrank_cat(x, None, d["down"], d["inv_c"])
         sets.append(d)
     return sets
 
@@ -235,6 +241,20 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0):
                 return qe.w8a8_fp8_gemm(q, sc, s["wf"], s["ws"], s["b"], low, s["up"], bf)
             return f
         t["ours_qlinear_fp8_lr"] = time_fn(qlinear_lr, ns, reps, timing)
+        if "wcat" in sets[0]:
+            t["ours_fp8_gemm_lrcat"] = time_fn(lambda i: (lambda s=sets[i]: qe.w8a8_fp8_gemm(
+                s["xcat"], s["xcs"], s["wcat"], s["ws"], s["b"], None, None, bf)), ns, reps, timing)
+            t["ours_quant_fp8_lrcat"] = time_fn(lambda i: (lambda s=sets[i]: qe.quantize_act_fp8_lowrank_cat(
+                s["x"], None, s["down"], s["inv_c"])), ns, reps, timing)
+
+            def qlinear_lrcat(i):
+                s = sets[i]
+
+                def f():
+                    q, sc = qe.quantize_act_fp8_lowrank_cat(s["x"], None, s["down"], s["inv_c"])
+                    return qe.w8a8_fp8_gemm(q, sc, s["wcat"], s["ws"], s["b"], None, None, bf)
+                return f
+            t["ours_qlinear_fp8_lrcat"] = time_fn(qlinear_lrcat, ns, reps, timing)
     if ext is not None:
         row["config_fp8"] = ext.gemm_heuristic(m, n, k, "float8_e4m3fn", DEV.index or 0)
         row["config_int8"] = ext.gemm_heuristic(m, n, k, "int8", DEV.index or 0)
@@ -271,10 +291,12 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0):
     ratio("ours_qlinear_fp8", "bf16_linear")
     ratio("ours_qlinear_int8", "bf16_linear")
     ratio("ours_qlinear_fp8_lr", "bf16_linear")
+    ratio("ours_qlinear_fp8_lrcat", "bf16_linear")
     # Low-rank overheads (%): time with the branch over time without it, same run.
     for with_lr, without in (("ours_fp8_gemm_lr", "ours_fp8_gemm"), ("ours_int8_gemm_lr", "ours_int8_gemm"),
                              ("ours_fp8_gemm_lr_unfused", "ours_fp8_gemm"), ("ours_quant_fp8_lr", "ours_quant_fp8"),
-                             ("ours_qlinear_fp8_lr", "ours_qlinear_fp8")):
+                             ("ours_qlinear_fp8_lr", "ours_qlinear_fp8"), ("ours_fp8_gemm_lrcat", "ours_fp8_gemm"),
+                             ("ours_quant_fp8_lrcat", "ours_quant_fp8"), ("ours_qlinear_fp8_lrcat", "ours_qlinear_fp8")):
         if with_lr in t:
             row[f"{with_lr}_overhead_pct"] = round(100 * (t[with_lr] / t[without] - 1), 1)
     del sets
@@ -295,7 +317,11 @@ LR_COLS = [("rank", "rank"), ("ours_fp8_gemm_lr_us", "fp8+LR us"), ("ours_fp8_ge
            ("ours_int8_gemm_lr_us", "int8+LR us"), ("ours_int8_gemm_lr_overhead_pct", "LR ovh int8 %"),
            ("ours_fp8_gemm_lr_unfused_overhead_pct", "unfused addmm ovh %"), ("ours_quant_fp8_lr_us", "quant+down us"),
            ("ours_quant_fp8_lr_overhead_pct", "quant down ovh %"), ("ours_qlinear_fp8_lr_us", "QLin fp8+LR us"),
-           ("ours_qlinear_fp8_lr_overhead_pct", "QLin LR ovh %"), ("ours_qlinear_fp8_lr_vs_bf16_linear", "QLin fp8+LR/bf16")]
+           ("ours_qlinear_fp8_lr_overhead_pct", "QLin LR ovh %"), ("ours_qlinear_fp8_lr_vs_bf16_linear", "QLin fp8+LR/bf16"),
+           ("ours_fp8_gemm_lrcat_us", "fp8 LR-cat us"), ("ours_fp8_gemm_lrcat_overhead_pct", "LR-cat ovh %"),
+           ("ours_quant_fp8_lrcat_overhead_pct", "quant LR-cat ovh %"), ("ours_qlinear_fp8_lrcat_us", "QLin LR-cat us"),
+           ("ours_qlinear_fp8_lrcat_overhead_pct", "QLin LR-cat ovh %"),
+           ("ours_qlinear_fp8_lrcat_vs_bf16_linear", "QLin LR-cat/bf16")]
 
 
 def write_outputs(rows, meta, out_dir: Path):

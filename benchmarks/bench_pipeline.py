@@ -206,13 +206,19 @@ def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float("inf") if noise == 0 else 10 * torch.log10(ref.pow(2).sum() / noise).item()
 
 
-def model_bytes(model: nn.Module) -> int:
+def model_bytes(model: nn.Module, device_type: str | None = None) -> int:
+    """Bytes of the storages behind the parameters and buffers (torchao subclasses: their inner
+    tensors), each storage once: a low-rank-cat QLinear's weight is a view of its _w_cat."""
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
-        if t.device.type == "meta" or id(t) in seen:
-            continue
-        seen.add(id(t))
-        total += sum(x.numel() * x.element_size() for x in _leaf_tensors(t))
+        for x in _leaf_tensors(t):
+            if x.device.type == "meta" or (device_type is not None and x.device.type != device_type):
+                continue
+            storage = x.untyped_storage()
+            key = (x.device, storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
     return total
 
 
@@ -329,8 +335,7 @@ def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> d
             if i == 0:
                 first_peak = peak_mib()
                 reset()
-    on_gpu = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
-                 if t.device.type == "cuda")
+    on_gpu = model_bytes(model, "cuda")
     row = {"model": name, "mode": mode.name, "temporal_cache_offload": cache, "steps": args.steps,
            "weights_on_gpu_MiB": round(on_gpu / 2**20, 1), "first_step_peak_MiB": first_peak,
            "denoise_peak_MiB": peak_mib(), "served_from_cache": None if handle is None else str(handle.stats)}

@@ -186,8 +186,19 @@ def build_empty_layer(spec: dict[str, Any], dtype: torch.dtype, device, backend:
 
 
 def model_bytes(model: nn.Module) -> int:
-    """Bytes held by a model's parameters and buffers."""
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    """Bytes held by a model's parameters and buffers; tensors sharing storage (a QLinear's
+    weight viewing its low-rank-cat weight, tied weights) count once."""
+    seen, total = set(), 0
+    for t in (*model.parameters(), *model.buffers()):
+        if t.device.type == "meta":
+            total += t.numel() * t.element_size()
+            continue
+        storage = t.untyped_storage()
+        key = (t.device, storage.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total
 
 
 def summary(model: nn.Module) -> str:

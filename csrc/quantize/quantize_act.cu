@@ -379,12 +379,45 @@ __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
   for (int e = 0; e < 8; ++e) f[e] -= __bfloat162float(__float2bfloat16_rn(f[e]));
 }
 
+// Cat mode (quantize_act.h): the block keeps its 16 x rank tile of v = lowrank * inv_c in shared
+// memory, folds max |v| into the row scale, and writes [hi | lo | hi] after the row's K bytes.
+constexpr int kLowRankCatMaxRank = 256;
+
+// e4m3 of a (RNE, saturating) and back to fp32 (exact).
+__device__ __forceinline__ float e4m3_round_trip(float a, __nv_fp8_storage_t& byte) {
+  byte = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E4M3);
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(byte, __NV_E4M3)));
+}
+
+// The cat columns of one row: 4 values v[j0 .. j0 + 3] -> hi, lo bytes at K + j0, K + rank + j0,
+// K + 2 rank + j0. The quotient is the one quantize_vec computes (exact division; copysign keeps
+// -0), so hi is e4m3_rne(clamp(v / scale)); lo = e4m3_rne(clamp(a - hi)), where a - hi is exact.
+__device__ __forceinline__ void emit_cat_word(uint8_t* __restrict__ qrow, int64_t K, int rank, int j0, const float* v,
+                                              float scale) {
+  const bool fast = scale >= 0x1p-64f && scale <= 0x1p64f;
+  const ExactDiv div{scale, __frcp_rn(scale)};
+  uint32_t hi = 0, lo = 0;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float a = fast ? copysignf(div(v[e]), v[e]) : fminf(fmaxf(__fdiv_rn(v[e], scale), -448.f), 448.f);
+    __nv_fp8_storage_t hb, lb;
+    const float hf = e4m3_round_trip(a, hb);
+    e4m3_round_trip(a - hf, lb);
+    hi |= static_cast<uint32_t>(hb) << (8 * e);
+    lo |= static_cast<uint32_t>(lb) << (8 * e);
+  }
+  *reinterpret_cast<uint32_t*>(qrow + K + j0) = hi;
+  *reinterpret_cast<uint32_t*>(qrow + K + rank + j0) = lo;
+  *reinterpret_cast<uint32_t*>(qrow + K + 2 * rank + j0) = hi;
+}
+
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
-template <typename T, typename S, QuantType Q, int kNT>
+template <typename T, typename S, QuantType Q, int kNT, bool kCat>
 __global__ void __launch_bounds__(kLowRankWarps * 32, 4)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
-                        float* __restrict__ lowrank, int64_t M, int64_t K, int rank) {
+                        float* __restrict__ lowrank, const float* __restrict__ inv_c, int64_t M, int64_t K, int rank) {
+  static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
   constexpr int kW = kLowRankWarps;
   constexpr int kU = kLowRankUnroll;
   constexpr int kCols = kNT * 8;
@@ -396,8 +429,13 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * 16 + g, row1 = row0 + 8;
   const bool ok0 = row0 < M, ok1 = row1 < M;
   const int64_t nslots = (K + 31) / 32;
+  const int64_t ldq = kCat ? K + 3 * rank : K;
   __shared__ float red_lr[kW][16][kCols + 1];
   __shared__ float red_max[kW][16];
+  // Cat mode only (1-element stand-ins otherwise); +1 column: the row-max reads hit distinct banks.
+  __shared__ float cat_v[kCat ? 16 : 1][kCat ? kLowRankCatMaxRank + 1 : 1];
+  __shared__ float cat_max[kCat ? 16 : 1];
+  __shared__ float cat_scale[kCat ? 16 : 1];
 
   float amax0 = 0.f, amax1 = 0.f;
   for (int chunk = 0; chunk < rank; chunk += kCols) {
@@ -469,7 +507,11 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
 #pragma unroll
       for (int w = 0; w < kW; ++w) sum += red_lr[w][r][col];
       const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + r;
-      if (row < M) lowrank[row * rank + chunk + col] = sum;
+      if constexpr (kCat) {
+        cat_v[r][chunk + col] = sum * inv_c[chunk + col];
+      } else {
+        if (row < M) lowrank[row * rank + chunk + col] = sum;
+      }
     }
     __syncthreads();  // red_lr is reused by the next chunk
   }
@@ -484,11 +526,24 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
     red_max[warp][g] = amax0;
     red_max[warp][g + 8] = amax1;
   }
+  if constexpr (kCat) {
+    // max_j |v[row, j]|: 8 consecutive lanes per row (the chunk loop's last barrier made cat_v whole).
+    const int r = threadIdx.x / 8, l = threadIdx.x % 8;
+    float m = 0.f;
+    for (int j = l; j < rank; j += 8) m = fmaxf(m, fabsf(cat_v[r][j]));
+#pragma unroll
+    for (int off = 1; off < 8; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (l == 0) cat_max[r] = m;
+  }
   __syncthreads();
 #pragma unroll
   for (int w = 0; w < kW; ++w) {
     amax0 = fmaxf(amax0, red_max[w][g]);
     amax1 = fmaxf(amax1, red_max[w][g + 8]);
+  }
+  if constexpr (kCat) {
+    amax0 = fmaxf(amax0, cat_max[g]);
+    amax1 = fmaxf(amax1, cat_max[g + 8]);
   }
   constexpr float kQMax = Q == QuantType::kInt8 ? 127.f : 448.f;
   const float sc0 = amax0 > 0.f ? __fdiv_rn(amax0, kQMax) : 1.f;
@@ -496,13 +551,26 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   if (warp == 0 && t == 0) {
     if (ok0) scale_out[row0] = sc0;
     if (ok1) scale_out[row1] = sc1;
+    if constexpr (kCat) {
+      cat_scale[g] = sc0;
+      cat_scale[g + 8] = sc1;
+    }
+  }
+  if constexpr (kCat) {
+    __syncthreads();
+    const int words = rank / 4;
+    for (int i = threadIdx.x; i < 16 * words; i += kW * 32) {
+      const int r = i / words, j0 = (i % words) * 4;
+      const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + r;
+      if (row < M) emit_cat_word(q + row * ldq, K, rank, j0, &cat_v[r][j0], cat_scale[r]);
+    }
   }
   const ExactDiv div0{sc0, __frcp_rn(sc0)}, div1{sc1, __frcp_rn(sc1)};
   const bool fast0 = sc0 >= 0x1p-64f && sc0 <= 0x1p64f, fast1 = sc1 >= 0x1p-64f && sc1 <= 0x1p64f;
 
   // Pass 2: quantize (the same quantize_vec as the row kernel: bit-exact).
   auto emit = [&](const C8& v, int64_t row, int64_t c, bool fast, ExactDiv div) {
-    OB* out = reinterpret_cast<OB*>(q + row * K + c);
+    OB* out = reinterpret_cast<OB*>(q + row * ldq + c);
 #pragma unroll
     for (int j = 0; j < C8::kVecs; ++j)
       out[j] = fast ? quantize_vec<true, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div)
@@ -531,11 +599,18 @@ template <typename T, typename S, QuantType Q>
 cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
   const int64_t blocks = (p.M + 15) / 16;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  auto kernel = p.rank % 32 == 0 ? quantize_lowrank_kernel<T, S, Q, 4> : quantize_lowrank_kernel<T, S, Q, 2>;
-  kernel<<<static_cast<unsigned>(blocks), kLowRankWarps * 32, 0, stream>>>(
-      static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
-      static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank, p.M, p.K, p.rank);
-  return cudaGetLastError();
+  auto run = [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(blocks), kLowRankWarps * 32, 0, stream>>>(
+        static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
+        static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank,
+        p.lowrank_inv_c, p.M, p.K, p.rank);
+    return cudaGetLastError();
+  };
+  if constexpr (Q == QuantType::kFP8E4M3) {
+    if (p.lowrank_inv_c != nullptr)
+      return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, true>) : run(quantize_lowrank_kernel<T, S, Q, 2, true>);
+  }
+  return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, false>) : run(quantize_lowrank_kernel<T, S, Q, 2, false>);
 }
 
 template <typename T, typename S, QuantType Q>
@@ -568,8 +643,11 @@ bool valid(const QuantizeActParams& p) {
   const int64_t elem = p.x_type == FloatType::kFP32 ? 4 : 2;
   return p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= p.K && (p.ldx * elem) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
-         (p.rank == 0 || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr && (p.lowrank != nullptr || p.M == 0) &&
-                          reinterpret_cast<uintptr_t>(p.lora_down) % 16 == 0));
+         (p.rank == 0 || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr &&
+                          (p.lowrank != nullptr || p.lowrank_inv_c != nullptr || p.M == 0) &&
+                          reinterpret_cast<uintptr_t>(p.lora_down) % 16 == 0)) &&
+         (p.lowrank_inv_c == nullptr ||
+          (p.q_type == QuantType::kFP8E4M3 && p.rank > 0 && p.rank <= kLowRankCatMaxRank));
 }
 
 }  // namespace

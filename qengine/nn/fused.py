@@ -12,6 +12,11 @@ q and k per block) take ~30 ms of a ~150 ms step on an H100; in an SDXL UNet, to
   ``qengine::rmsnorm_rope`` (norm_q/norm_added_q + rotary embedding + the text/image concat, one
   pass) and otherwise does what diffusers' ``FluxAttnProcessor`` does.
 
+- every FP8 :class:`~qengine.nn.QLinear` with a low-rank branch on a GPU with the kernel ->
+  the branch folded into the GEMM's K (``QLinear.enable_lowrank_cat``,
+  :mod:`qengine.formats.lowrank_cat`): one FP8 GEMM with K + 3r instead of a low-rank epilogue.
+  Only for modules already on CUDA: on the CPU the epilogue path's numbers stay as they were.
+
 Each falls back to the stock computation wherever its kernel does not apply (CPU, fp32, shapes
 the kernel does not take), so the swap never changes what runs on the CPU. On the CPU the ops'
 reference reproduces the eager math step for step (tests/test_fused_kernels.py).
@@ -182,8 +187,11 @@ def enable_fused_kernels(obj) -> dict[str, int]:
     apply. Calling it again swaps nothing more."""
     from ..integrations.diffusers import find_denoiser
 
+    from .linear import QLinear
+
     model, _ = find_denoiser(obj)
-    counts = {"group_norm": 0, "flux_attention": 0}
+    counts = {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0}
+    cat_built = _has_cuda_kernel("quantize_act_fp8_lowrank_cat")
     flux_cls = fused_flux_processor_class()
     flux_base = _flux_processor_base()
     for mod in list(model.modules()):
@@ -197,4 +205,7 @@ def enable_fused_kernels(obj) -> dict[str, int]:
             new._attention_backend, new._parallel_config = proc._attention_backend, proc._parallel_config
             mod.set_processor(new)
             counts["flux_attention"] += 1
+        if (isinstance(mod, QLinear) and not mod.lowrank_cat and mod.backend == "auto" and mod.weight.is_cuda
+                and cat_built and mod.enable_lowrank_cat()):
+            counts["lowrank_cat"] += 1
     return counts

@@ -18,6 +18,7 @@ from torch import nn
 from .. import ops
 from ..config import LayerQuantConfig
 from ..formats import get_scheme
+from ..formats.lowrank_cat import LOWRANK_CAT_MAX_RANK, lowrank_cat_weight
 from .quantize_weight import lowrank_split, quantize_weight, weight_shapes
 
 
@@ -41,6 +42,10 @@ class QLinear(nn.Module):
         self.register_buffer("smooth", torch.empty(in_features, dtype=dtype, device=device) if smooth else None)
         self.register_buffer("lora_down", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
         self.register_buffer("lora_up", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
+        # FP8 + low-rank with the branch folded into the GEMM's K (enable_lowrank_cat): the weight
+        # with its 3r extra columns; `weight` is then a view of its first K columns (no copy).
+        self.register_buffer("_w_cat", None, persistent=False)
+        self.register_buffer("_lowrank_inv_c", None, persistent=False)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, layer_config: LayerQuantConfig, *, smooth: torch.Tensor | None = None,
@@ -81,17 +86,72 @@ class QLinear(nn.Module):
             raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()
+        if self._w_cat is not None:
+            q, scale = ops.quantize_act_lowrank_cat(x2, self.smooth, self.lora_down, self._lowrank_inv_c,
+                                                    backend=self.backend)
+            y = ops.gemm(self.scheme, q, scale, self._w_cat, self.weight_scale, self.bias, out_dtype=x.dtype,
+                         backend=self.backend)
+            return y.reshape(*lead, self.out_features)
         q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=self.backend)
         y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias,
                      lowrank_act if self.lora_up is not None else None, self.lora_up, out_dtype=x.dtype,
                      backend=self.backend)
         return y.reshape(*lead, self.out_features)
 
+    # ------------------------------------------------------------ low-rank branch in the GEMM's K
+
+    @property
+    def lowrank_cat(self) -> bool:
+        """True when the low-rank branch runs as extra K columns of the FP8 GEMM (enable_lowrank_cat)."""
+        return self._w_cat is not None
+
+    def supports_lowrank_cat(self) -> bool:
+        r = self.layer_config.rank
+        return self.scheme.name == "w8a8-fp8" and self.lora_up is not None and r % 16 == 0 and r <= LOWRANK_CAT_MAX_RANK
+
+    def enable_lowrank_cat(self) -> bool:
+        """Fold the low-rank branch into the FP8 GEMM's K (:mod:`qengine.formats.lowrank_cat`): one
+        GEMM with K + 3r instead of a second pass over the output in the epilogue. The results differ
+        from the epilogue path by rounding only (the branch carries ~bf16 precision either way; the
+        token scale may grow where the branch dominates). Costs 3r bytes per output row. Returns
+        False (and changes nothing) for layers it does not apply to: not FP8, no branch, rank not a
+        multiple of 16 or above 256. Calling it again rebuilds the extra columns."""
+        if not self.supports_lowrank_cat():
+            return False
+        weight = self.weight if self._w_cat is None else self._w_cat[:, :self.in_features]
+        with torch.no_grad():
+            w_cat, inv_c = lowrank_cat_weight(weight, self.weight_scale, self.lora_up)
+        self._w_cat, self._lowrank_inv_c = w_cat, inv_c
+        self.weight = w_cat[:, :self.in_features]
+        return True
+
+    def disable_lowrank_cat(self) -> None:
+        """Back to the epilogue path; ``weight`` gets its own storage again."""
+        if self._w_cat is None:
+            return
+        self.weight = self.weight.contiguous()
+        self._w_cat = self._lowrank_inv_c = None
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() move the view and the whole tensor separately: point weight back into _w_cat.
+        out = super()._apply(fn, recurse)
+        if self._w_cat is not None:
+            self.weight = self._w_cat[:, :self.in_features]
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # New weight / weight_scale / lora_up (copied into the view, or assigned): rebuild the columns.
+        if self._w_cat is not None:
+            if self.weight.data_ptr() != self._w_cat.data_ptr():  # assign=True: weight is the loaded tensor
+                self._w_cat = None
+            self.enable_lowrank_cat()
+
     def extra_repr(self) -> str:
         c = self.layer_config
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={c.scheme}, "
                 f"group_size={c.group_size or 'per-channel'}, rank={c.rank}, smooth={self.smooth is not None}, "
-                f"bias={self.bias is not None}, backend={self.backend}")
+                f"bias={self.bias is not None}, backend={self.backend}" + (", lowrank_cat=True" if self.lowrank_cat else ""))
 
 
 def check_linear_shape(in_features: int, out_features: int, layer_config: LayerQuantConfig) -> None:

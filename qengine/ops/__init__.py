@@ -41,6 +41,14 @@ def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = 
     return _resolve(_QUANTIZE_OP[scheme.name], backend)(x, smooth, lora_down)
 
 
+def quantize_act_lowrank_cat(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor,
+                             inv_c: torch.Tensor, backend: str = "auto"):
+    """FP8 quantization of ``x [M, K]`` with the low-rank branch appended along K:
+    ``(q [M, K + 3r], scale [M])`` for the FP8 GEMM with a ``lowrank_cat_weight`` (see
+    :mod:`qengine.formats.lowrank_cat`)."""
+    return _resolve("quantize_act_fp8_lowrank_cat", backend)(x, smooth, lora_down, inv_c)
+
+
 def gemm(scheme: Scheme, a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
          bias: torch.Tensor | None = None, lowrank_act: torch.Tensor | None = None,
          lora_up: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
@@ -64,4 +72,5 @@ def conv2d(scheme: Scheme, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tens
                                                      list(dilation), x2, x2_scale, residual)
 
 
-__all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act", "reference"]
+__all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act", "quantize_act_lowrank_cat",
+           "reference"]

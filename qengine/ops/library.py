@@ -25,6 +25,7 @@ SCHEMAS: dict[str, str] = {
     "quantize_act_int8": _QUANT_ARGS,
     "quantize_act_fp8": _QUANT_ARGS,
     "quantize_act_int4": _QUANT_ARGS,
+    "quantize_act_fp8_lowrank_cat": "(Tensor x, Tensor? smooth, Tensor lora_down, Tensor inv_c) -> (Tensor, Tensor)",
     "w8a8_int8_gemm": "(" + _GEMM_ARGS,
     "w8a8_fp8_gemm": "(" + _GEMM_ARGS,
     "w4a8_gemm": "(" + _GEMM_ARGS,
@@ -84,6 +85,14 @@ def _fake_conv(op, qdtype):
 for _name, _qdtype in (("quantize_act_int8", torch.int8), ("quantize_act_fp8", torch.float8_e4m3fn),
                        ("quantize_act_int4", torch.uint8)):
     torch.library.register_fake(f"qengine::{_name}", _fake_quantize(_name, _qdtype), lib=_lib)
+
+
+def _fake_quantize_lowrank_cat(x, smooth, lora_down, inv_c):
+    m, k, r = ref.check_quantize_lowrank_cat_args("quantize_act_fp8_lowrank_cat", x, smooth, lora_down, inv_c)
+    return x.new_empty(m, k + 3 * r, dtype=torch.float8_e4m3fn), x.new_empty(m, dtype=torch.float32)
+
+
+torch.library.register_fake("qengine::quantize_act_fp8_lowrank_cat", _fake_quantize_lowrank_cat, lib=_lib)
 for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
     torch.library.register_fake(f"qengine::{_name}", _fake_gemm(_name), lib=_lib)
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)

@@ -9,6 +9,9 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
 
   quantize_act_{int8,fp8}(x [M,K], smooth [K]?, lora_down [r,K]?)
       -> q [M,K] int8|float8_e4m3fn, scale [M] f32, lowrank_act [M,r] f32 ([M,0] without lora_down)
+  quantize_act_fp8_lowrank_cat(x [M,K], smooth [K]?, lora_down [r,K], inv_c [r] f32)
+      -> q [M,K+3r] float8_e4m3fn, scale [M] f32   (qengine.formats.lowrank_cat: the branch rides in
+         the FP8 GEMM's K; the weight is lowrank_cat_weight's [N,K+3r])
   quantize_act_int4(x [M,K], smooth?, lora_down?)
       -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
   w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 
 from ..formats import Format, INT4_ACT_GROUP_SIZE, dequantize_groups, pack_int4, quantize_groups, quantize_rows, unpack_int4
 from ..formats import w4a8_layout
+from ..formats.lowrank_cat import LOWRANK_CAT_MAX_RANK, lowrank_cat_activation
 from ..formats.quantizers import absmax_scale, round_to_format
 from . import checks
 from .checks import FLOAT_ACT_DTYPES
@@ -47,7 +51,8 @@ from .checks import FLOAT_ACT_DTYPES
 # ---------------------------------------------------------------- activation quantization
 
 
-_QUANT_K_MULTIPLE = {"quantize_act_int8": 16, "quantize_act_fp8": 16, "quantize_act_int4": INT4_ACT_GROUP_SIZE}
+_QUANT_K_MULTIPLE = {"quantize_act_int8": 16, "quantize_act_fp8": 16, "quantize_act_fp8_lowrank_cat": 16,
+                     "quantize_act_int4": INT4_ACT_GROUP_SIZE}
 
 
 def check_quantize_args(op, x, smooth, lora_down):
@@ -81,6 +86,39 @@ def quantize_act_fp8(x, smooth=None, lora_down=None):
     xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down)
     q, scale = quantize_rows(xf, Format.FP8_E4M3)
     return q, scale, lowrank
+
+
+def check_quantize_lowrank_cat_args(op, x, smooth, lora_down, inv_c):
+    """Validate the FP8 low-rank-cat quantization's operands (metadata only); returns ``(M, K, r)``."""
+    m, k, r = check_quantize_args(op, x, smooth, lora_down)
+    if r == 0 or r % 16 or r > LOWRANK_CAT_MAX_RANK:
+        checks._fail(op, f"the rank (rows of lora_down) must be a multiple of 16 in 16..{LOWRANK_CAT_MAX_RANK}, "
+                         f"got {r}")
+    checks.check_tensor(op, "inv_c", inv_c, dtypes=(torch.float32,), shape=(r,), device=x.device)
+    return m, k, r
+
+
+def quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c):
+    """FP8 quantization with the low-rank branch appended along K (qengine.formats.lowrank_cat).
+
+    Returns ``(q [M, K + 3r] float8_e4m3fn, scale [M] f32)``: ``q[:, :K]`` quantizes ``x / smooth``
+    with the token scale ``max(absmax, max_j |lr_j * inv_c_j|) / 448``, ``q[:, K:]`` holds the
+    branch's ``[hi | lo | hi]`` columns for a weight built by ``lowrank_cat_weight``.
+    """
+    check_quantize_lowrank_cat_args("quantize_act_fp8_lowrank_cat", x, smooth, lora_down, inv_c)
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8_lowrank_cat", x, smooth, lora_down)
+    return lowrank_cat_quantize(xf, lowrank, inv_c)
+
+
+def lowrank_cat_quantize(xf, lowrank, inv_c):
+    """The cat quantization of the smoothed input ``xf [M, K]`` given its low-rank product
+    ``lowrank [M, r]`` (both float32): ``(q [M, K + 3r], scale [M])``. The CUDA kernel is bit-exact
+    with this given the same ``lowrank`` (its own tensor-core product; the GPU tests pass that in)."""
+    v = lowrank * inv_c.float()[None, :]
+    amax = torch.maximum(xf.abs().amax(dim=1), v.abs().amax(dim=1))
+    scale = absmax_scale(amax, Format.FP8_E4M3)
+    q = round_to_format(xf / scale[:, None], Format.FP8_E4M3)
+    return torch.cat([q, lowrank_cat_activation(v, scale)], dim=1), scale
 
 
 def quantize_act_int4(x, smooth=None, lora_down=None):

@@ -19,6 +19,15 @@
 // 16-bit input, ~2^-17 relative for smoothed or fp32 input), lora_down must be bf16. Not bit-exact
 // with an fp32 matmul (summation order, the lo part's rounding): SQNR > 90 dB in the tests. This
 // path uses a tile kernel (16 rows per block, two passes over X: the second mostly from L2).
+//
+// Low-rank "cat" mode (FP8 only; lowrank_inv_c != nullptr, rank <= 256; qengine/formats/lowrank_cat.py):
+// the branch is folded into the FP8 GEMM's K instead of being written out. With
+//   v[m,j]   = lowrank[m,j] * lowrank_inv_c[j]                    (fp32 multiply)
+//   absmax'  = max(absmax, max_j |v[m,j]|),  scale[m] = absmax' / 448 (or 1 if 0)
+//   a[m,j]   = v[m,j] / scale[m] (IEEE),  hi = e4m3_rne(clamp(a)),  lo = e4m3_rne(clamp(a - hi))
+// q has K + 3 * rank columns (row stride K + 3 rank): q[:, :K] as above with the grown scale, then
+// [hi | lo | hi]. `lowrank` is not written (may be nullptr). q and scale are bit-exact with the
+// reference given the same lowrank values; lowrank itself carries the tensor-core rounding above.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +43,7 @@ struct QuantizeActParams {
   FloatType x_type;
   const void* smooth;     // [K] smooth_type, or nullptr for no smoothing
   FloatType smooth_type;  // must be x_type or kFP32
-  void* q;                // [M, K] int8 or fp8 e4m3, contiguous (row stride K)
+  void* q;                // [M, K] int8 or fp8 e4m3, contiguous (row stride K; K + 3 rank in cat mode)
   float* scale;           // [M] fp32
   int64_t M;
   int64_t K;              // multiple of 16
@@ -42,8 +51,9 @@ struct QuantizeActParams {
   int sm_count;           // multiprocessors of the device (the grid is sized to what stays resident)
   // Low-rank down-projection (rank == 0: none). rank must be a multiple of 16.
   const void* lora_down = nullptr;  // [rank, K] bf16, row-major, contiguous, 16-byte aligned
-  float* lowrank = nullptr;         // [M, rank] fp32, row-major, contiguous
+  float* lowrank = nullptr;         // [M, rank] fp32, row-major, contiguous (unused in cat mode)
   int rank = 0;
+  const float* lowrank_inv_c = nullptr;  // [rank] fp32: cat mode (see above); q is then [M, K + 3 rank]
 };
 
 // Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.
