@@ -190,6 +190,7 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
         import torch._dynamo.config as dynamo_config
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        torch._logging.set_logs(recompiles=True)  # on stderr: which guard made a block compile again
         n = 0
         for sub in model.modules():
             if type(sub).__name__ in COMPILE_BLOCKS:
@@ -238,10 +239,12 @@ def timed_steps(model, inputs, device, warmup: int, reps: int) -> tuple[list[flo
     cuda = device.type == "cuda"
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for _ in range(warmup):
+        for i in range(warmup):
             out = model(**inputs, return_dict=False)[0]
-        if cuda:
-            torch.cuda.synchronize(device)
+            if cuda:
+                torch.cuda.synchronize(device)
+            # Progress on stderr: a mode killed by --mode-timeout keeps it in errors/ (compile time).
+            print(f"warm-up call {i + 1}/{warmup} done at {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
         warm_s = time.perf_counter() - t0
         times = []
         for _ in range(reps):
@@ -270,19 +273,39 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
     if cuda:
         torch.cuda.synchronize(device)
     build_s = time.perf_counter() - t0
+    cache_file = None
+    if mode.compile and args.compile_cache is not None:
+        # torch's compile caches (inductor / AOTAutograd) from an earlier run of this (model, mode):
+        # only the compile time of the warm-up changes; the timed steps run the same code.
+        cache_file = Path(args.compile_cache) / f"{name}_{mode.name.replace('+', '_')}.bin"
+        if cache_file.is_file():
+            torch.compiler.load_cache_artifacts(cache_file.read_bytes())
+            print(f"loaded compile caches from {cache_file}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     model = apply_mode(model, name, mode, device)
     if cuda:
         torch.cuda.synchronize(device)
     quant_s = time.perf_counter() - t0
+    print(f"{name} {mode.name}: built in {build_s:.1f}s, mode applied in {quant_s:.1f}s", file=sys.stderr, flush=True)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times, warm_s, out = timed_steps(model, inputs, device, args.warmup, args.reps)
+    compile_cache = None
+    if cache_file is not None:
+        compile_cache = "loaded" if cache_file.is_file() else "saved"
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is not None and not cache_file.is_file():
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp")
+            tmp.write_bytes(saved[0])
+            tmp.replace(cache_file)
     row = {"model": name, "mode": mode.name, "ms_median": round(statistics.median(times), 3),
            "ms_min": round(min(times), 3), "reps": len(times), "weights_MiB": round(model_bytes(model) / 2**20, 2),
            "peak_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
            "build_s": round(build_s, 1), "quantize_s": round(quant_s, 1), "warmup_s": round(warm_s, 1)}
+    if compile_cache:
+        row["compile_cache"] = compile_cache
     row["sqnr_db_vs_bf16"] = None if ref_out is None else round(sqnr_db(ref_out, out), 2)
     return row, out.detach().float().cpu()
 
@@ -354,13 +377,19 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--models", name, "--modes", mode,
            "--reps", str(args.reps), "--warmup", str(args.warmup), "--device", args.device, "--steps", str(args.steps),
            "--out-dir", str(args.out_dir), "--ref", str(ref)]
+    cmd += ["--compile-cache", str(args.compile_cache)] if args.compile_cache is not None else []
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--denoise-memory", "--cache", "on" if cache else "off"] if args.denoise_memory else []
     base = {"model": name, "mode": mode} | ({"temporal_cache_offload": cache} if args.denoise_memory else {})
+    log = Path(args.out_dir) / "errors" / f"{name}_{mode.replace('+', '_')}.log"
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
-    except subprocess.TimeoutExpired:
-        return base | {"error": f"timed out after {args.mode_timeout:.0f}s"}
+    except subprocess.TimeoutExpired as e:
+        # Keep what the worker said before it was killed (its progress lines, dynamo's recompiles).
+        log.parent.mkdir(parents=True, exist_ok=True)
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        log.write_text(err)
+        return base | {"error": f"timed out after {args.mode_timeout:.0f}s (stderr so far: {log})"}
     for line in reversed(r.stdout.splitlines()):
         if line.startswith("ROW "):
             return json.loads(line[4:])
@@ -368,7 +397,6 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
     # A mode this build cannot run (no kernel for the arch, torchao missing) is a row that says
     # why, not a crash that loses the other rows. The row keeps the exception's own line (torch
     # appends hints after it); the whole stderr goes to <out-dir>/errors/.
-    log = Path(args.out_dir) / "errors" / f"{name}_{mode.replace('+', '_')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(r.stderr or "")
     exc = [ln for ln in err if re.match(r"^[\w.]+(Error|Exception|Unsupported)\b", ln)]
@@ -482,6 +510,10 @@ def main(argv=None) -> int:
                    help="instead of step latency: peak GPU memory of a sampling loop, temporal cache + offload on and off")
     p.add_argument("--steps", type=int, default=4, help="sampling steps for --denoise-memory (default %(default)s)")
     p.add_argument("--mode-timeout", type=float, default=400, help="seconds one mode may take (default %(default)s)")
+    p.add_argument("--compile-cache", type=Path, default=None,
+                   help="folder for torch's compile caches per (model, +compile mode): loaded before compiling "
+                        "when present, saved after the run when not; warmup_s then shows the cached compile "
+                        "time, the step times are unaffected")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache", choices=("on", "off"), help=argparse.SUPPRESS)
     p.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
