@@ -8,7 +8,7 @@ alone (scales + bias epilogue), our activation quantize kernel alone, and our wh
 low-rank epilogue (``lowrank_act @ lora_up^T``), the best unfused alternative (our GEMM, then a
 cuBLAS bf16 ``addmm_`` of the low-rank product into the output), the quantize kernel with the
 fused ``lora_down`` and the whole low-rank QLinear, and the FP8 branch folded into the GEMM's K
-(``LR-cat``: qengine.formats.lowrank_cat, K + 3r); overheads are ratios of the same run.
+(``LR-cat``: qengine.formats.lowrank_cat, K + 3r rounded up to 128); overheads are ratios of the same run.
 
 Timing: operands are built outside the timed region and rotated over enough copies to exceed
 L2; each measurement times 8 back-to-back replays of a CUDA graph of one call per copy, queued
@@ -124,7 +124,7 @@ def operand_sets(m, k, n, l2_bytes, rank=0, max_sets=8):
             d["low"] = torch.randn(m, rank, device=DEV, generator=g)
             d["low16"] = d["low"].bfloat16()
             if hasattr(torch.ops.qengine, "quantize_act_fp8_lowrank_cat"):
-                # The branch folded into K (qengine.formats.lowrank_cat): weight [N, K + 3r], q [M, K + 3r].
+                # The branch folded into K (qengine.formats.lowrank_cat): weight and q get 3r (rounded up to 128) more K.
                 from qengine.formats.lowrank_cat import lowrank_cat_weight
                 d["wcat"], d["inv_c"] = lowrank_cat_weight(wf, ws, d["up"])
                 d["xcat"], d["xcs"] = torch.ops.qengine.quantize_act_fp8_lowrank_cat(x, None, d["down"], d["inv_c"])

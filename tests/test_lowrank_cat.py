@@ -10,7 +10,7 @@ import torch
 
 import qengine
 from qengine.config import LayerQuantConfig
-from qengine.formats.lowrank_cat import lowrank_cat_columns, lowrank_cat_weight, split_e4m3
+from qengine.formats.lowrank_cat import lowrank_cat_columns, lowrank_cat_layout, lowrank_cat_weight, split_e4m3
 from qengine.nn import QLinear
 from qengine.ops import reference as ref
 
@@ -34,17 +34,28 @@ def test_split_e4m3_carries_about_eight_bits():
     assert ((hi.float() - v).abs() / v.abs()).median() > 8 * rel.median()
 
 
+@pytest.mark.parametrize("rank,terms,width", [(16, 4, 128), (32, 4, 128), (48, 4, 256), (64, 4, 256),
+                                              (80, 3, 256), (96, 4, 384), (128, 3, 384), (256, 3, 768)])
+def test_layout_fills_whole_k_blocks(rank, terms, width):
+    assert lowrank_cat_layout(rank) == (terms, width)
+
+
 def test_weight_columns_fill_e4m3_range():
     torch.manual_seed(0)
     ws = torch.rand(96) + 0.1
     up = torch.randn(96, 32)
     up[:, 5] = 0  # an empty branch column
     extra, inv_c = lowrank_cat_columns(ws, up)
-    assert extra.shape == (96, 96) and extra.dtype == FP8 and inv_c.shape == (32,)
-    b = extra[:, :32].float() + extra[:, 64:].float()  # hi + lo
-    assert torch.equal(extra[:, :32].view(torch.uint8), extra[:, 32:64].view(torch.uint8))  # [hi | hi | lo]
+    assert extra.shape == (96, 128) and extra.dtype == FP8 and inv_c.shape == (32,)
+    u8 = extra.view(torch.uint8)
+    # [hi | hi | lo | lo] (4 terms fill the 128 columns at r = 32)
+    assert torch.equal(u8[:, :32], u8[:, 32:64]) and torch.equal(u8[:, 64:96], u8[:, 96:])
+    b = extra[:, :32].float() + extra[:, 64:96].float()  # hi + lo
     assert b.abs().amax(dim=0)[torch.arange(32) != 5].min() >= 440  # each column's max sits at ~448
-    assert inv_c[5] == 0 and not extra[:, [5, 37, 69]].float().any()
+    assert inv_c[5] == 0 and not extra[:, [5, 37, 69, 101]].float().any()
+    # r = 128: three terms [hi | hi | lo] fill 384 columns exactly
+    extra, _ = lowrank_cat_columns(ws, torch.randn(96, 128))
+    assert extra.shape == (96, 384)
     # B = up / (w_s / c): up to the hi/lo rounding
     expect = up / (ws[:, None] * torch.where(inv_c > 0, inv_c, torch.ones_like(inv_c))[None, :])
     assert sqnr_db(b, expect) > 50
@@ -69,13 +80,13 @@ def layer(m=200, k=256, n=192, r=32, branch_gain=1.0, seed=0):
 
 @pytest.mark.parametrize("gain", [1e-3, 1.0, 1e3])
 def test_reference_layer_matches_float64(gain):
-    """The cat path (quantize + FP8 GEMM with K + 3r) against the same layer in float64: the x
+    """The cat path (quantize + FP8 GEMM with K + W) against the same layer in float64: the x
     part is FP8-quantized either way, so compare with the epilogue path's error, and the branch
     alone (residual weight zero) against its exact value."""
     x, s, down, up, wq, ws = layer(branch_gain=gain)
     w_cat, inv_c = lowrank_cat_weight(wq, ws, up)
     q, scale = ref.quantize_act_fp8_lowrank_cat(x, s, down, inv_c)
-    assert q.shape == (200, 256 + 96) and q.dtype == FP8
+    assert q.shape == (200, 256 + 128) and q.dtype == FP8
     y_cat = ref.w8a8_fp8_gemm(q, scale, w_cat, ws, None, None, None, torch.float32)
     xs = x.double() / s.double()
     exact = xs @ (wq.double() * ws.double()[:, None]).t() + xs @ down.double().t() @ up.double().t()
@@ -182,5 +193,5 @@ def test_model_bytes_counts_shared_storage_once():
     _, q = qlinear()
     before = qengine.model_bytes(q)
     q.enable_lowrank_cat()
-    # + 3r fp8 bytes per output row and r fp32 inv_c values, not a second copy of the weight
-    assert qengine.model_bytes(q) == before + 384 * 96 + 32 * 4
+    # + 128 fp8 bytes per output row (3r = 96, rounded up) and r fp32 inv_c values, not a second weight
+    assert qengine.model_bytes(q) == before + 384 * 128 + 32 * 4

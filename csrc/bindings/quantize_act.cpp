@@ -91,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const char* op, Quan
 }
 
 // FP8 with the low-rank branch folded into the GEMM's K (qengine/formats/lowrank_cat.py):
-// q [M, K + 3r] (the x part, then [hi | lo | hi] of the branch), scale [M].
+// q [M, K + W] (the x part, then the branch's split columns, W = lowrank_cat_width(r)), scale [M].
 std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_lowrank_cat(const at::Tensor& x, const std::optional<at::Tensor>& smooth,
                                                                const at::Tensor& lora_down, const at::Tensor& inv_c) {
   const char* op = "quantize_act_fp8_lowrank_cat";
@@ -117,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_lowrank_cat(const at::Tensor
   at::Tensor xa = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 ? x.clone() : x;
   at::Tensor down = lora_down.scalar_type() == at::kBFloat16 ? lora_down : lora_down.to(at::kBFloat16);
   if (reinterpret_cast<uintptr_t>(down.data_ptr()) % 16) down = down.clone();
-  auto q = at::empty({M, K + 3 * rank}, x.options().dtype(at::kFloat8_e4m3fn));
+  auto q = at::empty({M, K + lowrank_cat_width(static_cast<int>(rank))}, x.options().dtype(at::kFloat8_e4m3fn));
   auto scale = at::empty({M}, x.options().dtype(at::kFloat));
 
   QuantizeActParams p{};

@@ -380,7 +380,8 @@ __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
 }
 
 // Cat mode (quantize_act.h): the block keeps its 16 x rank tile of v = lowrank * inv_c in shared
-// memory, folds max |v| into the row scale, and writes [hi | lo | hi] after the row's K bytes.
+// memory, folds max |v| into the row scale, and writes [hi | lo | hi (| lo) | 0] after the row's
+// K bytes (cat_width bytes in all, cat_terms products).
 constexpr int kLowRankCatMaxRank = 256;
 
 // e4m3 of a (RNE, saturating) and back to fp32 (exact).
@@ -390,10 +391,11 @@ __device__ __forceinline__ float e4m3_round_trip(float a, __nv_fp8_storage_t& by
 }
 
 // The cat columns of one row: 4 values v[j0 .. j0 + 3] -> hi, lo bytes at K + j0, K + rank + j0,
-// K + 2 rank + j0. The quotient is the one quantize_vec computes (exact division; copysign keeps
-// -0), so hi is e4m3_rne(clamp(v / scale)); lo = e4m3_rne(clamp(a - hi)), where a - hi is exact.
-__device__ __forceinline__ void emit_cat_word(uint8_t* __restrict__ qrow, int64_t K, int rank, int j0, const float* v,
-                                              float scale) {
+// K + 2 rank + j0 (and lo at K + 3 rank + j0 with 4 terms). The quotient is the one quantize_vec
+// computes (exact division; copysign keeps -0), so hi is e4m3_rne(clamp(v / scale));
+// lo = e4m3_rne(clamp(a - hi)), where a - hi is exact.
+__device__ __forceinline__ void emit_cat_word(uint8_t* __restrict__ qrow, int64_t K, int rank, int terms, int j0,
+                                              const float* v, float scale) {
   const bool fast = scale >= 0x1p-64f && scale <= 0x1p64f;
   const ExactDiv div{scale, __frcp_rn(scale)};
   uint32_t hi = 0, lo = 0;
@@ -409,6 +411,7 @@ __device__ __forceinline__ void emit_cat_word(uint8_t* __restrict__ qrow, int64_
   *reinterpret_cast<uint32_t*>(qrow + K + j0) = hi;
   *reinterpret_cast<uint32_t*>(qrow + K + rank + j0) = lo;
   *reinterpret_cast<uint32_t*>(qrow + K + 2 * rank + j0) = hi;
+  if (terms == 4) *reinterpret_cast<uint32_t*>(qrow + K + 3 * rank + j0) = lo;
 }
 
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
@@ -416,7 +419,8 @@ template <typename T, typename S, QuantType Q, int kNT, bool kCat>
 __global__ void __launch_bounds__(kLowRankWarps * 32, 4)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
-                        float* __restrict__ lowrank, const float* __restrict__ inv_c, int64_t M, int64_t K, int rank) {
+                        float* __restrict__ lowrank, const float* __restrict__ inv_c, int64_t M, int64_t K, int rank,
+                        int cat_width, int cat_terms) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
   constexpr int kW = kLowRankWarps;
   constexpr int kU = kLowRankUnroll;
@@ -429,7 +433,7 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * 16 + g, row1 = row0 + 8;
   const bool ok0 = row0 < M, ok1 = row1 < M;
   const int64_t nslots = (K + 31) / 32;
-  const int64_t ldq = kCat ? K + 3 * rank : K;
+  const int64_t ldq = kCat ? K + cat_width : K;
   __shared__ float red_lr[kW][16][kCols + 1];
   __shared__ float red_max[kW][16];
   // Cat mode only (1-element stand-ins otherwise); +1 column: the row-max reads hit distinct banks.
@@ -562,7 +566,14 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
     for (int i = threadIdx.x; i < 16 * words; i += kW * 32) {
       const int r = i / words, j0 = (i % words) * 4;
       const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + r;
-      if (row < M) emit_cat_word(q + row * ldq, K, rank, j0, &cat_v[r][j0], cat_scale[r]);
+      if (row < M) emit_cat_word(q + row * ldq, K, rank, cat_terms, j0, &cat_v[r][j0], cat_scale[r]);
+    }
+    // Zeros after the terms, up to the 128-aligned width (16-byte stores: widths are multiples of 16).
+    const int pad = (cat_width - cat_terms * rank) / 16;
+    for (int i = threadIdx.x; i < 16 * pad; i += kW * 32) {
+      const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + i / pad;
+      if (row < M)
+        reinterpret_cast<uint4*>(q + row * ldq + K + cat_terms * rank)[i % pad] = make_uint4(0, 0, 0, 0);
     }
   }
   const ExactDiv div0{sc0, __frcp_rn(sc0)}, div1{sc1, __frcp_rn(sc1)};
@@ -603,7 +614,7 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
     kernel<<<static_cast<unsigned>(blocks), kLowRankWarps * 32, 0, stream>>>(
         static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
         static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank,
-        p.lowrank_inv_c, p.M, p.K, p.rank);
+        p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank));
     return cudaGetLastError();
   };
   if constexpr (Q == QuantType::kFP8E4M3) {

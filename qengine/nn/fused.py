@@ -14,7 +14,7 @@ q and k per block) take ~30 ms of a ~150 ms step on an H100; in an SDXL UNet, to
 
 - every FP8 :class:`~qengine.nn.QLinear` with a low-rank branch on a GPU with the kernel ->
   the branch folded into the GEMM's K (``QLinear.enable_lowrank_cat``,
-  :mod:`qengine.formats.lowrank_cat`): one FP8 GEMM with K + 3r instead of a low-rank epilogue.
+  :mod:`qengine.formats.lowrank_cat`): one FP8 GEMM with ~3r more K instead of a low-rank epilogue.
   Only for modules already on CUDA: on the CPU the epilogue path's numbers stay as they were.
 
 Each falls back to the stock computation wherever its kernel does not apply (CPU, fp32, shapes

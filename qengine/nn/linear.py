@@ -43,7 +43,7 @@ class QLinear(nn.Module):
         self.register_buffer("lora_down", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
         self.register_buffer("lora_up", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
         # FP8 + low-rank with the branch folded into the GEMM's K (enable_lowrank_cat): the weight
-        # with its 3r extra columns; `weight` is then a view of its first K columns (no copy).
+        # with its extra columns; `weight` is then a view of its first K columns (no copy).
         self.register_buffer("_w_cat", None, persistent=False)
         self.register_buffer("_lowrank_inv_c", None, persistent=False)
 
@@ -111,9 +111,10 @@ class QLinear(nn.Module):
 
     def enable_lowrank_cat(self) -> bool:
         """Fold the low-rank branch into the FP8 GEMM's K (:mod:`qengine.formats.lowrank_cat`): one
-        GEMM with K + 3r instead of a second pass over the output in the epilogue. The results differ
+        GEMM with a few more K columns instead of a second pass over the output in the epilogue. The results differ
         from the epilogue path by rounding only (the branch carries ~bf16 precision either way; the
-        token scale may grow where the branch dominates). Costs 3r bytes per output row. Returns
+        token scale may grow where the branch dominates). Costs 3r (rounded up to 128) bytes per
+        output row. Returns
         False (and changes nothing) for layers it does not apply to: not FP8, no branch, rank not a
         multiple of 16 or above 256. Calling it again rebuilds the extra columns."""
         if not self.supports_lowrank_cat():

@@ -44,7 +44,7 @@ def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = 
 def quantize_act_lowrank_cat(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor,
                              inv_c: torch.Tensor, backend: str = "auto"):
     """FP8 quantization of ``x [M, K]`` with the low-rank branch appended along K:
-    ``(q [M, K + 3r], scale [M])`` for the FP8 GEMM with a ``lowrank_cat_weight`` (see
+    ``(q [M, K + W], scale [M])`` for the FP8 GEMM with a ``lowrank_cat_weight`` (see
     :mod:`qengine.formats.lowrank_cat`)."""
     return _resolve("quantize_act_fp8_lowrank_cat", backend)(x, smooth, lora_down, inv_c)
 

@@ -10,8 +10,8 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
   quantize_act_{int8,fp8}(x [M,K], smooth [K]?, lora_down [r,K]?)
       -> q [M,K] int8|float8_e4m3fn, scale [M] f32, lowrank_act [M,r] f32 ([M,0] without lora_down)
   quantize_act_fp8_lowrank_cat(x [M,K], smooth [K]?, lora_down [r,K], inv_c [r] f32)
-      -> q [M,K+3r] float8_e4m3fn, scale [M] f32   (qengine.formats.lowrank_cat: the branch rides in
-         the FP8 GEMM's K; the weight is lowrank_cat_weight's [N,K+3r])
+      -> q [M,K+W] float8_e4m3fn, scale [M] f32   (qengine.formats.lowrank_cat: the branch rides in
+         the FP8 GEMM's K; W = 3r rounded up to 128; the weight is lowrank_cat_weight's [N,K+W])
   quantize_act_int4(x [M,K], smooth?, lora_down?)
       -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
   w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
@@ -101,9 +101,10 @@ def check_quantize_lowrank_cat_args(op, x, smooth, lora_down, inv_c):
 def quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c):
     """FP8 quantization with the low-rank branch appended along K (qengine.formats.lowrank_cat).
 
-    Returns ``(q [M, K + 3r] float8_e4m3fn, scale [M] f32)``: ``q[:, :K]`` quantizes ``x / smooth``
+    Returns ``(q [M, K + W] float8_e4m3fn, scale [M] f32)``: ``q[:, :K]`` quantizes ``x / smooth``
     with the token scale ``max(absmax, max_j |lr_j * inv_c_j|) / 448``, ``q[:, K:]`` holds the
-    branch's ``[hi | lo | hi]`` columns for a weight built by ``lowrank_cat_weight``.
+    branch's ``[hi | lo | hi (| lo) | 0]`` columns for a weight built by ``lowrank_cat_weight``
+    (W and the term count: ``lowrank_cat_layout``).
     """
     check_quantize_lowrank_cat_args("quantize_act_fp8_lowrank_cat", x, smooth, lora_down, inv_c)
     xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8_lowrank_cat", x, smooth, lora_down)
@@ -112,7 +113,7 @@ def quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c):
 
 def lowrank_cat_quantize(xf, lowrank, inv_c):
     """The cat quantization of the smoothed input ``xf [M, K]`` given its low-rank product
-    ``lowrank [M, r]`` (both float32): ``(q [M, K + 3r], scale [M])``. The CUDA kernel is bit-exact
+    ``lowrank [M, r]`` (both float32): ``(q [M, K + W], scale [M])``. The CUDA kernel is bit-exact
     with this given the same ``lowrank`` (its own tensor-core product; the GPU tests pass that in)."""
     v = lowrank * inv_c.float()[None, :]
     amax = torch.maximum(xf.abs().amax(dim=1), v.abs().amax(dim=1))

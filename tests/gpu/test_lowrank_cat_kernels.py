@@ -1,10 +1,11 @@
 """GPU tests of the FP8 low-rank branch folded into the GEMM's K (qengine.formats.lowrank_cat).
 
-- quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c): q [M, K + 3r] and the (grown) scale
+- quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c): q [M, K + W] and the (grown) scale
   are bit-exact with the reference given the kernel's own low-rank product (taken from
   quantize_act_fp8 with the same lora_down, whose tensor-core sums are the same code), with
-  outputs NaN-poisoned first, over shapes, ranks 16..256, input dtypes and smoothing.
-- The whole layer (cat quantize + the plain FP8 GEMM with K + 3r) against the float32 reference
+  outputs NaN-poisoned first (the zero padding must be written too), over shapes, ranks 16..256
+  (3- and 4-term layouts), input dtypes and smoothing.
+- The whole layer (cat quantize + the plain FP8 GEMM with K + W) against the float32 reference
   of the same path (>= 40 dB) and, with the residual weight zeroed, the branch alone against its
   exact float32 value (>= 45 dB): the e4m3 hi/lo split must carry bf16-like precision.
 - QLinear.enable_lowrank_cat on CUDA: CUDA vs reference backend, vs the epilogue path, CUDA graph
@@ -29,7 +30,7 @@ from gpu_helpers import assert_replays_equal_eager, poison_allocator, require_ex
 EXT = require_extension()
 
 from qengine.config import LayerQuantConfig  # noqa: E402
-from qengine.formats.lowrank_cat import lowrank_cat_weight  # noqa: E402
+from qengine.formats.lowrank_cat import lowrank_cat_layout, lowrank_cat_weight  # noqa: E402
 from qengine.nn import QLinear  # noqa: E402
 from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
 from qengine.ops import reference as ref  # noqa: E402
@@ -71,10 +72,11 @@ def layer(m, k, n, rank, dtype=torch.bfloat16, smooth=None, seed=0, branch_gain=
 def check_quantize_cat(m, k, rank, dtype=torch.bfloat16, smooth=None, seed=0, branch_gain=1.0):
     x, s, down, up, wq, ws = layer(m, k, 64, rank, dtype, smooth, seed, branch_gain)
     _, inv_c = lowrank_cat_weight(wq, ws, up)
-    poison_allocator(m * (k + 3 * rank) * 4)
+    poison_allocator(m * (k + lowrank_cat_layout(rank)[1]) * 4)
     q, scale = Q.quantize_act_fp8_lowrank_cat(x, s, down, inv_c)
     where = f"M={m} K={k} rank={rank} x={dtype} smooth={smooth} gain={branch_gain}"
-    assert q.shape == (m, k + 3 * rank) and q.dtype == torch.float8_e4m3fn and scale.shape == (m,), where
+    assert q.shape == (m, k + lowrank_cat_layout(rank)[1]) and q.dtype == torch.float8_e4m3fn, where
+    assert scale.shape == (m,), where
     # The kernel's low-rank product: the same tensor-core sums as quantize_act_fp8's lowrank_act.
     low = Q.quantize_act_fp8(x, s, down)[2]
     xf = x.float().cpu() / (s.float().cpu() if s is not None else 1.0)
@@ -86,7 +88,7 @@ def check_quantize_cat(m, k, rank, dtype=torch.bfloat16, smooth=None, seed=0, br
     return grown
 
 
-@pytest.mark.parametrize("rank", [16, 32, 48, 64, 128, 256])
+@pytest.mark.parametrize("rank", [16, 32, 48, 64, 80, 96, 128, 256])
 @pytest.mark.parametrize("m,k", [(1, 16), (17, 48), (64, 3072), (33, 4096), (130, 1280), (5, 15360)])
 def test_quantize_cat_shapes_and_ranks(rank, m, k):
     check_quantize_cat(m, k, rank, seed=m + k + rank)
@@ -108,10 +110,10 @@ def test_quantize_cat_m_zero():
     _, _, down, up, wq, ws = layer(4, 64, 32, 32)
     _, inv_c = lowrank_cat_weight(wq, ws, up)
     q, scale = Q.quantize_act_fp8_lowrank_cat(torch.empty(0, 64, device=DEV, dtype=torch.bfloat16), None, down, inv_c)
-    assert q.shape == (0, 64 + 96) and scale.shape == (0,)
+    assert q.shape == (0, 64 + 128) and scale.shape == (0,)
 
 
-# ---------------------------------------------------------------- the layer: cat quantize + FP8 GEMM (K + 3r)
+# ---------------------------------------------------------------- the layer: cat quantize + FP8 GEMM (K + W)
 
 
 def cat_layer_output(x, s, down, up, wq, ws, bias=None):

@@ -25,9 +25,10 @@
 //   v[m,j]   = lowrank[m,j] * lowrank_inv_c[j]                    (fp32 multiply)
 //   absmax'  = max(absmax, max_j |v[m,j]|),  scale[m] = absmax' / 448 (or 1 if 0)
 //   a[m,j]   = v[m,j] / scale[m] (IEEE),  hi = e4m3_rne(clamp(a)),  lo = e4m3_rne(clamp(a - hi))
-// q has K + 3 * rank columns (row stride K + 3 rank): q[:, :K] as above with the grown scale, then
-// [hi | lo | hi]. `lowrank` is not written (may be nullptr). q and scale are bit-exact with the
-// reference given the same lowrank values; lowrank itself carries the tensor-core rounding above.
+// q has K + W columns (row stride K + W, W = lowrank_cat_width(rank)): q[:, :K] as above with the
+// grown scale, then [hi | lo | hi] (| lo when lowrank_cat_terms(rank) == 4), then zeros. `lowrank`
+// is not written (may be nullptr). q and scale are bit-exact with the reference given the same
+// lowrank values; lowrank itself carries the tensor-core rounding above.
 #pragma once
 
 #include <cstdint>
@@ -37,13 +38,18 @@
 
 namespace qengine {
 
+// The cat columns' layout (qengine/formats/lowrank_cat.py): W = 3 rank rounded up to 128 (whole
+// 128-deep k-blocks and 128-byte aligned rows for the GEMM), 4 products where 4 rank fits in W.
+inline int lowrank_cat_width(int rank) { return (3 * rank + 127) / 128 * 128; }
+inline int lowrank_cat_terms(int rank) { return 4 * rank <= lowrank_cat_width(rank) ? 4 : 3; }
+
 struct QuantizeActParams {
   const void* x;          // [M, K] x_type, row stride ldx elements; 16-byte aligned rows
   int64_t ldx;            // elements between rows of x (>= K, multiple of 16 bytes / element size)
   FloatType x_type;
   const void* smooth;     // [K] smooth_type, or nullptr for no smoothing
   FloatType smooth_type;  // must be x_type or kFP32
-  void* q;                // [M, K] int8 or fp8 e4m3, contiguous (row stride K; K + 3 rank in cat mode)
+  void* q;                // [M, K] int8 or fp8 e4m3, contiguous (row stride K; K + W in cat mode)
   float* scale;           // [M] fp32
   int64_t M;
   int64_t K;              // multiple of 16
@@ -53,7 +59,7 @@ struct QuantizeActParams {
   const void* lora_down = nullptr;  // [rank, K] bf16, row-major, contiguous, 16-byte aligned
   float* lowrank = nullptr;         // [M, rank] fp32, row-major, contiguous (unused in cat mode)
   int rank = 0;
-  const float* lowrank_inv_c = nullptr;  // [rank] fp32: cat mode (see above); q is then [M, K + 3 rank]
+  const float* lowrank_inv_c = nullptr;  // [rank] fp32: cat mode (see above); q is then [M, K + W]
 };
 
 // Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.
