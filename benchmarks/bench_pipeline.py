@@ -275,8 +275,8 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
     build_s = time.perf_counter() - t0
     cache_file = None
     if mode.compile and args.compile_cache is not None:
-        # torch's compile caches (inductor / AOTAutograd) from an earlier run of this (model, mode):
-        # only the compile time of the warm-up changes; the timed steps run the same code.
+        # torch's compile caches (inductor / AOTAutograd / PGO) from an earlier run of this (model,
+        # mode). Meant to shorten the warm-up, but they may change the compiled code (see --help).
         cache_file = Path(args.compile_cache) / f"{name}_{mode.name.replace('+', '_')}.bin"
         if cache_file.is_file():
             torch.compiler.load_cache_artifacts(cache_file.read_bytes())
@@ -512,8 +512,10 @@ def main(argv=None) -> int:
     p.add_argument("--mode-timeout", type=float, default=400, help="seconds one mode may take (default %(default)s)")
     p.add_argument("--compile-cache", type=Path, default=None,
                    help="folder for torch's compile caches per (model, +compile mode): loaded before compiling "
-                        "when present, saved after the run when not; warmup_s then shows the cached compile "
-                        "time, the step times are unaffected")
+                        "when present, saved after the run when not (warmup_s then shows the cached compile "
+                        "time). Caution: the loaded artifacts can change the compiled code, not only its "
+                        "compile time (an H100 run of torchao FLUX stepped in 128 ms with a loaded cache, "
+                        "107.5 ms compiled fresh): compare rows compiled the same way")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache", choices=("on", "off"), help=argparse.SUPPRESS)
     p.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
