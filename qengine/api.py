@@ -96,8 +96,9 @@ def quantize(obj: Any, config: QuantConfig | str | None = None, *, backend: str 
     the calibration's config carries its mixed-precision plan (per-layer overrides).
 
     ``fused_kernels`` (default on) also swaps in qengine's fused GroupNorm and FLUX q/k
-    norm + rotary kernels (:func:`qengine.nn.enable_fused_kernels`); they run on CUDA 16-bit
-    activations and leave every other case to the stock computation.
+    norm + rotary kernels, and folds the low-rank branch of FP8 layers on CUDA into their GEMM's K
+    (:func:`qengine.nn.enable_fused_kernels`); they run on CUDA 16-bit activations and leave
+    every other case to the stock computation.
     """
     if config is None:
         config = calibration.config if calibration is not None else "w8a8-fp8"

@@ -248,7 +248,7 @@ def load(obj: Any, path: str | os.PathLike, *, device: str | torch.device | None
                               strict=True, assign=True)
         set_submodule(model, qname, layer)
     model.load_state_dict(tensors, strict=True, assign=True)
-    if fused_kernels:  # as qengine.quantize does: fused GroupNorm / FLUX q-k norm + rotary kernels
+    if fused_kernels:  # as qengine.quantize does: fused norm kernels, FP8 low-rank branch folded into K
         from .nn import enable_fused_kernels
 
         enable_fused_kernels(model)

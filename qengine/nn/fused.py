@@ -182,11 +182,11 @@ def fused_flux_processor_class():
 
 def enable_fused_kernels(obj) -> dict[str, int]:
     """Swap qengine's fused norm kernels into ``obj`` in place: an ``nn.Module`` (all of it), or a
-    diffusers pipeline (its denoiser). Returns how many modules of each kind were swapped. Safe
+    diffusers pipeline (its denoiser), and fold FP8 QLinears' low-rank branches into their GEMM's K
+    where they are on CUDA. Returns how many modules of each kind were changed. Safe
     on any device: each module falls back to the stock computation where its kernel does not
     apply. Calling it again swaps nothing more."""
     from ..integrations.diffusers import find_denoiser
-
     from .linear import QLinear
 
     model, _ = find_denoiser(obj)

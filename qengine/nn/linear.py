@@ -111,12 +111,13 @@ class QLinear(nn.Module):
 
     def enable_lowrank_cat(self) -> bool:
         """Fold the low-rank branch into the FP8 GEMM's K (:mod:`qengine.formats.lowrank_cat`): one
-        GEMM with a few more K columns instead of a second pass over the output in the epilogue. The results differ
-        from the epilogue path by rounding only (the branch carries ~bf16 precision either way; the
-        token scale may grow where the branch dominates). Costs 3r (rounded up to 128) bytes per
-        output row. Returns
-        False (and changes nothing) for layers it does not apply to: not FP8, no branch, rank not a
-        multiple of 16 or above 256. Calling it again rebuilds the extra columns."""
+        GEMM with a few more K columns instead of a second pass over the output in the epilogue.
+
+        The results differ from the epilogue path by rounding only (the branch carries ~bf16
+        precision either way; the token scale may grow where the branch dominates). Costs 3r
+        (rounded up to 128) bytes per output row. Returns False (and changes nothing) for layers it
+        does not apply to: not FP8, no branch, rank not a multiple of 16 or above 256. Calling it
+        again rebuilds the extra columns. The state dict is unchanged (``weight`` is a view)."""
         if not self.supports_lowrank_cat():
             return False
         weight = self.weight if self._w_cat is None else self._w_cat[:, :self.in_features]

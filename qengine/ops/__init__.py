@@ -72,5 +72,5 @@ def conv2d(scheme: Scheme, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tens
                                                      list(dilation), x2, x2_scale, residual)
 
 
-__all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act", "quantize_act_lowrank_cat",
-           "reference"]
+__all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act",
+           "quantize_act_lowrank_cat", "reference"]

@@ -90,7 +90,8 @@ for _name, _qdtype in (("quantize_act_int8", torch.int8), ("quantize_act_fp8", t
 
 def _fake_quantize_lowrank_cat(x, smooth, lora_down, inv_c):
     m, k, r = ref.check_quantize_lowrank_cat_args("quantize_act_fp8_lowrank_cat", x, smooth, lora_down, inv_c)
-    return x.new_empty(m, k + lowrank_cat_layout(r)[1], dtype=torch.float8_e4m3fn), x.new_empty(m, dtype=torch.float32)
+    q = x.new_empty(m, k + lowrank_cat_layout(r)[1], dtype=torch.float8_e4m3fn)
+    return q, x.new_empty(m, dtype=torch.float32)
 
 
 torch.library.register_fake("qengine::quantize_act_fp8_lowrank_cat", _fake_quantize_lowrank_cat, lib=_lib)
