@@ -255,6 +255,21 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0):
                     return qe.w8a8_fp8_gemm(q, sc, s["wcat"], s["ws"], s["b"], None, None, bf)
                 return f
             t["ours_qlinear_fp8_lrcat"] = time_fn(qlinear_lrcat, ns, reps, timing)
+            if hasattr(qe, "quantize_act_fp8_lowrank_cat_from"):
+                # The down-projection by cuBLAS (fp32 out) + the one-pass row kernel (QLinear.lowrank_cat_down = "matmul").
+                mm = torch.ops.aten.mm.dtype
+                t["ours_quant_fp8_lrcat_mm"] = time_fn(lambda i: (lambda s=sets[i]: qe.quantize_act_fp8_lowrank_cat_from(
+                    s["x"], None, mm(s["x"], s["down"].t(), torch.float32), s["inv_c"])), ns, reps, timing)
+
+                def qlinear_lrcat_mm(i):
+                    s = sets[i]
+
+                    def f():
+                        q, sc = qe.quantize_act_fp8_lowrank_cat_from(s["x"], None, mm(s["x"], s["down"].t(), torch.float32),
+                                                                     s["inv_c"])
+                        return qe.w8a8_fp8_gemm(q, sc, s["wcat"], s["ws"], s["b"], None, None, bf)
+                    return f
+                t["ours_qlinear_fp8_lrcat_mm"] = time_fn(qlinear_lrcat_mm, ns, reps, timing)
     if ext is not None:
         row["config_fp8"] = ext.gemm_heuristic(m, n, k, "float8_e4m3fn", DEV.index or 0)
         row["config_int8"] = ext.gemm_heuristic(m, n, k, "int8", DEV.index or 0)
@@ -292,11 +307,14 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0):
     ratio("ours_qlinear_int8", "bf16_linear")
     ratio("ours_qlinear_fp8_lr", "bf16_linear")
     ratio("ours_qlinear_fp8_lrcat", "bf16_linear")
+    ratio("ours_qlinear_fp8_lrcat_mm", "bf16_linear")
     # Low-rank overheads (%): time with the branch over time without it, same run.
     for with_lr, without in (("ours_fp8_gemm_lr", "ours_fp8_gemm"), ("ours_int8_gemm_lr", "ours_int8_gemm"),
                              ("ours_fp8_gemm_lr_unfused", "ours_fp8_gemm"), ("ours_quant_fp8_lr", "ours_quant_fp8"),
                              ("ours_qlinear_fp8_lr", "ours_qlinear_fp8"), ("ours_fp8_gemm_lrcat", "ours_fp8_gemm"),
-                             ("ours_quant_fp8_lrcat", "ours_quant_fp8"), ("ours_qlinear_fp8_lrcat", "ours_qlinear_fp8")):
+                             ("ours_quant_fp8_lrcat", "ours_quant_fp8"), ("ours_qlinear_fp8_lrcat", "ours_qlinear_fp8"),
+                             ("ours_quant_fp8_lrcat_mm", "ours_quant_fp8"),
+                             ("ours_qlinear_fp8_lrcat_mm", "ours_qlinear_fp8")):
         if with_lr in t:
             row[f"{with_lr}_overhead_pct"] = round(100 * (t[with_lr] / t[without] - 1), 1)
     del sets
@@ -321,7 +339,10 @@ LR_COLS = [("rank", "rank"), ("ours_fp8_gemm_lr_us", "fp8+LR us"), ("ours_fp8_ge
            ("ours_fp8_gemm_lrcat_us", "fp8 LR-cat us"), ("ours_fp8_gemm_lrcat_overhead_pct", "LR-cat ovh %"),
            ("ours_quant_fp8_lrcat_overhead_pct", "quant LR-cat ovh %"), ("ours_qlinear_fp8_lrcat_us", "QLin LR-cat us"),
            ("ours_qlinear_fp8_lrcat_overhead_pct", "QLin LR-cat ovh %"),
-           ("ours_qlinear_fp8_lrcat_vs_bf16_linear", "QLin LR-cat/bf16")]
+           ("ours_qlinear_fp8_lrcat_vs_bf16_linear", "QLin LR-cat/bf16"),
+           ("ours_quant_fp8_lrcat_mm_overhead_pct", "quant LR-cat mm ovh %"),
+           ("ours_qlinear_fp8_lrcat_mm_overhead_pct", "QLin LR-cat mm ovh %"),
+           ("ours_qlinear_fp8_lrcat_mm_vs_bf16_linear", "QLin LR-cat mm/bf16")]
 
 
 def write_outputs(rows, meta, out_dir: Path):

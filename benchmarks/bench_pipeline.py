@@ -378,6 +378,7 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
            "--reps", str(args.reps), "--warmup", str(args.warmup), "--device", args.device, "--steps", str(args.steps),
            "--out-dir", str(args.out_dir), "--ref", str(ref)]
     cmd += ["--compile-cache", str(args.compile_cache)] if args.compile_cache is not None else []
+    cmd += ["--lowrank-cat-down", args.lowrank_cat_down] if args.lowrank_cat_down is not None else []
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--denoise-memory", "--cache", "on" if cache else "off"] if args.denoise_memory else []
     base = {"model": name, "mode": mode} | ({"temporal_cache_offload": cache} if args.denoise_memory else {})
@@ -406,6 +407,10 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
 
 def run_worker(args, device, dtype, modes) -> int:
     name, mode = args.models[0], modes[0]
+    if args.lowrank_cat_down is not None:
+        from qengine.nn import QLinear
+
+        QLinear.lowrank_cat_down = args.lowrank_cat_down
     if args.denoise_memory:
         row = denoise_memory(name, mode, args.cache == "on", args, device, dtype)
     else:
@@ -516,6 +521,9 @@ def main(argv=None) -> int:
                         "time). Caution: the loaded artifacts can change the compiled code, not only its "
                         "compile time (an H100 run of torchao FLUX stepped in 128 ms with a loaded cache, "
                         "107.5 ms compiled fresh): compare rows compiled the same way")
+    p.add_argument("--lowrank-cat-down", choices=("fused", "matmul"), default=None,
+                   help="how FP8 low-rank layers on CUDA compute the branch's down-projection "
+                        "(qengine.nn.QLinear.lowrank_cat_down; default: the library's)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache", choices=("on", "off"), help=argparse.SUPPRESS)
     p.add_argument("--ref", type=Path, help=argparse.SUPPRESS)

@@ -193,5 +193,30 @@ def test_model_bytes_counts_shared_storage_once():
     _, q = qlinear()
     before = qengine.model_bytes(q)
     q.enable_lowrank_cat()
-    # + 128 fp8 bytes per output row (3r = 96, rounded up) and r fp32 inv_c values, not a second weight
-    assert qengine.model_bytes(q) == before + 384 * 128 + 32 * 4
+    # + 128 fp8 bytes per output row (3r = 96, rounded up), r fp32 inv_c values and lora_down / smooth
+    # (bf16 [r, K]), not a second weight
+    assert qengine.model_bytes(q) == before + 384 * 128 + 32 * 4 + 32 * 256 * 2
+
+
+def test_given_product_variant_matches_the_fused_one():
+    x, s, down, up, wq, ws = layer(branch_gain=30.0)
+    _, inv_c = lowrank_cat_weight(wq, ws, up)
+    lr = (x.float() / s.float()) @ down.float().t()
+    q1, s1 = ref.quantize_act_fp8_lowrank_cat(x, s, down, inv_c)
+    q2, s2 = ref.quantize_act_fp8_lowrank_cat_from(x, s, lr, inv_c)
+    assert torch.equal(s1, s2) and torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+    with pytest.raises(ValueError, match="lowrank must have dtype"):
+        ref.quantize_act_fp8_lowrank_cat_from(x, s, lr.bfloat16(), inv_c)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ref.quantize_act_fp8_lowrank_cat_from(x, s, lr[:, :8].contiguous(), inv_c[:8].contiguous())
+
+
+def test_qlinear_matmul_down_projection(monkeypatch):
+    lin, q = qlinear()
+    x = torch.randn(60, 256).bfloat16()
+    q.enable_lowrank_cat()
+    fused = q(x).float()
+    monkeypatch.setattr(QLinear, "lowrank_cat_down", "matmul")
+    via_matmul = q(x).float()
+    # x @ (L_down / s)^T: lora_down / smooth rounded to bf16, so not bit-identical; as close as FP8 allows
+    assert sqnr_db(via_matmul, fused) >= 30 and sqnr_db(via_matmul, lin(x).float()) >= sqnr_db(fused, lin(x).float()) - 1

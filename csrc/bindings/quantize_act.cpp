@@ -141,6 +141,56 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_lowrank_cat(const at::Tensor
   return {q, scale};
 }
 
+// The same, with the low-rank product given (lowrank [M, r] fp32 = (x / smooth) @ lora_down^T,
+// e.g. from cuBLAS): the one-pass row kernel quantizes x and writes the branch's columns.
+std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_lowrank_cat_from(const at::Tensor& x,
+                                                                    const std::optional<at::Tensor>& smooth,
+                                                                    const at::Tensor& lowrank, const at::Tensor& inv_c) {
+  const char* op = "quantize_act_fp8_lowrank_cat_from";
+  const auto device = x.device();
+  check_tensor(op, "x", x, device, {at::kBFloat16, at::kHalf, at::kFloat}, {-1, -1});
+  const int64_t M = x.size(0), K = x.size(1);
+  QENGINE_CHECK(op, K > 0 && K % 16 == 0, "K=", K, " is not supported: K must be a positive multiple of 16");
+  at::Tensor smooth_t;
+  if (smooth.has_value()) {
+    check_tensor(op, "smooth", *smooth, device, {at::kBFloat16, at::kHalf, at::kFloat}, {K});
+    smooth_t = (smooth->scalar_type() == x.scalar_type() || smooth->scalar_type() == at::kFloat)
+                   ? *smooth
+                   : smooth->to(at::kFloat);
+  }
+  check_tensor(op, "lowrank", lowrank, device, {at::kFloat}, {M, -1});
+  const int64_t rank = lowrank.size(1);
+  QENGINE_CHECK(op, rank > 0 && rank % 16 == 0 && rank <= 256, "the rank (columns of lowrank) must be a multiple "
+                "of 16 in 16..256, got ", rank);
+  check_tensor(op, "inv_c", inv_c, device, {at::kFloat}, {rank});
+  check_arch(op, device);
+
+  c10::cuda::CUDAGuard guard(device);
+  at::Tensor xa = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 ? x.clone() : x;
+  auto q = at::empty({M, K + lowrank_cat_width(static_cast<int>(rank))}, x.options().dtype(at::kFloat8_e4m3fn));
+  auto scale = at::empty({M}, x.options().dtype(at::kFloat));
+
+  QuantizeActParams p{};
+  p.x = xa.data_ptr();
+  p.ldx = K;
+  p.x_type = float_type(op, "x", x.scalar_type());
+  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
+  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
+  p.q = q.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.M = M;
+  p.K = K;
+  p.q_type = QuantType::kFP8E4M3;
+  p.sm_count = device_arch(device).sm_count;
+  p.rank = static_cast<int>(rank);
+  p.lowrank_inv_c = inv_c.data_ptr<float>();
+  p.lowrank_in = lowrank.data_ptr<float>();
+  const cudaError_t err = qengine::quantize_act(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel launch failed for M=", M, " K=", K, " rank=", rank,
+                                     ": ", cudaGetErrorString(err)));
+  return {q, scale};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_int8(const at::Tensor& x, const std::optional<at::Tensor>& smooth,
                                                                  const std::optional<at::Tensor>& lora_down) {
   return quantize_act("quantize_act_int8", QuantType::kInt8, x, smooth, lora_down);
@@ -158,4 +208,5 @@ TORCH_LIBRARY_IMPL(qengine, CUDA, m) {
   m.impl("quantize_act_int8", &qengine::bindings::quantize_act_int8);
   m.impl("quantize_act_fp8", &qengine::bindings::quantize_act_fp8);
   m.impl("quantize_act_fp8_lowrank_cat", &qengine::bindings::quantize_act_fp8_lowrank_cat);
+  m.impl("quantize_act_fp8_lowrank_cat_from", &qengine::bindings::quantize_act_fp8_lowrank_cat_from);
 }

@@ -164,14 +164,58 @@ __device__ __forceinline__ void launder(V& v) {
   for (int i = 0; i < static_cast<int>(sizeof(V) / 4); ++i) asm volatile("" : "+r"(w[i]));
 }
 
+// ---------------------------------------------------------------- low-rank cat columns
+// Cat mode (quantize_act.h): max |v| (v = lowrank * inv_c) joins the row's absmax, and the row gets
+// [hi | lo | hi (| lo) | 0] after its K bytes (cat width bytes in all, cat terms products).
+constexpr int kLowRankCatMaxRank = 256;
+
+// e4m3 of a (RNE, saturating) and back to fp32 (exact).
+__device__ __forceinline__ float e4m3_round_trip(float a, __nv_fp8_storage_t& byte) {
+  byte = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E4M3);
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(byte, __NV_E4M3)));
+}
+
+// The cat columns of one row: 4 values v[j0 .. j0 + 3] -> hi, lo bytes at K + j0, K + rank + j0,
+// K + 2 rank + j0 (and lo at K + 3 rank + j0 with 4 terms). The quotient is the one quantize_vec
+// computes (exact division; copysign keeps -0), so hi is e4m3_rne(clamp(v / scale));
+// lo = e4m3_rne(clamp(a - hi)), where a - hi is exact.
+__device__ __forceinline__ void emit_cat_word(uint8_t* __restrict__ qrow, int64_t K, int rank, int terms, int j0,
+                                              const float* v, float scale) {
+  const bool fast = scale >= 0x1p-64f && scale <= 0x1p64f;
+  const ExactDiv div{scale, __frcp_rn(scale)};
+  uint32_t hi = 0, lo = 0;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float a = fast ? copysignf(div(v[e]), v[e]) : fminf(fmaxf(__fdiv_rn(v[e], scale), -448.f), 448.f);
+    __nv_fp8_storage_t hb, lb;
+    const float hf = e4m3_round_trip(a, hb);
+    e4m3_round_trip(a - hf, lb);
+    hi |= static_cast<uint32_t>(hb) << (8 * e);
+    lo |= static_cast<uint32_t>(lb) << (8 * e);
+  }
+  *reinterpret_cast<uint32_t*>(qrow + K + j0) = hi;
+  *reinterpret_cast<uint32_t*>(qrow + K + rank + j0) = lo;
+  *reinterpret_cast<uint32_t*>(qrow + K + 2 * rank + j0) = hi;
+  if (terms == 4) *reinterpret_cast<uint32_t*>(qrow + K + 3 * rank + j0) = lo;
+}
+
+// The cat columns of the row kernel (lowrank given): the product, its inverse column scales, the layout.
+struct CatArgs {
+  const float* lowrank;  // [M, rank] fp32
+  const float* inv_c;    // [rank]
+  int rank, width, terms;
+};
+
 // Grid-stride over rows. kWarpRows: a warp per row, blockDim.x / 32 rows per block (short rows);
 // else a block per row (blockDim.x threads, a multiple of 32). Thread t of a row owns vectors
 // t, t + G, ..., t + (kVecs - 1) G in registers; rows longer than kVecs * G vectors re-read the
 // rest from L2 in the second pass.
-template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows>
+template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat>
 __global__ void __launch_bounds__(1024)
 quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth, uint8_t* __restrict__ q,
-                     float* __restrict__ scale_out, int64_t M, int64_t K) {
+                     float* __restrict__ scale_out, int64_t M, int64_t K, CatArgs cat) {
+  static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
+  const int64_t ldq = kCat ? K + cat.width : K;
   using V = Vec<T>;
   constexpr int kN = V::kN;
   using OB = typename OutBytes<kN>::type;
@@ -217,6 +261,10 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
       for (int vi = t + kVecs * G; vi < nvec; vi += G) acc = AM::add(acc, xr[vi]);
       amax = AM::finish(acc);
     }
+    if constexpr (kCat) {  // the branch's values join the absmax: the scale makes room for them
+      const float* lr = cat.lowrank + row * cat.rank;
+      for (int j = t; j < cat.rank; j += G) amax = fmaxf(amax, fabsf(lr[j] * cat.inv_c[j]));
+    }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
     if (!kWarpRows && G > 32) {
@@ -232,7 +280,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
     if (t == 0) scale_out[row] = scale;
     const ExactDiv div{scale, __frcp_rn(scale)};
 
-    OB* qr = reinterpret_cast<OB*>(q + row * K);
+    OB* qr = reinterpret_cast<OB*>(q + row * ldq);
     auto emit_row = [&](auto fast) {
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) {
@@ -248,6 +296,19 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
     } else {
       emit_row(std::false_type{});
     }
+    if constexpr (kCat) {
+      const float* lr = cat.lowrank + row * cat.rank;
+      uint8_t* qrow = q + row * ldq;
+      for (int i = t; i < cat.rank / 4; i += G) {
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = lr[4 * i + e] * cat.inv_c[4 * i + e];
+        emit_cat_word(qrow, K, cat.rank, cat.terms, 4 * i, v, scale);
+      }
+      const int pad = (cat.width - cat.terms * cat.rank) / 16;
+      for (int i = t; i < pad; i += G)
+        reinterpret_cast<uint4*>(qrow + K + cat.terms * cat.rank)[i] = make_uint4(0, 0, 0, 0);
+    }
   }
 }
 
@@ -259,7 +320,7 @@ struct Config {
   bool warp_rows;
 };
 
-template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows>
+template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat>
 cudaError_t launch(const QuantizeActParams& p, int threads, cudaStream_t stream) {
   const int block = kWarpRows ? 128 : threads;
   const int64_t rows_per_block = kWarpRows ? 4 : 1;
@@ -267,19 +328,22 @@ cudaError_t launch(const QuantizeActParams& p, int threads, cudaStream_t stream)
   // One row (group) per block: blocks are short, so a non-persistent grid balances the tail;
   // the grid-stride loop in the kernel only matters beyond 2^31 - 1 blocks.
   const unsigned blocks = static_cast<unsigned>(needed < INT_MAX ? needed : INT_MAX);
-  quantize_rows_kernel<T, S, Q, kVecs, kWarpRows><<<blocks, block, 0, stream>>>(
-      static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth), static_cast<uint8_t*>(p.q), p.scale, p.M, p.K);
+  const CatArgs cat{p.lowrank_in, p.lowrank_inv_c, p.rank, kCat ? lowrank_cat_width(p.rank) : 0,
+                    kCat ? lowrank_cat_terms(p.rank) : 0};
+  quantize_rows_kernel<T, S, Q, kVecs, kWarpRows, kCat><<<blocks, block, 0, stream>>>(
+      static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth), static_cast<uint8_t*>(p.q), p.scale, p.M, p.K,
+      cat);
   return cudaGetLastError();
 }
 
-template <typename T, typename S, QuantType Q>
+template <typename T, typename S, QuantType Q, bool kCat = false>
 cudaError_t launch_config(const QuantizeActParams& p, Config c, cudaStream_t stream) {
-  if (c.warp_rows) return launch<T, S, Q, 2, true>(p, 32, stream);
+  if (c.warp_rows) return launch<T, S, Q, 2, true, kCat>(p, 32, stream);
   switch (c.vecs) {
-    case 1: return launch<T, S, Q, 1, false>(p, c.threads, stream);
-    case 2: return launch<T, S, Q, 2, false>(p, c.threads, stream);
-    case 4: return launch<T, S, Q, 4, false>(p, c.threads, stream);
-    case 8: return launch<T, S, Q, 8, false>(p, c.threads, stream);
+    case 1: return launch<T, S, Q, 1, false, kCat>(p, c.threads, stream);
+    case 2: return launch<T, S, Q, 2, false, kCat>(p, c.threads, stream);
+    case 4: return launch<T, S, Q, 4, false, kCat>(p, c.threads, stream);
+    case 8: return launch<T, S, Q, 8, false, kCat>(p, c.threads, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -377,41 +441,6 @@ __device__ __forceinline__ void a_fragments(const float (&f0)[8], const float (&
 __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
 #pragma unroll
   for (int e = 0; e < 8; ++e) f[e] -= __bfloat162float(__float2bfloat16_rn(f[e]));
-}
-
-// Cat mode (quantize_act.h): the block keeps its 16 x rank tile of v = lowrank * inv_c in shared
-// memory, folds max |v| into the row scale, and writes [hi | lo | hi (| lo) | 0] after the row's
-// K bytes (cat_width bytes in all, cat_terms products).
-constexpr int kLowRankCatMaxRank = 256;
-
-// e4m3 of a (RNE, saturating) and back to fp32 (exact).
-__device__ __forceinline__ float e4m3_round_trip(float a, __nv_fp8_storage_t& byte) {
-  byte = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E4M3);
-  return __half2float(__half(__nv_cvt_fp8_to_halfraw(byte, __NV_E4M3)));
-}
-
-// The cat columns of one row: 4 values v[j0 .. j0 + 3] -> hi, lo bytes at K + j0, K + rank + j0,
-// K + 2 rank + j0 (and lo at K + 3 rank + j0 with 4 terms). The quotient is the one quantize_vec
-// computes (exact division; copysign keeps -0), so hi is e4m3_rne(clamp(v / scale));
-// lo = e4m3_rne(clamp(a - hi)), where a - hi is exact.
-__device__ __forceinline__ void emit_cat_word(uint8_t* __restrict__ qrow, int64_t K, int rank, int terms, int j0,
-                                              const float* v, float scale) {
-  const bool fast = scale >= 0x1p-64f && scale <= 0x1p64f;
-  const ExactDiv div{scale, __frcp_rn(scale)};
-  uint32_t hi = 0, lo = 0;
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const float a = fast ? copysignf(div(v[e]), v[e]) : fminf(fmaxf(__fdiv_rn(v[e], scale), -448.f), 448.f);
-    __nv_fp8_storage_t hb, lb;
-    const float hf = e4m3_round_trip(a, hb);
-    e4m3_round_trip(a - hf, lb);
-    hi |= static_cast<uint32_t>(hb) << (8 * e);
-    lo |= static_cast<uint32_t>(lb) << (8 * e);
-  }
-  *reinterpret_cast<uint32_t*>(qrow + K + j0) = hi;
-  *reinterpret_cast<uint32_t*>(qrow + K + rank + j0) = lo;
-  *reinterpret_cast<uint32_t*>(qrow + K + 2 * rank + j0) = hi;
-  if (terms == 4) *reinterpret_cast<uint32_t*>(qrow + K + 3 * rank + j0) = lo;
 }
 
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
@@ -626,6 +655,11 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
 
 template <typename T, typename S, QuantType Q>
 cudaError_t dispatch_shape(const QuantizeActParams& p, cudaStream_t stream) {
+  if constexpr (Q == QuantType::kFP8E4M3) {
+    // Cat mode with the low-rank product given: the one-pass row kernel plus the branch's columns.
+    if (p.lowrank_in != nullptr)
+      return launch_config<T, S, Q, true>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
+  }
   if (p.rank > 0) return launch_lowrank<T, S, Q>(p, stream);
   return launch_config<T, S, Q>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
 }
@@ -654,11 +688,12 @@ bool valid(const QuantizeActParams& p) {
   const int64_t elem = p.x_type == FloatType::kFP32 ? 4 : 2;
   return p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= p.K && (p.ldx * elem) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
-         (p.rank == 0 || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr &&
+         (p.rank == 0 || p.lowrank_in != nullptr || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr &&
                           (p.lowrank != nullptr || p.lowrank_inv_c != nullptr || p.M == 0) &&
                           reinterpret_cast<uintptr_t>(p.lora_down) % 16 == 0)) &&
          (p.lowrank_inv_c == nullptr ||
-          (p.q_type == QuantType::kFP8E4M3 && p.rank > 0 && p.rank <= kLowRankCatMaxRank));
+          (p.q_type == QuantType::kFP8E4M3 && p.rank > 0 && p.rank <= kLowRankCatMaxRank)) &&
+         (p.lowrank_in == nullptr || (p.lowrank_inv_c != nullptr && p.rank > 0 && p.rank % 16 == 0));
 }
 
 }  // namespace

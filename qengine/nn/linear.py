@@ -23,6 +23,10 @@ from .quantize_weight import lowrank_split, quantize_weight, weight_shapes
 
 
 class QLinear(nn.Module):
+    #: How the cat path (enable_lowrank_cat) gets the branch's down-projection ``(x / s) @ L_down^T``:
+    #: "fused" computes it in the quantize kernel (tensor cores, a second pass over X), "matmul"
+    #: with a cuBLAS GEMM (fp32 out) followed by the one-pass quantize kernel.
+    lowrank_cat_down: str = "fused"
     def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,
                  smooth: bool = False, dtype: torch.dtype = torch.bfloat16, device=None, backend: str = "auto"):
         super().__init__()
@@ -46,6 +50,8 @@ class QLinear(nn.Module):
         # with its extra columns; `weight` is then a view of its first K columns (no copy).
         self.register_buffer("_w_cat", None, persistent=False)
         self.register_buffer("_lowrank_inv_c", None, persistent=False)
+        # lora_down / smooth, for the "matmul" down-projection of the cat path (see lowrank_cat_down)
+        self.register_buffer("_lora_down_s", None, persistent=False)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, layer_config: LayerQuantConfig, *, smooth: torch.Tensor | None = None,
@@ -87,8 +93,12 @@ class QLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()
         if self._w_cat is not None:
-            q, scale = ops.quantize_act_lowrank_cat(x2, self.smooth, self.lora_down, self._lowrank_inv_c,
-                                                    backend=self.backend)
+            if self.lowrank_cat_down == "matmul":
+                q, scale = ops.quantize_act_lowrank_cat_from(x2, self.smooth, self._lowrank_product(x2),
+                                                             self._lowrank_inv_c, backend=self.backend)
+            else:
+                q, scale = ops.quantize_act_lowrank_cat(x2, self.smooth, self.lora_down, self._lowrank_inv_c,
+                                                        backend=self.backend)
             y = ops.gemm(self.scheme, q, scale, self._w_cat, self.weight_scale, self.bias, out_dtype=x.dtype,
                          backend=self.backend)
             return y.reshape(*lead, self.out_features)
@@ -123,16 +133,25 @@ class QLinear(nn.Module):
         weight = self.weight if self._w_cat is None else self._w_cat[:, :self.in_features]
         with torch.no_grad():
             w_cat, inv_c = lowrank_cat_weight(weight, self.weight_scale, self.lora_up)
-        self._w_cat, self._lowrank_inv_c = w_cat, inv_c
+            down_s = self.lora_down  # without smoothing the same tensor (no copy)
+            if self.smooth is not None:
+                down_s = (self.lora_down.float() / self.smooth.float()[None, :]).to(self.lora_down.dtype)
+        self._w_cat, self._lowrank_inv_c, self._lora_down_s = w_cat, inv_c, down_s
         self.weight = w_cat[:, :self.in_features]
         return True
+
+    def _lowrank_product(self, x2: torch.Tensor) -> torch.Tensor:
+        """``(x / s) @ L_down^T`` as ``x @ (L_down / s)^T``, float32 ``[M, r]``."""
+        if x2.is_cuda and x2.dtype == self._lora_down_s.dtype and x2.dtype != torch.float32:
+            return torch.ops.aten.mm.dtype(x2, self._lora_down_s.t(), torch.float32)  # cuBLAS, fp32 out
+        return x2.float() @ self._lora_down_s.float().t()
 
     def disable_lowrank_cat(self) -> None:
         """Back to the epilogue path; ``weight`` gets its own storage again."""
         if self._w_cat is None:
             return
         self.weight = self.weight.contiguous()
-        self._w_cat = self._lowrank_inv_c = None
+        self._w_cat = self._lowrank_inv_c = self._lora_down_s = None
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() move the view and the whole tensor separately: point weight back into _w_cat.
@@ -146,7 +165,7 @@ class QLinear(nn.Module):
         # New weight / weight_scale / lora_up (copied into the view, or assigned): rebuild the columns.
         if self._w_cat is not None:
             if self.weight.data_ptr() != self._w_cat.data_ptr():  # assign=True: weight is the loaded tensor
-                self._w_cat = None
+                self._w_cat = self._lowrank_inv_c = self._lora_down_s = None
             self.enable_lowrank_cat()
 
     def extra_repr(self) -> str:

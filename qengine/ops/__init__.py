@@ -49,6 +49,13 @@ def quantize_act_lowrank_cat(x: torch.Tensor, smooth: torch.Tensor | None, lora_
     return _resolve("quantize_act_fp8_lowrank_cat", backend)(x, smooth, lora_down, inv_c)
 
 
+def quantize_act_lowrank_cat_from(x: torch.Tensor, smooth: torch.Tensor | None, lowrank: torch.Tensor,
+                                  inv_c: torch.Tensor, backend: str = "auto"):
+    """:func:`quantize_act_lowrank_cat` with the product ``lowrank = (x / smooth) @ lora_down^T``
+    ``[M, r]`` float32 given (computed by the caller, e.g. with cuBLAS)."""
+    return _resolve("quantize_act_fp8_lowrank_cat_from", backend)(x, smooth, lowrank, inv_c)
+
+
 def gemm(scheme: Scheme, a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
          bias: torch.Tensor | None = None, lowrank_act: torch.Tensor | None = None,
          lora_up: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
@@ -73,4 +80,4 @@ def conv2d(scheme: Scheme, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tens
 
 
 __all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act",
-           "quantize_act_lowrank_cat", "reference"]
+           "quantize_act_lowrank_cat", "quantize_act_lowrank_cat_from", "reference"]

@@ -27,6 +27,7 @@ SCHEMAS: dict[str, str] = {
     "quantize_act_fp8": _QUANT_ARGS,
     "quantize_act_int4": _QUANT_ARGS,
     "quantize_act_fp8_lowrank_cat": "(Tensor x, Tensor? smooth, Tensor lora_down, Tensor inv_c) -> (Tensor, Tensor)",
+    "quantize_act_fp8_lowrank_cat_from": "(Tensor x, Tensor? smooth, Tensor lowrank, Tensor inv_c) -> (Tensor, Tensor)",
     "w8a8_int8_gemm": "(" + _GEMM_ARGS,
     "w8a8_fp8_gemm": "(" + _GEMM_ARGS,
     "w4a8_gemm": "(" + _GEMM_ARGS,
@@ -94,7 +95,14 @@ def _fake_quantize_lowrank_cat(x, smooth, lora_down, inv_c):
     return q, x.new_empty(m, dtype=torch.float32)
 
 
+def _fake_quantize_lowrank_cat_from(x, smooth, lowrank, inv_c):
+    m, k, r = ref.check_quantize_lowrank_cat_from_args("quantize_act_fp8_lowrank_cat_from", x, smooth, lowrank, inv_c)
+    q = x.new_empty(m, k + lowrank_cat_layout(r)[1], dtype=torch.float8_e4m3fn)
+    return q, x.new_empty(m, dtype=torch.float32)
+
+
 torch.library.register_fake("qengine::quantize_act_fp8_lowrank_cat", _fake_quantize_lowrank_cat, lib=_lib)
+torch.library.register_fake("qengine::quantize_act_fp8_lowrank_cat_from", _fake_quantize_lowrank_cat_from, lib=_lib)
 for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
     torch.library.register_fake(f"qengine::{_name}", _fake_gemm(_name), lib=_lib)
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)

@@ -12,6 +12,8 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
   quantize_act_fp8_lowrank_cat(x [M,K], smooth [K]?, lora_down [r,K], inv_c [r] f32)
       -> q [M,K+W] float8_e4m3fn, scale [M] f32   (qengine.formats.lowrank_cat: the branch rides in
          the FP8 GEMM's K; W = 3r rounded up to 128; the weight is lowrank_cat_weight's [N,K+W])
+  quantize_act_fp8_lowrank_cat_from(x [M,K], smooth [K]?, lowrank [M,r] f32, inv_c [r] f32)
+      -> the same, with the product (x / smooth) @ lora_down^T given
   quantize_act_int4(x [M,K], smooth?, lora_down?)
       -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
   w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
@@ -52,6 +54,7 @@ from .checks import FLOAT_ACT_DTYPES
 
 
 _QUANT_K_MULTIPLE = {"quantize_act_int8": 16, "quantize_act_fp8": 16, "quantize_act_fp8_lowrank_cat": 16,
+                     "quantize_act_fp8_lowrank_cat_from": 16,
                      "quantize_act_int4": INT4_ACT_GROUP_SIZE}
 
 
@@ -108,6 +111,32 @@ def quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c):
     """
     check_quantize_lowrank_cat_args("quantize_act_fp8_lowrank_cat", x, smooth, lora_down, inv_c)
     xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8_lowrank_cat", x, smooth, lora_down)
+    return lowrank_cat_quantize(xf, lowrank, inv_c)
+
+
+def check_quantize_lowrank_cat_from_args(op, x, smooth, lowrank, inv_c):
+    """Validate the given-product variant's operands (metadata only); returns ``(M, K, r)``."""
+    checks.check_tensor(op, "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None))
+    m, k = x.shape
+    checks.check_k(op, k, 16)
+    checks.check_smooth_and_down(op, k, smooth, None, x.device)
+    checks.check_tensor(op, "lowrank", lowrank, dtypes=(torch.float32,), shape=(m, None), device=x.device)
+    r = lowrank.shape[1]
+    if r == 0 or r % 16 or r > LOWRANK_CAT_MAX_RANK:
+        checks._fail(op, f"the rank (columns of lowrank) must be a multiple of 16 in 16..{LOWRANK_CAT_MAX_RANK}, "
+                         f"got {r}")
+    checks.check_tensor(op, "inv_c", inv_c, dtypes=(torch.float32,), shape=(r,), device=x.device)
+    return m, k, r
+
+
+def quantize_act_fp8_lowrank_cat_from(x, smooth, lowrank, inv_c):
+    """:func:`quantize_act_fp8_lowrank_cat` with the low-rank product ``lowrank [M, r]`` (float32,
+    ``(x / smooth) @ lora_down^T``) given instead of computed: the CUDA op is the one-pass row
+    kernel, for callers that compute the product with a GEMM library."""
+    check_quantize_lowrank_cat_from_args("quantize_act_fp8_lowrank_cat_from", x, smooth, lowrank, inv_c)
+    xf = x.float()
+    if smooth is not None:
+        xf = xf / smooth.float()
     return lowrank_cat_quantize(xf, lowrank, inv_c)
 
 

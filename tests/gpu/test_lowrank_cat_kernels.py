@@ -113,6 +113,61 @@ def test_quantize_cat_m_zero():
     assert q.shape == (0, 64 + 128) and scale.shape == (0,)
 
 
+# ---------------------------------------------------------------- the product given (row kernel)
+
+
+def check_quantize_cat_from(m, k, rank, dtype=torch.bfloat16, smooth=None, seed=0, gain=1.0):
+    x, s, _, up, wq, ws = layer(m, k, 64, rank, dtype, smooth, seed)
+    _, inv_c = lowrank_cat_weight(wq, ws, up)
+    g = torch.Generator(device=DEV).manual_seed(seed + 2)
+    lr = torch.randn(m, rank, device=DEV, generator=g) * gain
+    poison_allocator(m * (k + lowrank_cat_layout(rank)[1]) * 4)
+    q, scale = Q.quantize_act_fp8_lowrank_cat_from(x, s, lr, inv_c)
+    xf = x.float().cpu() / (s.float().cpu() if s is not None else 1.0)
+    rq, rscale = ref.lowrank_cat_quantize(xf, lr.cpu(), inv_c.cpu())
+    where = f"M={m} K={k} rank={rank} x={dtype} smooth={smooth} gain={gain}"
+    assert q.shape == rq.shape and torch.equal(scale.cpu(), rscale), f"scales differ ({where})"
+    mismatch = (q.cpu().view(torch.uint8) != rq.view(torch.uint8)).sum().item()
+    assert mismatch == 0, f"{mismatch} of {q.numel()} bytes differ ({where})"
+
+
+@pytest.mark.parametrize("rank", [16, 32, 80, 128, 256])
+@pytest.mark.parametrize("m,k", [(1, 16), (17, 48), (40, 512), (64, 3072), (33, 4096), (300, 1280), (5, 15360)])
+def test_quantize_cat_from_shapes_and_ranks(rank, m, k):
+    # K <= 512 takes the warp-per-row launch, longer rows a block per row (1-8 vectors per thread)
+    check_quantize_cat_from(m, k, rank, seed=m + k + rank)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("smooth", [None, "same", "fp32"])
+@pytest.mark.parametrize("gain", [1e-4, 1e4])  # the branch below / above the row absmax
+def test_quantize_cat_from_dtypes_and_regimes(dtype, smooth, gain):
+    check_quantize_cat_from(77, 768, 32, dtype=dtype, smooth=smooth, seed=5, gain=gain)
+
+
+def test_quantize_cat_from_large_m():
+    check_quantize_cat_from(4608, 3072, 32, seed=9)  # two GPU-fulls: 8 vectors per thread
+
+
+def test_opcheck_cat_from():
+    x, s, _, up, wq, ws = layer(33, 256, 64, 32, smooth="same")
+    _, inv_c = lowrank_cat_weight(wq, ws, up)
+    torch.library.opcheck(Q.quantize_act_fp8_lowrank_cat_from.default, (x, s, torch.randn(33, 32, device=DEV), inv_c))
+
+
+def test_qlinear_matmul_down_projection_cuda(monkeypatch):
+    lin, q = qlinear()
+    q.enable_lowrank_cat()
+    monkeypatch.setattr(QLinear, "lowrank_cat_down", "matmul")
+    x = torch.randn(2, 77, 512, device=DEV).bfloat16()
+    y = q(x).float()
+    q.backend = "reference"
+    assert sqnr_db(y, q(x).float()) >= 40
+    q.backend = "auto"
+    compiled = torch.compile(q, fullgraph=True)
+    assert torch.equal(compiled(x), q(x))
+
+
 # ---------------------------------------------------------------- the layer: cat quantize + FP8 GEMM (K + W)
 
 

@@ -60,6 +60,9 @@ struct QuantizeActParams {
   float* lowrank = nullptr;         // [M, rank] fp32, row-major, contiguous (unused in cat mode)
   int rank = 0;
   const float* lowrank_inv_c = nullptr;  // [rank] fp32: cat mode (see above); q is then [M, K + W]
+  // Cat mode with the low-rank product given ([M, rank] fp32, e.g. from a cuBLAS x @ (lora_down /
+  // smooth)^T): the one-pass row kernel adds the cat columns; lora_down is not read.
+  const float* lowrank_in = nullptr;
 };
 
 // Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.
