@@ -25,7 +25,9 @@ from .quantize_weight import lowrank_split, quantize_weight, weight_shapes
 class QLinear(nn.Module):
     #: How the cat path (enable_lowrank_cat) gets the branch's down-projection ``(x / s) @ L_down^T``:
     #: "fused" computes it in the quantize kernel (tensor cores, a second pass over X), "matmul"
-    #: with a cuBLAS GEMM (fp32 out) followed by the one-pass quantize kernel.
+    #: with a cuBLAS GEMM (fp32 out) followed by the one-pass quantize kernel. On an H100 "matmul"
+    #: costs less GPU time per layer but one more launch, which made eager FLUX slower
+    #: (notes/h100_2026-11-22d/README.md); it is meant for CUDA-graphed or compiled runs.
     lowrank_cat_down: str = "fused"
     def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,
                  smooth: bool = False, dtype: torch.dtype = torch.bfloat16, device=None, backend: str = "auto"):
