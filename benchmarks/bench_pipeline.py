@@ -208,30 +208,11 @@ def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 
 def model_bytes(model: nn.Module, device_type: str | None = None) -> int:
-    """Bytes of the storages behind the parameters and buffers (torchao subclasses: their inner
-    tensors), each storage once: a low-rank-cat QLinear's weight is a view of its _w_cat."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        for x in _leaf_tensors(t):
-            if x.device.type == "meta" or (device_type is not None and x.device.type != device_type):
-                continue
-            storage = x.untyped_storage()
-            key = (x.device, storage.data_ptr())
-            if key not in seen:
-                seen.add(key)
-                total += storage.nbytes()
-    return total
+    """Bytes of the storages behind the parameters and buffers, each once (torchao subclasses:
+    their inner tensors; a low-rank-cat QLinear's weight is a view of its _w_cat)."""
+    import qengine
 
-
-def _leaf_tensors(t):
-    """The plain tensors holding a (possibly torchao subclass) tensor's data."""
-    data = t.data if isinstance(t, nn.Parameter) else t
-    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
-        names, _ = data.__tensor_flatten__()
-        for n in names:
-            yield from _leaf_tensors(getattr(data, n))
-    else:
-        yield data
+    return qengine.model_bytes(model, device_type)
 
 
 def timed_steps(model, inputs, device, warmup: int, reps: int) -> tuple[list[float], float, torch.Tensor]:

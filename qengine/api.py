@@ -186,20 +186,35 @@ def build_empty_layer(spec: dict[str, Any], dtype: torch.dtype, device, backend:
                    device=device, backend=backend)
 
 
-def model_bytes(model: nn.Module) -> int:
-    """Bytes held by a model's parameters and buffers; tensors sharing storage (a QLinear's
-    weight viewing its low-rank-cat weight, tied weights) count once."""
+def model_bytes(model: nn.Module, device_type: str | None = None) -> int:
+    """Bytes held by a model's parameters and buffers (only those on ``device_type``, e.g. "cuda",
+    if given). Tensors sharing storage (a QLinear's weight viewing its low-rank-cat weight, tied
+    weights) count once; tensor subclasses (torchao's quantized weights) count their inner tensors."""
     seen, total = set(), 0
     for t in (*model.parameters(), *model.buffers()):
-        if t.device.type == "meta":
-            total += t.numel() * t.element_size()
-            continue
-        storage = t.untyped_storage()
-        key = (t.device, storage.data_ptr())
-        if key not in seen:
-            seen.add(key)
-            total += storage.nbytes()
+        for leaf in _leaf_tensors(t):
+            if device_type is not None and leaf.device.type != device_type:
+                continue
+            if leaf.device.type == "meta":
+                total += leaf.numel() * leaf.element_size()
+                continue
+            storage = leaf.untyped_storage()
+            key = (leaf.device, storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
     return total
+
+
+def _leaf_tensors(t: torch.Tensor):
+    """The plain tensors holding ``t``'s data (a wrapper subclass: its flattened inner tensors)."""
+    data = t.data if isinstance(t, nn.Parameter) else t
+    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+        names, _ = data.__tensor_flatten__()
+        for n in names:
+            yield from _leaf_tensors(getattr(data, n))
+    else:
+        yield data
 
 
 def summary(model: nn.Module) -> str:

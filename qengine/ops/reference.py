@@ -94,11 +94,14 @@ def quantize_act_fp8(x, smooth=None, lora_down=None):
 def check_quantize_lowrank_cat_args(op, x, smooth, lora_down, inv_c):
     """Validate the FP8 low-rank-cat quantization's operands (metadata only); returns ``(M, K, r)``."""
     m, k, r = check_quantize_args(op, x, smooth, lora_down)
-    if r == 0 or r % 16 or r > LOWRANK_CAT_MAX_RANK:
-        checks._fail(op, f"the rank (rows of lora_down) must be a multiple of 16 in 16..{LOWRANK_CAT_MAX_RANK}, "
-                         f"got {r}")
-    checks.check_tensor(op, "inv_c", inv_c, dtypes=(torch.float32,), shape=(r,), device=x.device)
+    _check_cat_rank(op, "rows of lora_down", r, inv_c, x.device)
     return m, k, r
+
+
+def _check_cat_rank(op, what, r, inv_c, device):
+    if r == 0 or r % 16 or r > LOWRANK_CAT_MAX_RANK:
+        checks._fail(op, f"the rank ({what}) must be a multiple of 16 in 16..{LOWRANK_CAT_MAX_RANK}, got {r}")
+    checks.check_tensor(op, "inv_c", inv_c, dtypes=(torch.float32,), shape=(r,), device=device)
 
 
 def quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c):
@@ -122,10 +125,7 @@ def check_quantize_lowrank_cat_from_args(op, x, smooth, lowrank, inv_c):
     checks.check_smooth_and_down(op, k, smooth, None, x.device)
     checks.check_tensor(op, "lowrank", lowrank, dtypes=(torch.float32,), shape=(m, None), device=x.device)
     r = lowrank.shape[1]
-    if r == 0 or r % 16 or r > LOWRANK_CAT_MAX_RANK:
-        checks._fail(op, f"the rank (columns of lowrank) must be a multiple of 16 in 16..{LOWRANK_CAT_MAX_RANK}, "
-                         f"got {r}")
-    checks.check_tensor(op, "inv_c", inv_c, dtypes=(torch.float32,), shape=(r,), device=x.device)
+    _check_cat_rank(op, "columns of lowrank", r, inv_c, x.device)
     return m, k, r
 
 

@@ -59,3 +59,16 @@ def assert_replays_equal_eager(fn, static_x: torch.Tensor, make_x, seeds=range(3
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(static_y, fn(new_x)), f"replay {seed} differs from eager"
+
+
+def outlier_activations(m: int, k: int, dtype: torch.dtype = torch.bfloat16, seed: int = 0, device: str = "cuda",
+                        decades: int = 2) -> torch.Tensor:
+    """Activations that stress a per-token quantizer: row magnitudes over 10^-decades..10^decades,
+    every (k // 7)-th channel 20x (outlier channels), and an all-zero row 1 (the scale-1 path)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(m, k, device=device, generator=g)
+    x = x * torch.logspace(-decades, decades, m, device=device)[torch.randperm(m, device=device, generator=g)][:, None]
+    x[:, :: max(k // 7, 1)] *= 20
+    if m > 2:
+        x[1] = 0
+    return x.to(dtype)

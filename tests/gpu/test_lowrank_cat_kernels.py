@@ -25,7 +25,8 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import assert_replays_equal_eager, poison_allocator, require_extension, sqnr_db  # noqa: E402
+from gpu_helpers import (assert_replays_equal_eager, outlier_activations, poison_allocator,  # noqa: E402
+                         require_extension, sqnr_db)
 
 EXT = require_extension()
 
@@ -45,14 +46,7 @@ if OP in MISSING_CUDA_KERNELS or "w8a8_fp8_gemm" in MISSING_CUDA_KERNELS:
 Q = torch.ops.qengine
 
 
-def activations(m, k, dtype, seed):
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    x = torch.randn(m, k, device=DEV, generator=g)
-    x = x * torch.logspace(-2, 2, m, device=DEV)[torch.randperm(m, device=DEV, generator=g)][:, None]
-    x[:, :: max(k // 7, 1)] *= 20
-    if m > 2:
-        x[1] = 0
-    return x.to(dtype)
+activations = outlier_activations
 
 
 def layer(m, k, n, rank, dtype=torch.bfloat16, smooth=None, seed=0, branch_gain=1.0):

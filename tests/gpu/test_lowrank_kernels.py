@@ -24,7 +24,8 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import assert_replays_equal_eager, poison_allocator, require_extension, sqnr_db  # noqa: E402
+from gpu_helpers import (assert_replays_equal_eager, outlier_activations, poison_allocator,  # noqa: E402
+                         require_extension, sqnr_db)
 
 EXT = require_extension()
 
@@ -55,14 +56,7 @@ def configs_for(kind: str) -> list[str]:
 # ---------------------------------------------------------------- quantize + lora_down
 
 
-def activations(m: int, k: int, dtype, seed: int) -> torch.Tensor:
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    x = torch.randn(m, k, device=DEV, generator=g)
-    x = x * torch.logspace(-2, 2, m, device=DEV)[torch.randperm(m, device=DEV, generator=g)][:, None]
-    x[:, :: max(k // 7, 1)] *= 20
-    if m > 2:
-        x[1] = 0
-    return x.to(dtype)
+activations = outlier_activations
 
 
 def check_quantize_lowrank(kind, m, k, rank, dtype=torch.bfloat16, smooth=None, down_dtype=torch.bfloat16, seed=0):

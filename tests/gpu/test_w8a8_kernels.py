@@ -16,7 +16,8 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import assert_replays_equal_eager, poison_allocator, require_extension, sqnr_db  # noqa: E402
+from gpu_helpers import (assert_replays_equal_eager, outlier_activations, poison_allocator,  # noqa: E402
+                         require_extension, sqnr_db)
 
 EXT = require_extension()
 
@@ -46,14 +47,8 @@ def configs_for(kind: str) -> list[str]:
 
 
 def activations(m: int, k: int, dtype=torch.bfloat16, seed=0) -> torch.Tensor:
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    x = torch.randn(m, k, device=DEV, generator=g)
     # Per-row magnitudes over 6 decades, a few outlier channels, and a zero row (scale = 1).
-    x = x * torch.logspace(-3, 3, m, device=DEV)[torch.randperm(m, device=DEV, generator=g)][:, None]
-    x[:, :: max(k // 7, 1)] *= 20
-    if m > 2:
-        x[1] = 0
-    return x.to(dtype)
+    return outlier_activations(m, k, dtype, seed, decades=3)
 
 
 def quantized_operands(kind: str, m: int, n: int, k: int, seed=0, out_dtype=torch.bfloat16):
