@@ -360,6 +360,7 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
            "--out-dir", str(args.out_dir), "--ref", str(ref)]
     cmd += ["--compile-cache", str(args.compile_cache)] if args.compile_cache is not None else []
     cmd += ["--lowrank-cat-down", args.lowrank_cat_down] if args.lowrank_cat_down is not None else []
+    cmd += ["--compiled-quantize", args.compiled_quantize] if args.compiled_quantize is not None else []
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--denoise-memory", "--cache", "on" if cache else "off"] if args.denoise_memory else []
     base = {"model": name, "mode": mode} | ({"temporal_cache_offload": cache} if args.denoise_memory else {})
@@ -388,10 +389,12 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
 
 def run_worker(args, device, dtype, modes) -> int:
     name, mode = args.models[0], modes[0]
-    if args.lowrank_cat_down is not None:
-        from qengine.nn import QLinear
+    from qengine.nn import QLinear
 
+    if args.lowrank_cat_down is not None:
         QLinear.lowrank_cat_down = args.lowrank_cat_down
+    if args.compiled_quantize is not None:
+        QLinear.compiled_quantize = args.compiled_quantize
     if args.denoise_memory:
         row = denoise_memory(name, mode, args.cache == "on", args, device, dtype)
     else:
@@ -505,6 +508,9 @@ def main(argv=None) -> int:
     p.add_argument("--lowrank-cat-down", choices=("fused", "matmul"), default=None,
                    help="how FP8 low-rank layers on CUDA compute the branch's down-projection "
                         "(qengine.nn.QLinear.lowrank_cat_down; default: the library's)")
+    p.add_argument("--compiled-quantize", choices=("op", "inductor"), default=None,
+                   help="+compile modes: quantize activations with qengine's kernel (op) or as torch ops "
+                        "inductor can fuse (qengine.nn.QLinear.compiled_quantize; default: the library's)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache", choices=("on", "off"), help=argparse.SUPPRESS)
     p.add_argument("--ref", type=Path, help=argparse.SUPPRESS)

@@ -77,7 +77,8 @@ def test_a_timed_out_mode_keeps_its_stderr(tmp_path, monkeypatch):
         raise subprocess.TimeoutExpired(cmd, kw["timeout"], output=b"", stderr=b"warm-up call 1/3 done at 300.0s\n")
     monkeypatch.setattr(subprocess, "run", killed)
     args = SimpleNamespace(reps=1, warmup=1, device="cpu", steps=1, out_dir=tmp_path, tiny=True, denoise_memory=False,
-                           mode_timeout=5.0, compile_cache=None, lowrank_cat_down=None)
+                           mode_timeout=5.0, compile_cache=None, lowrank_cat_down=None,
+                           compiled_quantize=None)
     row = bench_pipeline.spawn_worker(args, "sdxl", "torchao-fp8+compile", None, tmp_path / "ref.pt")
     log = tmp_path / "errors" / "sdxl_torchao-fp8_compile.log"
     assert row["error"].startswith("timed out after 5s") and str(log) in row["error"]

@@ -220,3 +220,29 @@ def test_qlinear_matmul_down_projection(monkeypatch):
     via_matmul = q(x).float()
     # x @ (L_down / s)^T: lora_down / smooth rounded to bf16, so not bit-identical; as close as FP8 allows
     assert sqnr_db(via_matmul, fused) >= 30 and sqnr_db(via_matmul, lin(x).float()) >= sqnr_db(fused, lin(x).float()) - 1
+
+
+@pytest.mark.parametrize("cat", [False, True])
+def test_compiled_quantize_inductor_traces_the_reference(monkeypatch, cat):
+    """QLinear.compiled_quantize = "inductor": under torch.compile the quantization is the
+    reference's torch ops (which inductor can fuse with the producer), the GEMM stays the op."""
+    from qengine import ops
+
+    lin, q = qlinear()
+    if cat:
+        q.enable_lowrank_cat()
+    x = torch.randn(40, 256).bfloat16()
+    eager = q(x).float()
+    seen = []
+    real_resolve = ops._resolve
+
+    def spy(name, backend):
+        seen.append((name, backend))
+        return real_resolve(name, backend)
+    monkeypatch.setattr(ops, "_resolve", spy)
+    monkeypatch.setattr(QLinear, "compiled_quantize", "inductor")
+    torch._dynamo.reset()
+    compiled = torch.compile(q, fullgraph=True)(x).float()
+    quant = "quantize_act_fp8_lowrank_cat" if cat else "quantize_act_fp8"
+    assert (quant, "reference") in seen and ("w8a8_fp8_gemm", "auto") in seen
+    assert sqnr_db(compiled, eager) >= 30  # the same math, compiled (inductor may round a quotient differently)

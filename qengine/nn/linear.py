@@ -29,6 +29,12 @@ class QLinear(nn.Module):
     #: costs less GPU time per layer but one more launch, which made eager FLUX slower
     #: (notes/h100_2026-11-22d/README.md); it is meant for CUDA-graphed or compiled runs.
     lowrank_cat_down: str = "fused"
+    #: Under ``torch.compile``: "op" keeps the activation quantization as qengine's CUDA kernel (an
+    #: opaque op in the compiled graph); "inductor" traces it as the reference's torch ops instead,
+    #: so inductor can fuse it with the ops producing the input (LayerNorm + modulate, GELU, ...),
+    #: as torchao's dynamic quantization is. The GEMM stays qengine's either way. "inductor" is
+    #: not yet measured on a GPU (notes/h100_2026-11-22d/README.md, "Next"), hence not the default.
+    compiled_quantize: str = "op"
     def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,
                  smooth: bool = False, dtype: torch.dtype = torch.bfloat16, device=None, backend: str = "auto"):
         super().__init__()
@@ -94,17 +100,20 @@ class QLinear(nn.Module):
             raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()
+        qbackend = self.backend
+        if self.compiled_quantize == "inductor" and torch.compiler.is_compiling():
+            qbackend = "reference"  # torch ops for inductor to fuse, see compiled_quantize
         if self._w_cat is not None:
             if self.lowrank_cat_down == "matmul":
                 q, scale = ops.quantize_act_lowrank_cat_from(x2, self.smooth, self._lowrank_product(x2),
-                                                             self._lowrank_inv_c, backend=self.backend)
+                                                             self._lowrank_inv_c, backend=qbackend)
             else:
                 q, scale = ops.quantize_act_lowrank_cat(x2, self.smooth, self.lora_down, self._lowrank_inv_c,
-                                                        backend=self.backend)
+                                                        backend=qbackend)
             y = ops.gemm(self.scheme, q, scale, self._w_cat, self.weight_scale, self.bias, out_dtype=x.dtype,
                          backend=self.backend)
             return y.reshape(*lead, self.out_features)
-        q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=self.backend)
+        q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=qbackend)
         y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias,
                      lowrank_act if self.lora_up is not None else None, self.lora_up, out_dtype=x.dtype,
                      backend=self.backend)
