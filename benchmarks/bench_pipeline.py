@@ -207,14 +207,6 @@ def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float("inf") if noise == 0 else 10 * torch.log10(ref.pow(2).sum() / noise).item()
 
 
-def model_bytes(model: nn.Module, device_type: str | None = None) -> int:
-    """Bytes of the storages behind the parameters and buffers, each once (torchao subclasses:
-    their inner tensors; a low-rank-cat QLinear's weight is a view of its _w_cat)."""
-    import qengine
-
-    return qengine.model_bytes(model, device_type)
-
-
 def timed_steps(model, inputs, device, warmup: int, reps: int) -> tuple[list[float], float, torch.Tensor]:
     """Per-step milliseconds (median source), the warm-up seconds (compile time lives there), the output."""
     cuda = device.type == "cuda"
@@ -244,6 +236,8 @@ def timed_steps(model, inputs, device, warmup: int, reps: int) -> tuple[list[flo
 
 
 def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict, torch.Tensor]:
+    import qengine
+
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -254,12 +248,13 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
     if cuda:
         torch.cuda.synchronize(device)
     build_s = time.perf_counter() - t0
-    cache_file = None
+    cache_file, compile_cache = None, None
     if mode.compile and args.compile_cache is not None:
         # torch's compile caches (inductor / AOTAutograd / PGO) from an earlier run of this (model,
         # mode). Meant to shorten the warm-up, but they may change the compiled code (see --help).
         cache_file = Path(args.compile_cache) / f"{name}_{mode.name.replace('+', '_')}.bin"
-        if cache_file.is_file():
+        compile_cache = "loaded" if cache_file.is_file() else "saved"
+        if compile_cache == "loaded":
             torch.compiler.load_cache_artifacts(cache_file.read_bytes())
             print(f"loaded compile caches from {cache_file}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -272,17 +267,15 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times, warm_s, out = timed_steps(model, inputs, device, args.warmup, args.reps)
-    compile_cache = None
-    if cache_file is not None:
-        compile_cache = "loaded" if cache_file.is_file() else "saved"
+    if compile_cache == "saved":
         saved = torch.compiler.save_cache_artifacts()
-        if saved is not None and not cache_file.is_file():
+        if saved is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_suffix(".tmp")
             tmp.write_bytes(saved[0])
             tmp.replace(cache_file)
     row = {"model": name, "mode": mode.name, "ms_median": round(statistics.median(times), 3),
-           "ms_min": round(min(times), 3), "reps": len(times), "weights_MiB": round(model_bytes(model) / 2**20, 2),
+           "ms_min": round(min(times), 3), "reps": len(times), "weights_MiB": round(qengine.model_bytes(model) / 2**20, 2),
            "peak_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
            "build_s": round(build_s, 1), "quantize_s": round(quant_s, 1), "warmup_s": round(warm_s, 1)}
     if compile_cache:
@@ -339,7 +332,7 @@ def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> d
             if i == 0:
                 first_peak = peak_mib()
                 reset()
-    on_gpu = model_bytes(model, "cuda")
+    on_gpu = qengine.model_bytes(model, "cuda")
     row = {"model": name, "mode": mode.name, "temporal_cache_offload": cache, "steps": args.steps,
            "weights_on_gpu_MiB": round(on_gpu / 2**20, 1), "first_step_peak_MiB": first_peak,
            "denoise_peak_MiB": peak_mib(), "served_from_cache": None if handle is None else str(handle.stats)}

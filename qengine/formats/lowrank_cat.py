@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import torch
 
+from .quantizers import round_to_format
+from .spec import Format
+
 LOWRANK_CAT_MAX_RANK = 256  # the CUDA kernel keeps a 16 x r tile of lr in shared memory
 _E4M3_MAX = 448.0
 
@@ -46,15 +49,11 @@ def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1])], dim=1)
 
 
-def _e4m3(v: torch.Tensor) -> torch.Tensor:
-    # Clamp first: torch's e4m3 conversion of an out-of-range float is NaN, not saturation.
-    return v.clamp(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
-
-
 def split_e4m3(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``v`` (float32) as ``hi + lo``, both float8_e4m3fn: ``hi = e4m3(v)``, ``lo = e4m3(v - hi)``."""
-    hi = _e4m3(v)
-    return hi, _e4m3(v - hi.float())
+    """``v`` (float32) as ``hi + lo``, both float8_e4m3fn: ``hi = e4m3(v)``, ``lo = e4m3(v - hi)``
+    (each clamped to +-448 first, as the format's rounding does)."""
+    hi = round_to_format(v, Format.FP8_E4M3)
+    return hi, round_to_format(v - hi.float(), Format.FP8_E4M3)
 
 
 def lowrank_cat_columns(weight_scale: torch.Tensor, lora_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.reference_norms import RMSNORM_ROPE_HEAD_DIMS, group_norm_nhwc_unsupported
+
 _FUSED_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -69,9 +71,8 @@ class FusedGroupNorm(nn.GroupNorm):
         return new
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        c, g = self.num_channels, self.num_groups
-        return (x.dim() == 4 and x.dtype in _FUSED_DTYPES and c % g == 0 and (c // g) % 2 == 0
-                and g <= 128 and c <= 4096 and x.shape[0] <= 65535
+        return (x.dim() == 4 and x.dtype in _FUSED_DTYPES
+                and group_norm_nhwc_unsupported(x.shape[0], self.num_channels, self.num_groups) is None
                 and (self.weight is None or self.weight.dtype == x.dtype)
                 and _kernel_device(x, self._kernel_built))
 
@@ -119,7 +120,7 @@ def _make_flux_processor_class():
             self._kernel_built = _has_cuda_kernel("rmsnorm_rope")
 
         def _fused_args(self, attn, hidden_states, encoder_hidden_states, image_rotary_emb):
-            if not (hidden_states.dtype in _FUSED_DTYPES and attn.head_dim in (64, 128, 256)
+            if not (hidden_states.dtype in _FUSED_DTYPES and attn.head_dim in RMSNORM_ROPE_HEAD_DIMS
                     and isinstance(image_rotary_emb, tuple) and len(image_rotary_emb) == 2
                     and all(t.dtype == torch.float32 and t.device == hidden_states.device for t in image_rotary_emb)
                     and _kernel_device(hidden_states, self._kernel_built)):

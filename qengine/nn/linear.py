@@ -35,6 +35,7 @@ class QLinear(nn.Module):
     #: as torchao's dynamic quantization is. The GEMM stays qengine's either way. "inductor" is
     #: not yet measured on a GPU (notes/h100_2026-11-22d/README.md, "Next"), hence not the default.
     compiled_quantize: str = "op"
+
     def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,
                  smooth: bool = False, dtype: torch.dtype = torch.bfloat16, device=None, backend: str = "auto"):
         super().__init__()
@@ -103,19 +104,20 @@ class QLinear(nn.Module):
         qbackend = self.backend
         if self.compiled_quantize == "inductor" and torch.compiler.is_compiling():
             qbackend = "reference"  # torch ops for inductor to fuse, see compiled_quantize
-        if self._w_cat is not None:
+        if self._w_cat is not None:  # the branch rides in the GEMM's K: no epilogue operands
             if self.lowrank_cat_down == "matmul":
                 q, scale = ops.quantize_act_lowrank_cat_from(x2, self.smooth, self._lowrank_product(x2),
                                                              self._lowrank_inv_c, backend=qbackend)
             else:
                 q, scale = ops.quantize_act_lowrank_cat(x2, self.smooth, self.lora_down, self._lowrank_inv_c,
                                                         backend=qbackend)
-            y = ops.gemm(self.scheme, q, scale, self._w_cat, self.weight_scale, self.bias, out_dtype=x.dtype,
-                         backend=self.backend)
-            return y.reshape(*lead, self.out_features)
-        q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=qbackend)
-        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias,
-                     lowrank_act if self.lora_up is not None else None, self.lora_up, out_dtype=x.dtype,
+            w, lowrank_act, up = self._w_cat, None, None
+        else:
+            q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=qbackend)
+            w, up = self.weight, self.lora_up
+            if up is None:
+                lowrank_act = None
+        y = ops.gemm(self.scheme, q, scale, w, self.weight_scale, self.bias, lowrank_act, up, out_dtype=x.dtype,
                      backend=self.backend)
         return y.reshape(*lead, self.out_features)
 

@@ -89,20 +89,17 @@ for _name, _qdtype in (("quantize_act_int8", torch.int8), ("quantize_act_fp8", t
     torch.library.register_fake(f"qengine::{_name}", _fake_quantize(_name, _qdtype), lib=_lib)
 
 
-def _fake_quantize_lowrank_cat(x, smooth, lora_down, inv_c):
-    m, k, r = ref.check_quantize_lowrank_cat_args("quantize_act_fp8_lowrank_cat", x, smooth, lora_down, inv_c)
-    q = x.new_empty(m, k + lowrank_cat_layout(r)[1], dtype=torch.float8_e4m3fn)
-    return q, x.new_empty(m, dtype=torch.float32)
+def _fake_quantize_lowrank_cat(op, check):
+    def fake(x, smooth, down_or_lowrank, inv_c):
+        m, k, r = check(op, x, smooth, down_or_lowrank, inv_c)
+        return (x.new_empty(m, k + lowrank_cat_layout(r)[1], dtype=torch.float8_e4m3fn),
+                x.new_empty(m, dtype=torch.float32))
+    return fake
 
 
-def _fake_quantize_lowrank_cat_from(x, smooth, lowrank, inv_c):
-    m, k, r = ref.check_quantize_lowrank_cat_from_args("quantize_act_fp8_lowrank_cat_from", x, smooth, lowrank, inv_c)
-    q = x.new_empty(m, k + lowrank_cat_layout(r)[1], dtype=torch.float8_e4m3fn)
-    return q, x.new_empty(m, dtype=torch.float32)
-
-
-torch.library.register_fake("qengine::quantize_act_fp8_lowrank_cat", _fake_quantize_lowrank_cat, lib=_lib)
-torch.library.register_fake("qengine::quantize_act_fp8_lowrank_cat_from", _fake_quantize_lowrank_cat_from, lib=_lib)
+for _name, _check in (("quantize_act_fp8_lowrank_cat", ref.check_quantize_lowrank_cat_args),
+                      ("quantize_act_fp8_lowrank_cat_from", ref.check_quantize_lowrank_cat_from_args)):
+    torch.library.register_fake(f"qengine::{_name}", _fake_quantize_lowrank_cat(_name, _check), lib=_lib)
 for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
     torch.library.register_fake(f"qengine::{_name}", _fake_gemm(_name), lib=_lib)
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)

@@ -67,11 +67,14 @@ def check_quantize_args(op, x, smooth, lora_down):
     return m, k, 0 if lora_down is None else lora_down.shape[0]
 
 
+def _smoothed(x, smooth):
+    xf = x.float()
+    return xf if smooth is None else xf / smooth.float()
+
+
 def _smoothed_and_lowrank(op, x, smooth, lora_down):
     m, _, _ = check_quantize_args(op, x, smooth, lora_down)
-    xf = x.float()
-    if smooth is not None:
-        xf = xf / smooth.float()
+    xf = _smoothed(x, smooth)
     if lora_down is not None:
         lowrank = xf @ lora_down.float().t()
     else:
@@ -113,16 +116,13 @@ def quantize_act_fp8_lowrank_cat(x, smooth, lora_down, inv_c):
     (W and the term count: ``lowrank_cat_layout``).
     """
     check_quantize_lowrank_cat_args("quantize_act_fp8_lowrank_cat", x, smooth, lora_down, inv_c)
-    xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8_lowrank_cat", x, smooth, lora_down)
-    return lowrank_cat_quantize(xf, lowrank, inv_c)
+    xf = _smoothed(x, smooth)
+    return lowrank_cat_quantize(xf, xf @ lora_down.float().t(), inv_c)
 
 
 def check_quantize_lowrank_cat_from_args(op, x, smooth, lowrank, inv_c):
     """Validate the given-product variant's operands (metadata only); returns ``(M, K, r)``."""
-    checks.check_tensor(op, "x", x, dtypes=FLOAT_ACT_DTYPES, shape=(None, None))
-    m, k = x.shape
-    checks.check_k(op, k, 16)
-    checks.check_smooth_and_down(op, k, smooth, None, x.device)
+    m, k, _ = check_quantize_args(op, x, smooth, None)
     checks.check_tensor(op, "lowrank", lowrank, dtypes=(torch.float32,), shape=(m, None), device=x.device)
     r = lowrank.shape[1]
     _check_cat_rank(op, "columns of lowrank", r, inv_c, x.device)
@@ -134,10 +134,7 @@ def quantize_act_fp8_lowrank_cat_from(x, smooth, lowrank, inv_c):
     ``(x / smooth) @ lora_down^T``) given instead of computed: the CUDA op is the one-pass row
     kernel, for callers that compute the product with a GEMM library."""
     check_quantize_lowrank_cat_from_args("quantize_act_fp8_lowrank_cat_from", x, smooth, lowrank, inv_c)
-    xf = x.float()
-    if smooth is not None:
-        xf = xf / smooth.float()
-    return lowrank_cat_quantize(xf, lowrank, inv_c)
+    return lowrank_cat_quantize(_smoothed(x, smooth), lowrank, inv_c)
 
 
 def lowrank_cat_quantize(xf, lowrank, inv_c):

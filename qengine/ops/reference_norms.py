@@ -20,6 +20,17 @@ import torch.nn.functional as F
 from .checks import _fail, check_tensor
 
 _DTYPES = (torch.bfloat16, torch.float16)
+RMSNORM_ROPE_HEAD_DIMS = (64, 128, 256)
+
+
+def group_norm_nhwc_unsupported(n: int, c: int, groups: int) -> str | None:
+    """Why ``group_norm_nhwc`` does not take N images of C channels in ``groups`` groups, or None."""
+    if groups <= 0 or groups > 128 or c % groups or (c // groups) % 2:
+        return (f"groups={groups} with C={c} is not supported: need C % groups == 0, an even C / groups "
+                "and groups <= 128")
+    if c > 4096 or n > 65535:
+        return f"C={c} N={n} is not supported (C <= 4096, N <= 65535)"
+    return None
 
 
 def _check_heads(op, name, t, device):
@@ -28,7 +39,7 @@ def _check_heads(op, name, t, device):
                   f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if t.dtype not in _DTYPES:
         _fail(op, f"{name} must have dtype torch.bfloat16 or torch.float16, got {t.dtype}")
-    if t.shape[-1] not in (64, 128, 256):
+    if t.shape[-1] not in RMSNORM_ROPE_HEAD_DIMS:
         _fail(op, f"{name}: head_dim={t.shape[-1]} is not supported (64, 128 or 256)")
     if t.device != device:
         _fail(op, f"{name} is on {t.device} but the other operands are on {device}")
@@ -94,11 +105,9 @@ def check_group_norm_args(op, x, groups, weight, bias, layout: bool = True):
         _fail(op, f"x must be channels_last (x.contiguous(memory_format=torch.channels_last)); strides {x.stride()} "
                   f"for shape {list(x.shape)}")
     c = x.shape[1]
-    if groups <= 0 or groups > 128 or c % groups or (c // groups) % 2:
-        _fail(op, f"groups={groups} with C={c} is not supported: need C % groups == 0, an even C / groups "
-                  "and groups <= 128")
-    if c > 4096 or x.shape[0] > 65535:
-        _fail(op, f"C={c} N={x.shape[0]} is not supported (C <= 4096, N <= 65535)")
+    why = group_norm_nhwc_unsupported(x.shape[0], c, groups)
+    if why:
+        _fail(op, why)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             check_tensor(op, name, t, dtypes=(x.dtype,), shape=[c], device=x.device)
