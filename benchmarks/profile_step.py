@@ -26,10 +26,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=30, help="table rows (default %(default)s)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--trace", type=Path, help="also write a Chrome trace here")
+    ap.add_argument("--lowrank-cat-down", choices=["fused", "matmul"],
+                    help="qengine.nn.QLinear.lowrank_cat_down, as in bench_pipeline (default: the library's)")
+    ap.add_argument("--compiled-quantize", choices=["op", "inductor"],
+                    help="qengine.nn.QLinear.compiled_quantize, as in bench_pipeline (default: the library's)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("profile_step.py needs a CUDA GPU")
     device, dtype = torch.device("cuda"), torch.bfloat16
+    from qengine.nn import QLinear
+    if args.lowrank_cat_down is not None:
+        QLinear.lowrank_cat_down = args.lowrank_cat_down
+    if args.compiled_quantize is not None:
+        QLinear.compiled_quantize = args.compiled_quantize
     mode = bp.Mode.parse(args.mode)
     model = bp.build_model(args.model, False, device, dtype)
     model = bp.apply_mode(model, args.model, mode, device)
