@@ -23,6 +23,8 @@ accepts: what a torchao user would write). ``+compile`` compiles the model's rep
 with the same call for every mode, so compile rows compare like with like. ``+graph`` replays
 the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph`` vs
 ``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
+``+compile+graph`` does both: the blocks are compiled during the graph's warm-up calls, then the
+whole compiled step is captured (the host's launch gaps between compiled regions go away).
 
 Inputs are real-shaped at the default resolution, batch 1 (no CFG doubling): FLUX 4096 image +
 512 text tokens (1024x1024), SD3 128x128 latent + 333 text tokens, SDXL 128x128 latent + 77
@@ -78,12 +80,12 @@ class Mode:
     @classmethod
     def parse(cls, name: str) -> "Mode":
         base, plus, rest = name.partition("+")
-        if plus and rest not in ("compile", "graph"):
-            raise SystemExit(f"mode {name!r}: the suffixes are '+compile' and '+graph'")
+        if plus and rest not in ("compile", "graph", "compile+graph"):
+            raise SystemExit(f"mode {name!r}: the suffixes are '+compile', '+graph' and '+compile+graph'")
         if base not in ("bf16", "bf16-fused", "torchao-fp8", *QENGINE_MODES):
             raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, torchao-fp8, "
-                             f"{', '.join(QENGINE_MODES)} (each optionally +compile or +graph)")
-        return cls(name, base, rest == "compile", rest == "graph")
+                             f"{', '.join(QENGINE_MODES)} (each optionally +compile, +graph or +compile+graph)")
+        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"))
 
 
 # ----------------------------------------------------------------------------- models and inputs
@@ -176,12 +178,6 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
             return isinstance(mod, nn.Linear) and mod.in_features % 16 == 0 and mod.out_features % 16 == 0
 
         quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
-    if mode.graph:
-        # The whole step replayed as one CUDA graph (qengine.CUDAGraphModule): no host cost per
-        # kernel. bf16+graph is the like-for-like baseline of a quantized +graph row.
-        import qengine
-
-        return qengine.CUDAGraphModule(model)
     if mode.compile:
         # Regional compilation compiles one forward per block class, and every distinct block
         # shape (an SDXL ResnetBlock2D has ~13: channels x resolution x skip widths) needs a cache
@@ -198,6 +194,14 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
                 n += 1
         if n == 0:
             raise SystemExit(f"{name}: no block of {COMPILE_BLOCKS} to compile")
+    if mode.graph:
+        # The whole step replayed as one CUDA graph (qengine.CUDAGraphModule): no host cost per
+        # kernel. bf16+graph is the like-for-like baseline of a quantized +graph row. With
+        # +compile, the warm-up calls before capture compile the blocks (and recompile them once
+        # where the second call's strides differ), so the capture itself compiles nothing.
+        import qengine
+
+        return qengine.CUDAGraphModule(model, warmup=3 if mode.compile else 2)
     return model
 
 

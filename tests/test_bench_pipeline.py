@@ -52,6 +52,10 @@ def test_unknown_mode_is_a_clear_error():
     m = bench_pipeline.Mode.parse("fp8+graph")
     assert (m.base, m.compile, m.graph) == ("fp8", False, True)
     assert bench_pipeline.Mode.parse("bf16+compile").compile
+    m = bench_pipeline.Mode.parse("fp8+compile+graph")
+    assert (m.base, m.compile, m.graph) == ("fp8", True, True)
+    with pytest.raises(SystemExit, match="suffix"):
+        bench_pipeline.Mode.parse("fp8+graph+compile")
 
 
 def test_randomized_lowrank_split_matches_exact_on_a_decaying_spectrum():
