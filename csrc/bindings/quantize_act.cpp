@@ -1,4 +1,5 @@
-// torch binding of quantize_act_{int8,fp8}: checks, arch dispatch, launcher call.
+// torch binding of quantize_act_{int8,fp8} and their low-rank-cat / gelu-cat variants: checks, arch
+// dispatch, launcher call.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -170,6 +171,64 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_lowrank_cat_from(const at::T
   return quantize_cat("quantize_act_fp8_lowrank_cat_from", x, smooth, std::nullopt, lowrank, inv_c);
 }
 
+// Gelu-cat input (quantize_act.h): the row [x | gelu_tanh(gelu_x)] quantized without being
+// concatenated in memory; x may be absent (the whole row is the gelu part).
+std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType qt, const std::optional<at::Tensor>& x,
+                                                     const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth) {
+  check_tensor(op, "gelu_x", gelu_x, gelu_x.device(), {at::kBFloat16, at::kHalf}, {-1, -1});
+  const int64_t M = gelu_x.size(0), K_gelu = gelu_x.size(1);
+  int64_t K_plain = 0;
+  if (x.has_value()) {
+    check_tensor(op, "x", *x, gelu_x.device(), {gelu_x.scalar_type()}, {M, -1});
+    K_plain = x->size(1);
+  }
+  QENGINE_CHECK(op, K_gelu > 0 && K_gelu % 16 == 0 && K_plain % 16 == 0, "the columns of x (", K_plain,
+                ") and gelu_x (", K_gelu, ") must be multiples of 16, gelu_x's positive");
+  const int64_t K = K_plain + K_gelu;
+  at::Tensor smooth_t;
+  if (smooth.has_value()) {
+    check_tensor(op, "smooth", *smooth, gelu_x.device(), {at::kBFloat16, at::kHalf, at::kFloat}, {K});
+    smooth_t = (smooth->scalar_type() == gelu_x.scalar_type() || smooth->scalar_type() == at::kFloat)
+                   ? *smooth
+                   : smooth->to(at::kFloat);
+  }
+  check_arch(op, gelu_x.device());
+
+  c10::cuda::CUDAGuard guard(gelu_x.device());
+  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 ? t.clone() : t; };
+  const at::Tensor g = aligned(gelu_x);
+  const at::Tensor xp = x.has_value() && K_plain > 0 ? aligned(*x) : at::Tensor();
+  auto q = at::empty({M, K}, gelu_x.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
+  auto scale = at::empty({M}, gelu_x.options().dtype(at::kFloat));
+  QuantizeActParams p{};
+  p.x = xp.defined() ? xp.data_ptr() : nullptr;
+  p.ldx = K_plain;
+  p.x_type = float_type(op, "gelu_x", g.scalar_type());
+  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
+  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
+  p.q = q.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.M = M;
+  p.K = K;
+  p.q_type = qt;
+  p.sm_count = device_arch(g.device()).sm_count;
+  p.gelu_x = g.data_ptr();
+  p.ld_gelu = K_gelu;
+  p.K_gelu = K_gelu;
+  launch(op, p);
+  return {q, scale};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_act_int8_gelu_cat(const std::optional<at::Tensor>& x, const at::Tensor& gelu_x,
+                                                              const std::optional<at::Tensor>& smooth) {
+  return quantize_gelu_cat("quantize_act_int8_gelu_cat", QuantType::kInt8, x, gelu_x, smooth);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_gelu_cat(const std::optional<at::Tensor>& x, const at::Tensor& gelu_x,
+                                                             const std::optional<at::Tensor>& smooth) {
+  return quantize_gelu_cat("quantize_act_fp8_gelu_cat", QuantType::kFP8E4M3, x, gelu_x, smooth);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_int8(const at::Tensor& x, const std::optional<at::Tensor>& smooth,
                                                                  const std::optional<at::Tensor>& lora_down) {
   return quantize_act("quantize_act_int8", QuantType::kInt8, x, smooth, lora_down);
@@ -188,4 +247,6 @@ TORCH_LIBRARY_IMPL(qengine, CUDA, m) {
   m.impl("quantize_act_fp8", &qengine::bindings::quantize_act_fp8);
   m.impl("quantize_act_fp8_lowrank_cat", &qengine::bindings::quantize_act_fp8_lowrank_cat);
   m.impl("quantize_act_fp8_lowrank_cat_from", &qengine::bindings::quantize_act_fp8_lowrank_cat_from);
+  m.impl("quantize_act_int8_gelu_cat", &qengine::bindings::quantize_act_int8_gelu_cat);
+  m.impl("quantize_act_fp8_gelu_cat", &qengine::bindings::quantize_act_fp8_gelu_cat);
 }

@@ -155,6 +155,44 @@ __device__ __forceinline__ typename OutBytes<Vec<T>::kN>::type quantize_vec(cons
   return *reinterpret_cast<const typename OutBytes<kN>::type*>(w);
 }
 
+// PyTorch's CUDA gelu(approximate="tanh") (GeluCUDAKernelImpl): the same fp32 operations in the
+// same order (kBeta is the float nearest sqrt(2) * 2/sqrt(pi) / 2, as torch's constexpr rounds it),
+// so that gelu-cat quantization is bit-exact with quantizing torch's gelu output.
+__device__ __forceinline__ float gelu_tanh(float x) {
+  constexpr float kBeta = static_cast<float>(1.41421356237309504880 * 1.12837916709551257390 * 0.5);
+  constexpr float kKappa = 0.044715f;
+  const float x_cube = x * x * x;
+  const float inner = kBeta * (x + kKappa * x_cube);
+  return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ float from_float(float v) { return v; }
+
+// Where the row kernel reads a row (quantize_act.h): x, or with kGelu [x | gelu_tanh(gelu_x)]; the
+// gelu part starts at vector nvec_plain (a 16-byte vector never straddles the two).
+template <typename T>
+struct RowSource {
+  const T* gelu_x;
+  int64_t ld_gelu;
+  int nvec_plain;
+};
+
+template <typename T, bool kGelu>
+__device__ __forceinline__ Vec<T> load_vec(const Vec<T>* xr, const Vec<T>* gr, int nvec_plain, int vi) {
+  if constexpr (kGelu) {
+    if (vi >= nvec_plain) {
+      Vec<T> g = gr[vi - nvec_plain];
+#pragma unroll
+      for (int j = 0; j < Vec<T>::kN; ++j) g.v[j] = from_float<T>(gelu_tanh(to_float(g.v[j])));
+      return g;
+    }
+  }
+  return xr[vi];
+}
+
 // Hides a vector's value from the optimizer, so the second pass re-converts the packed 16-bit
 // values instead of keeping all converted floats alive across the row reduction.
 template <typename V>
@@ -210,11 +248,12 @@ struct CatArgs {
 // else a block per row (blockDim.x threads, a multiple of 32). Thread t of a row owns vectors
 // t, t + G, ..., t + (kVecs - 1) G in registers; rows longer than kVecs * G vectors re-read the
 // rest from L2 in the second pass.
-template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat>
+template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat, bool kGelu>
 __global__ void __launch_bounds__(1024)
 quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth, uint8_t* __restrict__ q,
-                     float* __restrict__ scale_out, int64_t M, int64_t K, CatArgs cat) {
+                     float* __restrict__ scale_out, int64_t M, int64_t K, CatArgs cat, RowSource<T> src) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
+  static_assert(!(kCat && kGelu), "gelu-cat input has no low-rank branch");
   const int64_t ldq = kCat ? K + cat.width : K;
   using V = Vec<T>;
   constexpr int kN = V::kN;
@@ -230,12 +269,28 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + (kWarpRows ? threadIdx.x / 32 : 0); row < M;
        row += static_cast<int64_t>(gridDim.x) * rows_per_block) {
     const V* xr = reinterpret_cast<const V*>(x + row * ldx);
+    const V* gr = kGelu ? reinterpret_cast<const V*>(src.gelu_x + row * src.ld_gelu) : nullptr;
+    const auto load = [&](int vi) { return load_vec<T, kGelu>(xr, gr, src.nvec_plain, vi); };
     // All loads first: kVecs independent 16-byte requests per thread in flight at once.
     V regs[kVecs];
 #pragma unroll
     for (int i = 0; i < kVecs; ++i) {
       const int vi = t + i * G;
-      if (vi < nvec) regs[i] = xr[vi];
+      if constexpr (kGelu) {  // the raw loads first, gelu after all of them are issued
+        if (vi < nvec) regs[i] = vi < src.nvec_plain ? xr[vi] : gr[vi - src.nvec_plain];
+      } else {
+        if (vi < nvec) regs[i] = xr[vi];
+      }
+    }
+    if constexpr (kGelu) {
+#pragma unroll
+      for (int i = 0; i < kVecs; ++i) {
+        const int vi = t + i * G;
+        if (vi < nvec && vi >= src.nvec_plain) {
+#pragma unroll
+          for (int j = 0; j < V::kN; ++j) regs[i].v[j] = from_float<T>(gelu_tanh(to_float(regs[i].v[j])));
+        }
+      }
     }
     float amax;
     if constexpr (kSmooth) {
@@ -249,7 +304,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
         }
       }
       for (int vi = t + kVecs * G; vi < nvec; vi += G) {
-        const V r = xr[vi];
+        const V r = load(vi);
 #pragma unroll
         for (int j = 0; j < kN; ++j) amax = fmaxf(amax, fabsf(smoothed<T, S>(r.v[j], smooth, int64_t(vi) * kN + j)));
       }
@@ -258,7 +313,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
 #pragma unroll
       for (int i = 0; i < kVecs; ++i)
         if (t + i * G < nvec) acc = AM::add(acc, regs[i]);
-      for (int vi = t + kVecs * G; vi < nvec; vi += G) acc = AM::add(acc, xr[vi]);
+      for (int vi = t + kVecs * G; vi < nvec; vi += G) acc = AM::add(acc, load(vi));
       amax = AM::finish(acc);
     }
     if constexpr (kCat) {  // the branch's values join the absmax: the scale makes room for them
@@ -288,7 +343,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
         if (vi < nvec) qr[vi] = quantize_vec<decltype(fast)::value, Q>(regs[i], smooth, int64_t(vi) * kN, div);
       }
       for (int vi = t + kVecs * G; vi < nvec; vi += G)
-        qr[vi] = quantize_vec<decltype(fast)::value, Q>(xr[vi], smooth, int64_t(vi) * kN, div);
+        qr[vi] = quantize_vec<decltype(fast)::value, Q>(load(vi), smooth, int64_t(vi) * kN, div);
     };
     // Uniform per row; false only for rows of absmax < ~2^-57 or > ~2^71 (and inf/NaN).
     if (scale >= 0x1p-64f && scale <= 0x1p64f) {
@@ -320,7 +375,7 @@ struct Config {
   bool warp_rows;
 };
 
-template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat>
+template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat, bool kGelu>
 cudaError_t launch(const QuantizeActParams& p, int threads, cudaStream_t stream) {
   const int block = kWarpRows ? 128 : threads;
   const int64_t rows_per_block = kWarpRows ? 4 : 1;
@@ -330,20 +385,21 @@ cudaError_t launch(const QuantizeActParams& p, int threads, cudaStream_t stream)
   const unsigned blocks = static_cast<unsigned>(needed < INT_MAX ? needed : INT_MAX);
   const CatArgs cat{p.lowrank_in, p.lowrank_inv_c, p.rank, kCat ? lowrank_cat_width(p.rank) : 0,
                     kCat ? lowrank_cat_terms(p.rank) : 0};
-  quantize_rows_kernel<T, S, Q, kVecs, kWarpRows, kCat><<<blocks, block, 0, stream>>>(
+  const RowSource<T> src{static_cast<const T*>(p.gelu_x), p.ld_gelu, static_cast<int>((p.K - p.K_gelu) / Vec<T>::kN)};
+  quantize_rows_kernel<T, S, Q, kVecs, kWarpRows, kCat, kGelu><<<blocks, block, 0, stream>>>(
       static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth), static_cast<uint8_t*>(p.q), p.scale, p.M, p.K,
-      cat);
+      cat, src);
   return cudaGetLastError();
 }
 
-template <typename T, typename S, QuantType Q, bool kCat = false>
+template <typename T, typename S, QuantType Q, bool kCat = false, bool kGelu = false>
 cudaError_t launch_config(const QuantizeActParams& p, Config c, cudaStream_t stream) {
-  if (c.warp_rows) return launch<T, S, Q, 2, true, kCat>(p, 32, stream);
+  if (c.warp_rows) return launch<T, S, Q, 2, true, kCat, kGelu>(p, 32, stream);
   switch (c.vecs) {
-    case 1: return launch<T, S, Q, 1, false, kCat>(p, c.threads, stream);
-    case 2: return launch<T, S, Q, 2, false, kCat>(p, c.threads, stream);
-    case 4: return launch<T, S, Q, 4, false, kCat>(p, c.threads, stream);
-    case 8: return launch<T, S, Q, 8, false, kCat>(p, c.threads, stream);
+    case 1: return launch<T, S, Q, 1, false, kCat, kGelu>(p, c.threads, stream);
+    case 2: return launch<T, S, Q, 2, false, kCat, kGelu>(p, c.threads, stream);
+    case 4: return launch<T, S, Q, 4, false, kCat, kGelu>(p, c.threads, stream);
+    case 8: return launch<T, S, Q, 8, false, kCat, kGelu>(p, c.threads, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -660,6 +716,11 @@ cudaError_t dispatch_shape(const QuantizeActParams& p, cudaStream_t stream) {
     if (p.lowrank_in != nullptr)
       return launch_config<T, S, Q, true>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
   }
+  if (p.K_gelu > 0) {  // [x | gelu(gelu_x)] (16-bit input only; valid() checked the rest)
+    if constexpr (!std::is_same_v<T, float>)
+      return launch_config<T, S, Q, false, true>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
+    return cudaErrorInvalidValue;
+  }
   if (p.rank > 0) return launch_lowrank<T, S, Q>(p, stream);
   return launch_config<T, S, Q>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
 }
@@ -684,9 +745,19 @@ cudaError_t dispatch_input(const QuantizeActParams& p, cudaStream_t stream) {
   return cudaErrorInvalidValue;
 }
 
+bool valid_gelu(const QuantizeActParams& p) {
+  if (p.K_gelu == 0) return p.gelu_x == nullptr;
+  return p.x_type != FloatType::kFP32 && p.K_gelu > 0 && p.K_gelu <= p.K && p.K_gelu % 16 == 0 &&
+         p.gelu_x != nullptr && reinterpret_cast<uintptr_t>(p.gelu_x) % 16 == 0 && p.ld_gelu >= p.K_gelu &&
+         (p.ld_gelu * 2) % 16 == 0 && (p.x != nullptr || p.K_gelu == p.K) && p.rank == 0 &&
+         p.lowrank_inv_c == nullptr && p.lowrank_in == nullptr;
+}
+
 bool valid(const QuantizeActParams& p) {
   const int64_t elem = p.x_type == FloatType::kFP32 ? 4 : 2;
-  return p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= p.K && (p.ldx * elem) % 16 == 0 &&
+  const int64_t plain = p.K - p.K_gelu;  // the columns read from x
+  return valid_gelu(p) && p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= plain &&
+         (p.ldx * elem) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
          (p.rank == 0 || p.lowrank_in != nullptr || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr &&
                           (p.lowrank != nullptr || p.lowrank_inv_c != nullptr || p.M == 0) &&

@@ -12,6 +12,9 @@ q and k per block) take ~30 ms of a ~150 ms step on an H100; in an SDXL UNet, to
   ``qengine::rmsnorm_rope`` (norm_q/norm_added_q + rotary embedding + the text/image concat, one
   pass) and otherwise does what diffusers' ``FluxAttnProcessor`` does.
 
+- every FLUX single block and GELU(tanh) feed-forward whose output layer is a QLinear ->
+  a forward whose quantize kernel applies the GELU and reads the concatenation's parts in place
+  (:mod:`qengine.nn.fused_mlp`).
 - every FP8 :class:`~qengine.nn.QLinear` with a low-rank branch on a GPU with the kernel ->
   the branch folded into the GEMM's K (``QLinear.enable_lowrank_cat``,
   :mod:`qengine.formats.lowrank_cat`): one FP8 GEMM with ~3r more K instead of a low-rank epilogue.
@@ -188,10 +191,11 @@ def enable_fused_kernels(obj) -> dict[str, int]:
     on any device: each module falls back to the stock computation where its kernel does not
     apply. Calling it again swaps nothing more."""
     from ..integrations.diffusers import find_denoiser
+    from .fused_mlp import swap_gelu_cat_forwards
     from .linear import QLinear
 
     model, _ = find_denoiser(obj)
-    counts = {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0}
+    counts = {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0, "gelu_cat": 0}
     cat_built = _has_cuda_kernel("quantize_act_fp8_lowrank_cat")
     flux_cls = fused_flux_processor_class()
     flux_base = _flux_processor_base()
@@ -209,4 +213,5 @@ def enable_fused_kernels(obj) -> dict[str, int]:
         if (isinstance(mod, QLinear) and not mod.lowrank_cat and mod.backend == "auto" and mod.weight.is_cuda
                 and cat_built and mod.enable_lowrank_cat()):
             counts["lowrank_cat"] += 1
+    counts["gelu_cat"] = swap_gelu_cat_forwards(model)
     return counts

@@ -121,6 +121,40 @@ class QLinear(nn.Module):
                      backend=self.backend)
         return y.reshape(*lead, self.out_features)
 
+    # ------------------------------------------------------------ gelu-cat input
+
+    def supports_gelu_cat(self) -> bool:
+        """Whether :meth:`forward_gelu_cat` runs fused here: an 8-bit-activation scheme without a
+        low-rank branch (the branch's down-projection needs the concatenated input)."""
+        return ops.supports_gelu_cat(self.scheme) and self.lora_up is None and self._w_cat is None
+
+    def forward_gelu_cat(self, x: torch.Tensor | None, gelu_x: torch.Tensor) -> torch.Tensor:
+        """``self(torch.cat([x, gelu_tanh(gelu_x)], -1))`` (``x`` may be None: ``self(gelu(gelu_x))``)
+        without forming the GELU output or the concatenation: the quantize kernel reads both inputs
+        in place (``ops.quantize_act_gelu_cat``). Same result as the unfused call, bit for bit.
+        FLUX's single blocks (proj_out of [attention | GELU MLP]) and GELU feed-forwards use it."""
+        kx = 0 if x is None else x.shape[-1]
+        if kx + gelu_x.shape[-1] != self.in_features:
+            raise ValueError(f"QLinear.forward_gelu_cat: x ({kx} columns) and gelu_x ({gelu_x.shape[-1]}) must add "
+                             f"up to in_features={self.in_features}")
+        if x is not None and (x.dtype != gelu_x.dtype or x.shape[:-1] != gelu_x.shape[:-1]):
+            raise ValueError(f"QLinear.forward_gelu_cat: x {tuple(x.shape)} {x.dtype} and gelu_x "
+                             f"{tuple(gelu_x.shape)} {gelu_x.dtype} must share leading dims and dtype")
+        if not (self.supports_gelu_cat() and gelu_x.dtype in (torch.bfloat16, torch.float16)
+                and kx % 16 == 0 and gelu_x.shape[-1] % 16 == 0):
+            g = torch.nn.functional.gelu(gelu_x, approximate="tanh")
+            return self(g if x is None else torch.cat([x, g], dim=-1))
+        lead = gelu_x.shape[:-1]
+        g2 = gelu_x.reshape(-1, gelu_x.shape[-1]).contiguous()
+        x2 = None if x is None else x.reshape(-1, kx).contiguous()
+        qbackend = self.backend
+        if self.compiled_quantize == "inductor" and torch.compiler.is_compiling():
+            qbackend = "reference"
+        q, scale = ops.quantize_act_gelu_cat(x2, g2, self.scheme, self.smooth, backend=qbackend)
+        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None,
+                     out_dtype=gelu_x.dtype, backend=self.backend)
+        return y.reshape(*lead, self.out_features)
+
     # ------------------------------------------------------------ low-rank branch in the GEMM's K
 
     @property

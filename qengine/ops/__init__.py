@@ -23,6 +23,9 @@ MISSING_CUDA_KERNELS = library.register_missing_cuda_kernels(", ".join(_extensio
 
 _QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8", "w8a8-fp8": "quantize_act_fp8", "w4a8": "quantize_act_int8",
                 "w4a4": "quantize_act_int4"}
+# Schemes whose activations are quantized per token by the 8-bit row kernel (gelu-cat input too).
+_GELU_CAT_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8_gelu_cat", "w8a8-fp8": "quantize_act_fp8_gelu_cat",
+                         "w4a8": "quantize_act_int8_gelu_cat"}
 _GEMM_OP = {"w8a8-int8": "w8a8_int8_gemm", "w8a8-fp8": "w8a8_fp8_gemm", "w4a8": "w4a8_gemm", "w4a4": "w4a4_gemm"}
 _CONV_OP = {"w8a8-int8": "w8a8_int8_conv2d", "w8a8-fp8": "w8a8_fp8_conv2d"}
 
@@ -39,6 +42,21 @@ def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = 
                  lora_down: torch.Tensor | None = None, backend: str = "auto"):
     """Quantize activations ``x [M, K]`` for ``scheme``: returns ``(q, scale, lowrank_act)``."""
     return _resolve(_QUANTIZE_OP[scheme.name], backend)(x, smooth, lora_down)
+
+
+def supports_gelu_cat(scheme: Scheme) -> bool:
+    """Whether :func:`quantize_act_gelu_cat` serves ``scheme`` (8-bit per-token activations)."""
+    return scheme.name in _GELU_CAT_QUANTIZE_OP
+
+
+def quantize_act_gelu_cat(x: torch.Tensor | None, gelu_x: torch.Tensor, scheme: Scheme,
+                          smooth: torch.Tensor | None = None, backend: str = "auto"):
+    """Quantize the rows ``cat([x, gelu_tanh(gelu_x)], 1)`` for ``scheme`` without forming them:
+    ``(q [M, Kx + Kg], scale [M])``, equal to :func:`quantize_act` of the concatenation."""
+    if scheme.name not in _GELU_CAT_QUANTIZE_OP:
+        raise OpInputError(f"quantize_act_gelu_cat: scheme {scheme.name} has no gelu-cat quantization "
+                           f"(supported: {', '.join(_GELU_CAT_QUANTIZE_OP)})")
+    return _resolve(_GELU_CAT_QUANTIZE_OP[scheme.name], backend)(x, gelu_x, smooth)
 
 
 def quantize_act_lowrank_cat(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor,

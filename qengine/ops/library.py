@@ -28,6 +28,8 @@ SCHEMAS: dict[str, str] = {
     "quantize_act_int4": _QUANT_ARGS,
     "quantize_act_fp8_lowrank_cat": "(Tensor x, Tensor? smooth, Tensor lora_down, Tensor inv_c) -> (Tensor, Tensor)",
     "quantize_act_fp8_lowrank_cat_from": "(Tensor x, Tensor? smooth, Tensor lowrank, Tensor inv_c) -> (Tensor, Tensor)",
+    "quantize_act_int8_gelu_cat": "(Tensor? x, Tensor gelu_x, Tensor? smooth) -> (Tensor, Tensor)",
+    "quantize_act_fp8_gelu_cat": "(Tensor? x, Tensor gelu_x, Tensor? smooth) -> (Tensor, Tensor)",
     "w8a8_int8_gemm": "(" + _GEMM_ARGS,
     "w8a8_fp8_gemm": "(" + _GEMM_ARGS,
     "w4a8_gemm": "(" + _GEMM_ARGS,
@@ -100,6 +102,15 @@ def _fake_quantize_lowrank_cat(op, check):
 for _name, _check in (("quantize_act_fp8_lowrank_cat", ref.check_quantize_lowrank_cat_args),
                       ("quantize_act_fp8_lowrank_cat_from", ref.check_quantize_lowrank_cat_from_args)):
     torch.library.register_fake(f"qengine::{_name}", _fake_quantize_lowrank_cat(_name, _check), lib=_lib)
+def _fake_quantize_gelu_cat(op, q_dtype):
+    def fake(x, gelu_x, smooth=None):
+        m, k = ref.check_quantize_gelu_cat_args(op, x, gelu_x, smooth)
+        return gelu_x.new_empty(m, k, dtype=q_dtype), gelu_x.new_empty(m, dtype=torch.float32)
+    return fake
+
+
+for _name, _qdtype in (("quantize_act_int8_gelu_cat", torch.int8), ("quantize_act_fp8_gelu_cat", torch.float8_e4m3fn)):
+    torch.library.register_fake(f"qengine::{_name}", _fake_quantize_gelu_cat(_name, _qdtype), lib=_lib)
 for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
     torch.library.register_fake(f"qengine::{_name}", _fake_gemm(_name), lib=_lib)
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)

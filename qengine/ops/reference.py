@@ -14,6 +14,9 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
          the FP8 GEMM's K; W = 3r rounded up to 128; the weight is lowrank_cat_weight's [N,K+W])
   quantize_act_fp8_lowrank_cat_from(x [M,K], smooth [K]?, lowrank [M,r] f32, inv_c [r] f32)
       -> the same, with the product (x / smooth) @ lora_down^T given
+  quantize_act_{int8,fp8}_gelu_cat(x [M,Kx]?, gelu_x [M,Kg], smooth [Kx+Kg]?)
+      -> q [M,Kx+Kg], scale [M]: quantize_act_* of cat([x, gelu_tanh(gelu_x)]) (16-bit inputs; the
+         CUDA kernel reads both in place, e.g. FLUX's attention output and proj_mlp's pre-activation)
   quantize_act_int4(x [M,K], smooth?, lora_down?)
       -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
   w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
@@ -92,6 +95,37 @@ def quantize_act_fp8(x, smooth=None, lora_down=None):
     xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down)
     q, scale = quantize_rows(xf, Format.FP8_E4M3)
     return q, scale, lowrank
+
+
+def check_quantize_gelu_cat_args(op, x, gelu_x, smooth):
+    """Validate a gelu-cat quantization's operands (metadata only); returns ``(M, K)``, K = Kx + Kg."""
+    checks.check_tensor(op, "gelu_x", gelu_x, dtypes=(torch.bfloat16, torch.float16), shape=(None, None))
+    m, kg = gelu_x.shape
+    kx = 0
+    if x is not None:
+        checks.check_tensor(op, "x", x, dtypes=(gelu_x.dtype,), shape=(m, None), device=gelu_x.device)
+        kx = x.shape[1]
+    if kg <= 0 or kg % 16 or kx % 16:
+        checks._fail(op, f"the columns of x ({kx}) and gelu_x ({kg}) must be multiples of 16, gelu_x's positive")
+    checks.check_smooth_and_down(op, kx + kg, smooth, None, gelu_x.device)
+    return m, kx + kg
+
+
+def gelu_cat_input(x, gelu_x):
+    """The rows the gelu-cat ops quantize: ``cat([x, gelu_tanh(gelu_x)], 1)`` in gelu_x's dtype (the
+    gelu rounded to it, as a separate ``F.gelu`` would)."""
+    g = F.gelu(gelu_x, approximate="tanh")
+    return g if x is None else torch.cat([x, g], dim=1)
+
+
+def quantize_act_int8_gelu_cat(x, gelu_x, smooth=None):
+    check_quantize_gelu_cat_args("quantize_act_int8_gelu_cat", x, gelu_x, smooth)
+    return quantize_rows(_smoothed(gelu_cat_input(x, gelu_x), smooth), Format.INT8)
+
+
+def quantize_act_fp8_gelu_cat(x, gelu_x, smooth=None):
+    check_quantize_gelu_cat_args("quantize_act_fp8_gelu_cat", x, gelu_x, smooth)
+    return quantize_rows(_smoothed(gelu_cat_input(x, gelu_x), smooth), Format.FP8_E4M3)
 
 
 def check_quantize_lowrank_cat_args(op, x, smooth, lora_down, inv_c):

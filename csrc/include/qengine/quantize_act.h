@@ -29,6 +29,14 @@
 // grown scale, then [hi | lo | hi] (| lo when lowrank_cat_terms(rank) == 4), then zeros. `lowrank`
 // is not written (may be nullptr). q and scale are bit-exact with the reference given the same
 // lowrank values; lowrank itself carries the tensor-core rounding above.
+//
+// Gelu-cat input (16-bit x, no low-rank; K_gelu > 0): the row that is quantized is
+//   [x[m, :K - K_gelu] | gelu_tanh(gelu_x[m, :K_gelu])]
+// read from the two tensors in place (never concatenated in memory), with gelu_tanh computed as
+// PyTorch's CUDA gelu(approximate="tanh") does (fp32: 0.5 x (1 + tanh(b (x + k x^3)))) and rounded
+// to x_type, so the result is bit-exact with quantizing torch.cat([x, F.gelu(g, "tanh")], -1).
+// FLUX's single blocks feed proj_out with cat(attention output, gelu(proj_mlp(.))): this reads
+// both once instead of writing and re-reading the concatenation.
 #pragma once
 
 #include <cstdint>
@@ -63,6 +71,11 @@ struct QuantizeActParams {
   // Cat mode with the low-rank product given ([M, rank] fp32, e.g. from a cuBLAS x @ (lora_down /
   // smooth)^T): the one-pass row kernel adds the cat columns; lora_down is not read.
   const float* lowrank_in = nullptr;
+  // Gelu-cat input (see above). x may be nullptr when K_gelu == K; both K - K_gelu and K_gelu are
+  // multiples of 16; gelu_x has x_type, 16-byte aligned rows of stride ld_gelu elements.
+  const void* gelu_x = nullptr;
+  int64_t ld_gelu = 0;
+  int64_t K_gelu = 0;
 };
 
 // Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.

@@ -1,0 +1,190 @@
+"""Gelu-cat activation quantization on the CPU: the ops' reference and fakes, QLinear.forward_gelu_cat,
+and the FLUX / feed-forward forwards that use it (qengine.nn.fused_mlp), run through the reference.
+
+The CUDA kernel is compared with the reference in tests/gpu/test_gelu_cat_kernels.py.
+"""
+from __future__ import annotations
+
+import unittest.mock as mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qengine
+from qengine import ops
+from qengine.config import LayerQuantConfig
+from qengine.formats import get_scheme
+from qengine.nn import QLinear, fused
+from qengine.ops import OpInputError
+
+Q = torch.ops.qengine
+
+
+def _inputs(m, kx, kg, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(m, kx, generator=g) * 2).to(dtype) if kx else None
+    return x, (torch.randn(m, kg, generator=g) * 3).to(dtype)
+
+
+@pytest.mark.parametrize("name,fmt", [("quantize_act_fp8_gelu_cat", "quantize_act_fp8"),
+                                      ("quantize_act_int8_gelu_cat", "quantize_act_int8")])
+def test_op_quantizes_the_gelu_concatenation(name, fmt):
+    x, g = _inputs(9, 32, 48)
+    smooth = torch.rand(80, generator=torch.Generator().manual_seed(1)).bfloat16() + 0.5
+    q, s = getattr(Q, name)(x, g, smooth)
+    eq, es, _ = getattr(Q, fmt)(torch.cat([x, F.gelu(g, approximate="tanh")], 1), smooth, None)
+    assert torch.equal(s, es) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
+    assert q.shape == (9, 80)
+    # no x: the whole row is the GELU part
+    q0, s0 = getattr(Q, name)(None, g, None)
+    eq0, es0, _ = getattr(Q, fmt)(F.gelu(g, approximate="tanh"), None, None)
+    assert torch.equal(s0, es0) and torch.equal(q0.view(torch.uint8), eq0.view(torch.uint8))
+
+
+def test_op_errors_name_the_problem():
+    x, g = _inputs(4, 32, 48)
+    op = Q.quantize_act_fp8_gelu_cat
+    with pytest.raises(OpInputError, match="multiples of 16"):
+        op(x, g[:, :40].contiguous(), None)
+    with pytest.raises(OpInputError, match="multiples of 16"):
+        op(x[:, :8].contiguous(), g, None)
+    with pytest.raises(OpInputError, match="gelu_x must have dtype"):
+        op(None, g.float(), None)
+    with pytest.raises(OpInputError, match="x must have dtype"):
+        op(x.half(), g, None)
+    with pytest.raises(OpInputError, match=r"x must have shape \[4, \*\]"):
+        op(x[:2].contiguous(), g, None)
+    with pytest.raises(OpInputError, match=r"smooth must have shape \[80\]"):
+        op(x, g, torch.ones(48))
+    with pytest.raises(OpInputError, match="no gelu-cat quantization"):
+        ops.quantize_act_gelu_cat(x, g, get_scheme("w4a4"))
+
+
+def test_fake_gives_the_shapes():
+    x, g = _inputs(6, 32, 48)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fx, fg = mode.from_tensor(x), mode.from_tensor(g)
+        q, s = Q.quantize_act_int8_gelu_cat(fx, fg, None)
+    assert q.shape == (6, 80) and q.dtype == torch.int8 and s.shape == (6,) and s.dtype == torch.float32
+
+
+def _qlinear(scheme, k, n, *, smooth=False, rank=0, seed=0):
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(k, n).bfloat16()
+    s = torch.rand(k).bfloat16() + 0.5 if smooth else None
+    group = 64 if scheme == "w4a4" else 0
+    return QLinear.from_float(lin, LayerQuantConfig(scheme=scheme, rank=rank, group_size=group), smooth=s)
+
+
+@pytest.mark.parametrize("scheme,smooth,rank", [("w8a8-fp8", False, 0), ("w8a8-int8", True, 0), ("w4a8", False, 0),
+                                                ("w8a8-fp8", False, 16), ("w4a4", False, 0)])
+def test_qlinear_forward_gelu_cat_equals_the_unfused_call(scheme, smooth, rank):
+    q = _qlinear(scheme, 64 + 128, 64, smooth=smooth, rank=rank)
+    x, g = _inputs(10, 64, 128, seed=2)
+    x3, g3 = x.reshape(2, 5, 64), g.reshape(2, 5, 128)
+    expect = q(torch.cat([x3, F.gelu(g3, approximate="tanh")], -1))
+    fused_path = q.supports_gelu_cat()
+    assert fused_path == (rank == 0 and scheme != "w4a4")
+    with mock.patch.object(ops, "quantize_act_gelu_cat", wraps=ops.quantize_act_gelu_cat) as spy:
+        out = q.forward_gelu_cat(x3, g3)
+    assert spy.called == fused_path  # the other layers take the unfused call
+    assert out.shape == (2, 5, 64)
+    assert torch.equal(out, expect)
+
+
+def test_qlinear_forward_gelu_cat_checks_its_inputs():
+    q = _qlinear("w8a8-fp8", 192, 32)
+    x, g = _inputs(4, 64, 128)
+    with pytest.raises(ValueError, match="in_features=192"):
+        q.forward_gelu_cat(x, g[:, :64])
+    with pytest.raises(ValueError, match="leading dims and dtype"):
+        q.forward_gelu_cat(x.half(), g)
+    # fp32 input: the unfused call (the kernel reads 16-bit input only), same result
+    xf, gf = x.float(), g.float()
+    assert torch.equal(q.forward_gelu_cat(xf, gf), q(torch.cat([xf, F.gelu(gf, approximate="tanh")], -1)))
+
+
+def _flux(num_layers=1, num_single_layers=1):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=num_layers,
+                                  num_single_layers=num_single_layers, attention_head_dim=64, num_attention_heads=2,
+                                  joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+                                  axes_dims_rope=(16, 24, 24)).to(torch.bfloat16).eval()
+
+
+def _flux_inputs(gen, n_img=16, n_txt=8):
+    return dict(hidden_states=torch.randn(1, n_img, 16, generator=gen).bfloat16(),
+                encoder_hidden_states=torch.randn(1, n_txt, 32, generator=gen).bfloat16(),
+                pooled_projections=torch.randn(1, 16, generator=gen).bfloat16(),
+                timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+                img_ids=torch.zeros(n_img, 3), txt_ids=torch.zeros(n_txt, 3))
+
+
+@pytest.mark.parametrize("scheme", ["w8a8-fp8", "w8a8-int8"])
+def test_flux_gelu_cat_forwards_give_the_stock_output(monkeypatch, scheme):
+    pytest.importorskip("diffusers")
+    monkeypatch.setattr(fused, "_kernel_device", lambda t, built: True)  # the fused path on CPU (reference ops)
+    model = _flux()
+    qengine.quantize(model, scheme)
+    swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
+    assert sorted(type(m).__name__ for m in swapped) == ["FeedForward", "FeedForward", "FluxSingleTransformerBlock"]
+    assert qengine.enable_fused_kernels(model)["gelu_cat"] == 0  # idempotent
+    assert list(model.state_dict()) == list(_state_keys_after_plain_quantize(scheme))
+    inputs = _flux_inputs(torch.Generator().manual_seed(3))
+    op = "quantize_act_fp8_gelu_cat" if scheme == "w8a8-fp8" else "quantize_act_int8_gelu_cat"
+    calls = []
+    real = getattr(Q, op)
+    with torch.no_grad():
+        with mock.patch.object(Q, op, lambda *a: calls.append(a[1].shape) or real(*a)):
+            out = model(**inputs)[0]
+        for m in swapped:
+            del m.forward  # the class's own forward again
+        expect = model(**inputs)[0]
+    assert len(calls) == 3
+    assert torch.equal(out, expect)
+
+
+def _state_keys_after_plain_quantize(scheme):
+    model = _flux()
+    qengine.quantize(model, scheme, fused_kernels=False)
+    return model.state_dict().keys()
+
+
+def test_gelu_cat_forwards_fall_back_off_the_kernel_device():
+    """On CPU tensors with no compiled kernel the swapped modules run their class's forward."""
+    pytest.importorskip("diffusers")
+    model = _flux()
+    qengine.quantize(model, "w8a8-fp8")
+    assert sum(hasattr(m, "_qengine_gelu_cat") for m in model.modules()) == 3
+    inputs = _flux_inputs(torch.Generator().manual_seed(4))
+    with torch.no_grad(), mock.patch.object(Q, "quantize_act_fp8_gelu_cat",
+                                            side_effect=AssertionError("fused op called")):
+        model(**inputs)
+
+
+def test_low_rank_layers_keep_their_forward():
+    pytest.importorskip("diffusers")
+    model = _flux()
+    qengine.quantize(model, qengine.QuantConfig.preset("w8a8-fp8", rank=16))
+    assert not any(hasattr(m, "_qengine_gelu_cat") for m in model.modules())
+
+
+def test_gelu_cat_forward_in_training_mode_with_dropout_uses_the_stock_path(monkeypatch):
+    from diffusers.models.attention import FeedForward
+
+    monkeypatch.setattr(fused, "_kernel_device", lambda t, built: True)
+    torch.manual_seed(0)
+    ff = FeedForward(32, dim_out=32, activation_fn="gelu-approximate", dropout=0.5).bfloat16()
+    qengine.quantize(ff, "w8a8-fp8")
+    assert hasattr(ff, "_qengine_gelu_cat")
+    x = torch.randn(4, 32).bfloat16()
+    ff.train()
+    with mock.patch.object(Q, "quantize_act_fp8_gelu_cat", side_effect=AssertionError("fused op called")):
+        ff(x)
+    ff.eval()
+    with mock.patch.object(Q, "quantize_act_fp8_gelu_cat", wraps=Q.quantize_act_fp8_gelu_cat) as spy:
+        ff(x)
+    assert spy.called
