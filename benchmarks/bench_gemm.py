@@ -178,7 +178,12 @@ def ceilings(reps, timing, l2) -> dict:
 # ---------------------------------------------------------------- the benchmark
 
 
-def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0):
+# The persistent tile orders --sweep-schedules tries on the 128x128 sm90 configs (raster, swizzle).
+SCHEDULES = [(r, sw) for r in ("m", "n") for sw in (1, 2, 4, 8)]
+SCHEDULE_CONFIGS = ("sm90_128x128x128_pingpong_c2x1", "sm90_128x128x128_pingpong_c1x2")
+
+
+def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0, sweep_schedules=False):
     m, k, n = shape.M, shape.K, shape.N
     sets = operand_sets(m, k, n, l2, rank)
     ns = len(sets)
@@ -283,6 +288,21 @@ def bench_shape(shape, ceil, reps, timing, l2, ext, sweep, rank=0):
                 t[f"cfg_{kind}_{cfg}"] = time_fn(
                     lambda i, c=cfg: (lambda s=sets[i]: ext.w8a8_gemm_with_config(
                         s["x" + key], s[sc], s["w" + key], s[wsc], s["b"], "bfloat16", c)), ns, reps, timing)
+
+    if sweep_schedules and ext is not None:
+        for kind, key, qn in (("fp8", "f", "float8_e4m3fn"), ("int8", "i", "int8")):
+            sc, wsc = ("xs", "ws") if kind == "fp8" else ("xis", "wis")
+            for cfg in SCHEDULE_CONFIGS:
+                if cfg not in ext.gemm_configs() or not ext.gemm_config_available(cfg, qn, DEV.index or 0):
+                    continue
+                for r, sw in SCHEDULES:
+                    t[f"sched_{kind}_{cfg}_{r}{sw}"] = time_fn(
+                        lambda i, c=cfg, r=r, sw=sw: (lambda s=sets[i]: ext.w8a8_gemm_with_config(
+                            s["x" + key], s[sc], s["w" + key], s[wsc], s["b"], "bfloat16", c, raster=r, swizzle=sw)),
+                        ns, reps, timing)
+            best = min((v, k_) for k_, v in t.items() if k_.startswith(f"sched_{kind}_"))
+            row[f"best_schedule_{kind}"] = best[1][len(f"sched_{kind}_"):]
+            row[f"best_schedule_{kind}_vs_heuristic"] = round(t[f"ours_{kind}_gemm"] / best[0], 3)
 
     flops = 2 * m * n * k
     for name, sec in t.items():
@@ -399,6 +419,9 @@ def main(argv=None):
     ap.add_argument("--timing", choices=["graph", "eager"], default="graph",
                     help="replay a CUDA graph of the calls (default) or launch eagerly")
     ap.add_argument("--sweep-configs", action="store_true", help="also time every tile config of our GEMMs")
+    ap.add_argument("--sweep-schedules", action="store_true",
+                    help="also time the 128x128 sm90 configs under every persistent tile order (raster m|n x "
+                         "swizzle 1|2|4|8) and report the best against the heuristic's choice")
     ap.add_argument("--rank", type=int, default=32, help="low-rank branch rank to time (0 = skip those columns)")
     ap.add_argument("--min-m", type=int, default=0, help="only shapes with M >= this (e.g. 4096: FLUX image stream)")
     ap.add_argument("--out-dir", type=Path, default=Path("out/bench_gemm"), help="where CSV/JSON/MD/PNG go")
@@ -420,7 +443,8 @@ def main(argv=None):
         shapes = shapes[: args.max_shapes]
     rows = []
     for s in shapes:
-        r = bench_shape(s, meta["ceilings"], args.reps, args.timing, l2, ext, args.sweep_configs, args.rank)
+        r = bench_shape(s, meta["ceilings"], args.reps, args.timing, l2, ext, args.sweep_configs, args.rank,
+                        args.sweep_schedules)
         rows.append(r)
         print(f"{s.model:10s} {s.M:5d}x{s.K:5d}x{s.N:5d} bf16 {r['bf16_linear_us']:8.1f}us  fp8 {r['ours_fp8_gemm_us']:8.1f}us"
               f" ({r.get('ours_fp8_gemm_vs_bf16_linear', 0):.2f}x bf16, {r.get('ours_fp8_gemm_vs_scaled_mm_rowwise', 0):.2f}x"
@@ -428,7 +452,9 @@ def main(argv=None):
               f"  quant {r['ours_quant_fp8_pct_copy']:5.1f}%copy  QLin fp8 {r.get('ours_qlinear_fp8_vs_bf16_linear', 0):.2f}x"
               f"  [{r.get('config_fp8', '')}]"
               + (f"  LR: gemm fp8 +{r['ours_fp8_gemm_lr_overhead_pct']}% int8 +{r['ours_int8_gemm_lr_overhead_pct']}%"
-                 f" quant +{r['ours_quant_fp8_lr_overhead_pct']}%" if args.rank else ""), flush=True)
+                 f" quant +{r['ours_quant_fp8_lr_overhead_pct']}%" if args.rank else "")
+              + "".join(f"  best {kind} {r[f'best_schedule_{kind}']} {r[f'best_schedule_{kind}_vs_heuristic']:.3f}x"
+                        for kind in ("fp8", "int8") if f"best_schedule_{kind}" in r), flush=True)
     write_outputs(rows, meta, args.out_dir)
     print(f"wrote {args.out_dir}/bench_gemm.{{csv,json,md,png}}")
 

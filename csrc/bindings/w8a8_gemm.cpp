@@ -48,7 +48,7 @@ W8A8TileConfig dispatch_config(const GemmArgs& g, const at::Device& device, int 
 at::Tensor run_gemm(const GemmArgs& g, const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w,
                     const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                     const std::optional<at::Tensor>& lowrank_act, const std::optional<at::Tensor>& lora_up,
-                    at::ScalarType out_dtype, const W8A8TileConfig* forced) {
+                    at::ScalarType out_dtype, const W8A8TileConfig* forced, const int* forced_schedule = nullptr) {
   const char* op = g.op;
   const auto device = a.device();
   check_tensor(op, "a", a, device, {g.q_dtype}, {-1, -1});
@@ -116,6 +116,12 @@ at::Tensor run_gemm(const GemmArgs& g, const at::Tensor& a, const at::Tensor& a_
   p.in_type = g.in_type;
   p.out_type = float_type(op, "out_dtype", out_dtype);
   p.sm_count = device_arch(device).sm_count;
+  if (forced_schedule != nullptr) {
+    p.raster = forced_schedule[0];
+    p.swizzle = forced_schedule[1];
+  } else {
+    choose_schedule(p.M, p.N, p.K, cfg, g.in_type, &p.raster, &p.swizzle);
+  }
   at::Tensor act_t, up_t;
   if (fused_lowrank) {
     // The epilogue's MMA reads lora_up as bf16 (an fp16/fp32 lora_up is rounded once per call),
@@ -182,15 +188,28 @@ void register_gemm_debug(pybind11::module_& m) {
       "w8a8_gemm_with_config",
       [](const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& w, const at::Tensor& w_scale,
          const std::optional<at::Tensor>& bias, const std::string& out_dtype, const std::string& config,
-         const std::optional<at::Tensor>& lowrank_act, const std::optional<at::Tensor>& lora_up) {
+         const std::optional<at::Tensor>& lowrank_act, const std::optional<at::Tensor>& lora_up,
+         const std::optional<std::string>& raster, std::optional<int> swizzle) {
         const W8A8TileConfig cfg = config_from_name(config);
+        int schedule[2] = {0, 1};
+        const bool forced_schedule = raster.has_value() || swizzle.has_value();
+        if (forced_schedule) {
+          const std::string r = raster.value_or("auto");
+          TORCH_CHECK_VALUE(r == "auto" || r == "m" || r == "n", cat("qengine: raster must be 'auto', 'm' or 'n', got '", r, "'"));
+          schedule[0] = r == "m" ? 1 : r == "n" ? 2 : 0;
+          schedule[1] = swizzle.value_or(1);
+          TORCH_CHECK_VALUE(schedule[1] == 1 || schedule[1] == 2 || schedule[1] == 4 || schedule[1] == 8,
+                            cat("qengine: swizzle must be 1, 2, 4 or 8, got ", schedule[1]));
+        }
         return run_gemm(gemm_args(quant_type_from_dtype(a.scalar_type())), a, a_scale, w, w_scale, bias, lowrank_act,
-                        lora_up, out_dtype_from_name(out_dtype), &cfg);
+                        lora_up, out_dtype_from_name(out_dtype), &cfg, forced_schedule ? schedule : nullptr);
       },
-      "w8a8 GEMM (a int8|fp8) with a forced tile config; out_dtype 'bfloat16'|'float16'. Debug/test entry point.",
+      "w8a8 GEMM (a int8|fp8) with a forced tile config; out_dtype 'bfloat16'|'float16'; optionally a forced "
+      "persistent tile order (sm90 configs): raster 'auto'|'m'|'n', swizzle 1|2|4|8. Debug/test entry point.",
       pybind11::arg("a"), pybind11::arg("a_scale"), pybind11::arg("w"), pybind11::arg("w_scale"), pybind11::arg("bias"),
       pybind11::arg("out_dtype"), pybind11::arg("config"), pybind11::arg("lowrank_act") = std::nullopt,
-      pybind11::arg("lora_up") = std::nullopt);
+      pybind11::arg("lora_up") = std::nullopt, pybind11::arg("raster") = std::nullopt,
+      pybind11::arg("swizzle") = std::nullopt);
   m.def(
       "gemm_config_fuses_lowrank",
       [](const std::string& config, const std::string& in_dtype) {

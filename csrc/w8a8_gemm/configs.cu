@@ -28,6 +28,9 @@ Entry lowrank_entry(W8A8TileConfig c, QuantType t) {
     case W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1:
       return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c2x1_lowrank)
                  : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c2x1_lowrank);
+    case W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c1x2_lowrank)
+                 : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c1x2_lowrank);
 #endif
     default:
       break;
@@ -47,6 +50,9 @@ Entry entry(W8A8TileConfig c, QuantType t) {
     case W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1:
       return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c2x1)
                  : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c2x1);
+    case W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c1x2)
+                 : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c1x2);
 #endif
     case W8A8TileConfig::kSm80_32x64x128:
 #ifdef QENGINE_HAS_SM89_FP8
@@ -81,12 +87,21 @@ const char* tile_config_name(W8A8TileConfig c) {
     case W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1: return "sm90_128x128x128_pingpong_c2x1";
     case W8A8TileConfig::kSm80_32x64x128: return "sm80_32x64x128";
     case W8A8TileConfig::kSm80_128x128x64: return "sm80_128x128x64";
+    case W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2: return "sm90_128x128x128_pingpong_c1x2";
     default: return "unknown";
   }
 }
 
 bool tile_config_is_sm90(W8A8TileConfig c) {
-  return c == W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4 || c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1;
+  return c == W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4 || c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1 ||
+         c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2;
+}
+
+void choose_schedule(int M, int N, int K, W8A8TileConfig c, QuantType t, int* raster, int* swizzle) {
+  // CUTLASS's own order until a sweep shows better (benchmarks/bench_gemm.py --sweep-configs).
+  (void)M, (void)N, (void)K, (void)c, (void)t;
+  *raster = 0;
+  *swizzle = 1;
 }
 
 W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90) {
@@ -118,6 +133,8 @@ size_t w8a8_gemm_workspace_bytes(const W8A8GemmParams& p, W8A8TileConfig c) {
 cudaError_t w8a8_gemm(const W8A8GemmParams& p, W8A8TileConfig c, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0 || p.K <= 0 || p.K % 16 || p.N % 8) return cudaErrorInvalidValue;
   if (p.out_type != FloatType::kBF16 && p.out_type != FloatType::kFP16) return cudaErrorInvalidValue;
+  if (p.raster < 0 || p.raster > 2 || (p.swizzle != 1 && p.swizzle != 2 && p.swizzle != 4 && p.swizzle != 8))
+    return cudaErrorInvalidValue;
   if (p.rank < 0 || p.rank % 8 ||
       (p.rank > 0 && (p.lowrank_act == nullptr || p.lora_up == nullptr ||
                       reinterpret_cast<uintptr_t>(p.lowrank_act) % 16 || reinterpret_cast<uintptr_t>(p.lora_up) % 16)))

@@ -32,8 +32,9 @@ class QLinear(nn.Module):
     #: Under ``torch.compile``: "op" keeps the activation quantization as qengine's CUDA kernel (an
     #: opaque op in the compiled graph); "inductor" traces it as the reference's torch ops instead,
     #: so inductor can fuse it with the ops producing the input (LayerNorm + modulate, GELU, ...),
-    #: as torchao's dynamic quantization is. The GEMM stays qengine's either way. "inductor" is
-    #: not yet measured on a GPU (notes/h100_2026-11-22d/README.md, "Next"), hence not the default.
+    #: as torchao's dynamic quantization is. The GEMM stays qengine's either way. On an H100 the
+    #: compiled FLUX step was no faster with "inductor" (105.2 vs 104.4 ms,
+    #: notes/h100_2026-11-22e/README.md), hence not the default.
     compiled_quantize: str = "op"
 
     def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,

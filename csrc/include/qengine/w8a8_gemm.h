@@ -43,6 +43,12 @@ struct W8A8GemmParams {
   const float* lowrank_act = nullptr;  // [M, rank] fp32, row-major, contiguous, 16-byte aligned
   const void* lora_up = nullptr;       // [N, rank] bf16, row-major, contiguous, 16-byte aligned
   int rank = 0;                        // multiple of 8
+  // Persistent tile order of the sm90 configs (runtime arguments, the same kernels): raster 0 =
+  // CUTLASS's choice (along M when there are more N tiles than M tiles, else along N), 1 = along
+  // M, 2 = along N; swizzle = 1, 2, 4 or 8 neighbouring tiles visited together (L2 reuse).
+  // choose_schedule() picks them per shape; the mma.sync configs ignore them.
+  int raster = 0;
+  int swizzle = 1;
 };
 
 // Named tile configurations. The sm90 ones use wgmma + TMA, warp-specialized, persistent; the
@@ -54,7 +60,8 @@ enum class W8A8TileConfig : int {
   kSm90_128x128x128_Pingpong_C2x1 = 1,   // the default
   kSm80_32x64x128 = 2,                   // mma.sync, small M; on sm90 also tiny INT8 problems
   kSm80_128x128x64 = 3,                  // mma.sync, large M
-  kCount = 4,
+  kSm90_128x128x128_Pingpong_C1x2 = 4,   // the default's tile with the cluster along N (A multicast)
+  kCount = 5,
 };
 
 const char* tile_config_name(W8A8TileConfig c);
@@ -62,6 +69,9 @@ bool tile_config_is_sm90(W8A8TileConfig c);
 
 // Readable heuristic over (M, N, K): `sm90` when the wgmma kernels can run, else mma.sync.
 W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90);
+
+// The persistent tile order (W8A8GemmParams::raster / swizzle) for an sm90 config and shape.
+void choose_schedule(int M, int N, int K, W8A8TileConfig c, QuantType t, int* raster, int* swizzle);
 
 // Whether this binary holds kernels for the config and input type (for the compiled archs).
 bool tile_config_compiled(W8A8TileConfig c, QuantType t);

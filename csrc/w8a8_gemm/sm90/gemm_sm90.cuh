@@ -121,6 +121,11 @@ struct ScaledGemm {
         {static_cast<const ElementAB*>(p.a), stride_a, static_cast<const ElementAB*>(p.w), stride_b},
         {evt, nullptr, stride_d, static_cast<ElementOut*>(p.out), stride_d},
         hw};
+    using RasterOrder = cutlass::gemm::kernel::detail::RasterOrderOptions;
+    args.scheduler.raster_order = p.raster == 1   ? RasterOrder::AlongM
+                                  : p.raster == 2 ? RasterOrder::AlongN
+                                                  : RasterOrder::Heuristic;
+    args.scheduler.max_swizzle_size = p.swizzle;
     return args;
   }
 
@@ -149,6 +154,16 @@ struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1> {
   static constexpr bool kFP8 = !cute::is_same_v<ElementAB, int8_t>;
   using Tile = Shape<_128, _128, _128>;
   using Cluster = Shape<_2, _1, _1>;
+  using Kernel = cute::conditional_t<kFP8, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
+                                     cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
+  using Scheduler = cutlass::gemm::PersistentScheduler;
+};
+template <typename ElementAB>
+struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2> {
+  static constexpr bool kFP8 = !cute::is_same_v<ElementAB, int8_t>;
+  using Tile = Shape<_128, _128, _128>;
+  using Cluster = Shape<_1, _2, _1>;
   using Kernel = cute::conditional_t<kFP8, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
                                      cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
