@@ -98,9 +98,12 @@ bool tile_config_is_sm90(W8A8TileConfig c) {
 }
 
 void choose_schedule(int M, int N, int K, W8A8TileConfig c, QuantType t, int* raster, int* swizzle) {
-  // CUTLASS's own order until a sweep shows better (benchmarks/bench_gemm.py --sweep-configs).
-  (void)M, (void)N, (void)K, (void)c, (void)t;
-  *raster = 0;
+  // From the H100 sweep (bench_gemm.py --sweep-schedules, notes/h100_2026-11-22e, call 5): the
+  // cluster-along-N config is best walked along M; the cluster-along-M one in CUTLASS's order
+  // (along N when there are more M tiles, which is where choose_tile_config keeps it for FP8).
+  // Swizzles of 2-4 were within noise of 1 and 8 lost up to 60%.
+  (void)M, (void)N, (void)K, (void)t;
+  *raster = c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2 ? 1 : 0;
   *swizzle = 1;
 }
 
@@ -117,7 +120,15 @@ W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90) {
   // many SMs (SD1.5/SDXL text and low-resolution layers, SD3 text stream).
   if (M <= 64 || tiles_128 < 66) return W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4;
   // Everything else: 128x128 ping-pong (the two consumer warpgroups overlap one tile's epilogue
-  // with the other's mainloop). FLUX image stream: 1300-1400 TOPS.
+  // with the other's mainloop). FLUX image stream: 1300-1400 TOPS. The cluster along N (two CTAs
+  // of one M block share its A tile by TMA multicast, as cuBLAS's FP8 kernel does), walked along
+  // M, won the H100 sweep of tile orders (notes/h100_2026-11-22e, call 5) for INT8 on every FLUX
+  // shape but one (-2%) by up to 13%, and for FP8 where there are more N tiles than M tiles
+  // (4608x3072->12288: 7%); FP8 with more M tiles stays on the cluster along M.
+  const int64_t tiles_m = (M + 127) / 128, tiles_n = (N + 127) / 128;
+  if ((t == QuantType::kInt8 || tiles_n > tiles_m) &&
+      tile_config_compiled(W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2, t))
+    return W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2;
   return W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1;
 }
 
