@@ -57,10 +57,10 @@ struct W8A8GemmParams {
 // cooperative stream-K lost to 128x128x128 ping-pong on every FLUX/SD3/SDXL/SD1.5 shape (H200).
 enum class W8A8TileConfig : int {
   kSm90_64x64x128_Pingpong_C1x4 = 0,     // few tiles: M <= 64 or under half a wave of 128x128 tiles
-  kSm90_128x128x128_Pingpong_C2x1 = 1,   // the default
+  kSm90_128x128x128_Pingpong_C2x1 = 1,   // FP8 with more M tiles than N tiles
   kSm80_32x64x128 = 2,                   // mma.sync, small M; on sm90 also tiny INT8 problems
   kSm80_128x128x64 = 3,                  // mma.sync, large M
-  kSm90_128x128x128_Pingpong_C1x2 = 4,   // the default's tile with the cluster along N (A multicast)
+  kSm90_128x128x128_Pingpong_C1x2 = 4,   // same tile, cluster along N (A multicast): INT8, wide FP8
   kCount = 5,
 };
 
