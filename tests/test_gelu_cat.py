@@ -188,3 +188,22 @@ def test_gelu_cat_forward_in_training_mode_with_dropout_uses_the_stock_path(monk
     with mock.patch.object(Q, "quantize_act_fp8_gelu_cat", wraps=Q.quantize_act_fp8_gelu_cat) as spy:
         ff(x)
     assert spy.called
+
+
+def test_swapped_modules_pickle_and_deepcopy():
+    import copy
+    import io
+
+    from diffusers.models.attention import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(32, dim_out=32, activation_fn="gelu-approximate").bfloat16()
+    qengine.quantize(ff, "w8a8-fp8")
+    assert hasattr(ff, "_qengine_gelu_cat")
+    x = torch.randn(4, 32).bfloat16()
+    buf = io.BytesIO()
+    torch.save(ff, buf)
+    buf.seek(0)
+    for other in (torch.load(buf, weights_only=False), copy.deepcopy(ff)):
+        assert other.forward.args[0] is other  # the forward serves the copy, not the original
+        assert torch.equal(other(x), ff(x))

@@ -19,8 +19,8 @@ diffusers release whose forward changed.
 """
 from __future__ import annotations
 
+import functools
 import inspect
-import types
 
 import torch
 from torch import nn
@@ -128,6 +128,8 @@ def swap_gelu_cat_forwards(model: nn.Module) -> int:
         if not (isinstance(linear, QLinear) and linear.supports_gelu_cat()):
             continue
         setattr(mod, _MARK, _gelu_cat_op_built(linear))
-        mod.forward = types.MethodType(forward, mod)
+        # A partial of a module-level function, not a bound method: it pickles (torch.save of the
+        # whole model) and deep-copies onto the copy.
+        mod.forward = functools.partial(forward, mod)
         n += 1
     return n
