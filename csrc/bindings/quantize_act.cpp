@@ -28,18 +28,20 @@ struct Input {
   int64_t M, K;
 };
 
+// smooth [K] (checked) in a dtype the kernel reads next to input of x's dtype and device: x's own
+// or fp32 (an fp32 copy of another 16-bit type is exact); undefined without smoothing.
+at::Tensor checked_smooth(const char* op, const std::optional<at::Tensor>& smooth, int64_t K, const at::Tensor& x) {
+  if (!smooth.has_value()) return {};
+  check_tensor(op, "smooth", *smooth, x.device(), {at::kBFloat16, at::kHalf, at::kFloat}, {K});
+  return (smooth->scalar_type() == x.scalar_type() || smooth->scalar_type() == at::kFloat) ? *smooth
+                                                                                          : smooth->to(at::kFloat);
+}
+
 Input checked_input(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& smooth) {
   check_tensor(op, "x", x, x.device(), {at::kBFloat16, at::kHalf, at::kFloat}, {-1, -1});
   const int64_t M = x.size(0), K = x.size(1);
   QENGINE_CHECK(op, K > 0 && K % 16 == 0, "K=", K, " is not supported: K must be a positive multiple of 16");
-  at::Tensor smooth_t;
-  if (smooth.has_value()) {
-    check_tensor(op, "smooth", *smooth, x.device(), {at::kBFloat16, at::kHalf, at::kFloat}, {K});
-    smooth_t = (smooth->scalar_type() == x.scalar_type() || smooth->scalar_type() == at::kFloat)
-                   ? *smooth
-                   : smooth->to(at::kFloat);
-  }
-  return {x, smooth_t, M, K};
+  return {x, checked_smooth(op, smooth, K, x), M, K};
 }
 
 // Launcher parameters for `in` quantized into q [M, ldq] (ldq = K, or K + the cat width) and scale [M].
@@ -185,13 +187,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType q
   QENGINE_CHECK(op, K_gelu > 0 && K_gelu % 16 == 0 && K_plain % 16 == 0, "the columns of x (", K_plain,
                 ") and gelu_x (", K_gelu, ") must be multiples of 16, gelu_x's positive");
   const int64_t K = K_plain + K_gelu;
-  at::Tensor smooth_t;
-  if (smooth.has_value()) {
-    check_tensor(op, "smooth", *smooth, gelu_x.device(), {at::kBFloat16, at::kHalf, at::kFloat}, {K});
-    smooth_t = (smooth->scalar_type() == gelu_x.scalar_type() || smooth->scalar_type() == at::kFloat)
-                   ? *smooth
-                   : smooth->to(at::kFloat);
-  }
+  const at::Tensor smooth_t = checked_smooth(op, smooth, K, gelu_x);
   check_arch(op, gelu_x.device());
 
   c10::cuda::CUDAGuard guard(gelu_x.device());

@@ -180,13 +180,18 @@ struct RowSource {
   int nvec_plain;
 };
 
+template <typename T>
+__device__ __forceinline__ void gelu_in_place(Vec<T>& g) {
+#pragma unroll
+  for (int j = 0; j < Vec<T>::kN; ++j) g.v[j] = from_float<T>(gelu_tanh(to_float(g.v[j])));
+}
+
 template <typename T, bool kGelu>
 __device__ __forceinline__ Vec<T> load_vec(const Vec<T>* xr, const Vec<T>* gr, int nvec_plain, int vi) {
   if constexpr (kGelu) {
     if (vi >= nvec_plain) {
       Vec<T> g = gr[vi - nvec_plain];
-#pragma unroll
-      for (int j = 0; j < Vec<T>::kN; ++j) g.v[j] = from_float<T>(gelu_tanh(to_float(g.v[j])));
+      gelu_in_place(g);
       return g;
     }
   }
@@ -286,10 +291,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) {
         const int vi = t + i * G;
-        if (vi < nvec && vi >= src.nvec_plain) {
-#pragma unroll
-          for (int j = 0; j < V::kN; ++j) regs[i].v[j] = from_float<T>(gelu_tanh(to_float(regs[i].v[j])));
-        }
+        if (vi < nvec && vi >= src.nvec_plain) gelu_in_place(regs[i]);
       }
     }
     float amax;

@@ -102,9 +102,7 @@ class QLinear(nn.Module):
             raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()
-        qbackend = self.backend
-        if self.compiled_quantize == "inductor" and torch.compiler.is_compiling():
-            qbackend = "reference"  # torch ops for inductor to fuse, see compiled_quantize
+        qbackend = self._quantize_backend()
         if self._w_cat is not None:  # the branch rides in the GEMM's K: no epilogue operands
             if self.lowrank_cat_down == "matmul":
                 q, scale = ops.quantize_act_lowrank_cat_from(x2, self.smooth, self._lowrank_product(x2),
@@ -121,6 +119,13 @@ class QLinear(nn.Module):
         y = ops.gemm(self.scheme, q, scale, w, self.weight_scale, self.bias, lowrank_act, up, out_dtype=x.dtype,
                      backend=self.backend)
         return y.reshape(*lead, self.out_features)
+
+    def _quantize_backend(self) -> str:
+        """The backend of the activation quantization: the layer's, except under torch.compile with
+        ``compiled_quantize = "inductor"`` (the reference's torch ops, for inductor to fuse)."""
+        if self.compiled_quantize == "inductor" and torch.compiler.is_compiling():
+            return "reference"
+        return self.backend
 
     # ------------------------------------------------------------ gelu-cat input
 
@@ -148,10 +153,7 @@ class QLinear(nn.Module):
         lead = gelu_x.shape[:-1]
         g2 = gelu_x.reshape(-1, gelu_x.shape[-1]).contiguous()
         x2 = None if x is None else x.reshape(-1, kx).contiguous()
-        qbackend = self.backend
-        if self.compiled_quantize == "inductor" and torch.compiler.is_compiling():
-            qbackend = "reference"
-        q, scale = ops.quantize_act_gelu_cat(x2, g2, self.scheme, self.smooth, backend=qbackend)
+        q, scale = ops.quantize_act_gelu_cat(x2, g2, self.scheme, self.smooth, backend=self._quantize_backend())
         y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None,
                      out_dtype=gelu_x.dtype, backend=self.backend)
         return y.reshape(*lead, self.out_features)

@@ -136,39 +136,31 @@ struct ScaledGemm {
   }
 };
 
-// The named configs (see W8A8TileConfig). FP8 uses the fast-accumulation wgmma schedules.
+// The named configs (see W8A8TileConfig): ping-pong schedules (FP8 with fast accumulation), TMA
+// epilogue, persistent scheduler; they differ in tile and cluster shape only.
 template <typename ElementAB, W8A8TileConfig C> struct ConfigOf;
 
-template <typename ElementAB>
-struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4> {
+template <typename ElementAB, typename Tile_, typename Cluster_>
+struct PingpongConfig {
   static constexpr bool kFP8 = !cute::is_same_v<ElementAB, int8_t>;
-  using Tile = Shape<_64, _64, _128>;
-  using Cluster = Shape<_1, _4, _1>;
+  using Tile = Tile_;
+  using Cluster = Cluster_;
   using Kernel = cute::conditional_t<kFP8, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
                                      cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
   using Scheduler = cutlass::gemm::PersistentScheduler;
 };
+
 template <typename ElementAB>
-struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1> {
-  static constexpr bool kFP8 = !cute::is_same_v<ElementAB, int8_t>;
-  using Tile = Shape<_128, _128, _128>;
-  using Cluster = Shape<_2, _1, _1>;
-  using Kernel = cute::conditional_t<kFP8, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
-                                     cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
-  using Scheduler = cutlass::gemm::PersistentScheduler;
-};
+struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4>
+    : PingpongConfig<ElementAB, Shape<_64, _64, _128>, Shape<_1, _4, _1>> {};
 template <typename ElementAB>
-struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2> {
-  static constexpr bool kFP8 = !cute::is_same_v<ElementAB, int8_t>;
-  using Tile = Shape<_128, _128, _128>;
-  using Cluster = Shape<_1, _2, _1>;
-  using Kernel = cute::conditional_t<kFP8, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum,
-                                     cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
-  using Scheduler = cutlass::gemm::PersistentScheduler;
-};
+struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1>
+    : PingpongConfig<ElementAB, Shape<_128, _128, _128>, Shape<_2, _1, _1>> {};
+template <typename ElementAB>
+struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2>
+    : PingpongConfig<ElementAB, Shape<_128, _128, _128>, Shape<_1, _2, _1>> {};
+
 template <typename ElementAB, typename ElementOut, W8A8TileConfig C, bool kLowRank>
 using GemmFor = ScaledGemm<ElementAB, ElementOut, typename ConfigOf<ElementAB, C>::Tile,
                            typename ConfigOf<ElementAB, C>::Cluster, typename ConfigOf<ElementAB, C>::Kernel,
