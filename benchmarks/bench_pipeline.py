@@ -16,7 +16,8 @@ calls on a time-limited GPU machine); CSV, markdown and a PNG are rewritten from
 Modes: ``bf16``; ``bf16-fused`` (bf16 weights + qengine's fused GroupNorm and FLUX q/k
 norm + rotary kernels, which every qengine mode also gets); qengine ``fp8`` / ``int8`` (W8A8,
 per-token activations; UNets: linear + conv),
-``fp8-lr32`` (SVDQuant low-rank branch of rank 32), ``w4a8`` / ``w4a8-lr32``; ``torchao-fp8``
+``fp8-lr32`` (SVDQuant low-rank branch of rank 32), ``w4a8`` / ``w4a8-lr32`` (``-mod``: the adaLN
+modulation / time projections 4-bit too, which qengine keeps 16-bit by default); ``torchao-fp8``
 (torchao Float8DynamicActivationFloat8Weight, per-row scales, on every Linear whose shape it
 accepts: what a torchao user would write). ``+compile`` compiles the model's repeated blocks
 (diffusers regional compilation: FLUX/SD3 transformer blocks, UNet resnet + transformer blocks)
@@ -62,6 +63,8 @@ TEXT_TOKENS = {"flux1-dev": 512, "sd3-medium": 333, "sdxl": 77, "sd15": 77}
 QENGINE_MODES = {  # mode -> (scheme, rank)
     "fp8": ("w8a8-fp8", 0), "int8": ("w8a8-int8", 0), "fp8-lr32": ("w8a8-fp8", 32), "int8-lr32": ("w8a8-int8", 32),
     "w4a8": ("w4a8", 0), "w4a8-lr32": ("w4a8", 32),
+    # "-mod": the adaLN / time-projection layers low-bit too (integrations.diffusers.MODULATION)
+    "w4a8-mod": ("w4a8", 0), "w4a8-lr32-mod": ("w4a8", 32),
 }
 DEFAULT_MODES = ["bf16", "bf16+compile", "fp8", "fp8+compile", "fp8-lr32", "fp8-lr32+compile", "w4a8-lr32",
                  "w4a8-lr32+compile", "torchao-fp8+compile"]
@@ -165,7 +168,11 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
     if mode.base in QENGINE_MODES:
         scheme, rank = QENGINE_MODES[mode.base]
         conv = scheme if is_unet(name) and scheme.startswith("w8a8") else "none"
-        cfg = qengine.QuantConfig.preset(scheme, rank=rank, conv_scheme=conv)
+        overrides = {}
+        if mode.base.endswith("-mod"):
+            from qengine.integrations.diffusers import modulation_overrides
+            overrides = modulation_overrides(model)
+        cfg = qengine.QuantConfig.preset(scheme, rank=rank, conv_scheme=conv, overrides=overrides)
         qengine.quantize(model, cfg)  # also swaps in the fused norm kernels (fused_kernels=True)
     elif mode.base == "bf16-fused":
         # bf16 weights with only qengine's fused GroupNorm / q-k norm + rotary kernels: how much of

@@ -6,8 +6,9 @@ bias epilogue), and our W4A8 GEMM without and with the low-rank term (r = 32: lo
 fp32, lora_up [N, 32] bf16; the op computes the [M, N] product with cuBLAS and adds it in the
 W4A8 epilogue), each timed through the registered ``torch.ops.qengine`` op (heuristic config).
 ``--sweep-configs`` also times every W4A8 tile config (forced, without low-rank). Shapes: FLUX.1-dev
-and SD3-medium from benchmarks/shapes.py, plus an M sweep 1..256 at FLUX's K/N (3072->3072,
-3072->12288, 12288->3072).
+and SD3-medium from benchmarks/shapes.py, an M sweep 1..256 at FLUX's K/N (3072->3072,
+3072->12288, 12288->3072; ``--m-sweep`` picks the M values), and FLUX's adaLN modulation GEMVs
+(M = 1: 3072->18432, 3072->9216, 3072->6144), which are 4-bit only when a config quantizes them.
 
 Timing as benchmarks/bench_gemm.py (CUDA-graph replay of one call per rotated operand set, sets
 exceeding L2, median of --reps samples). Ratios are of medians measured in this same run.
@@ -36,6 +37,7 @@ DEV = torch.device("cuda")
 RANK = 32
 SWEEP_M = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
 SWEEP_KN = [(3072, 3072), (3072, 12288), (12288, 3072)]
+MODULATION_KN = [(3072, 18432), (3072, 9216), (3072, 6144)]
 
 
 def operand_sets(m, k, n, l2_bytes, max_sets):
@@ -134,6 +136,10 @@ def main(argv=None):
     ap.add_argument("--max-sets", type=int, default=4, help="most rotated operand sets (>= 3x L2 where possible)")
     ap.add_argument("--sweep-configs", action="store_true", help="also time every W4A8 tile config")
     ap.add_argument("--no-m-sweep", action="store_true", help="skip the M sweep at FLUX K/N")
+    ap.add_argument("--m-sweep", type=int, nargs="+", default=SWEEP_M, metavar="M",
+                    help="M values of the sweep (default: %(default)s)")
+    ap.add_argument("--no-model-shapes", action="store_true",
+                    help="skip the FLUX/SD3 layer shapes (M = image/text tokens); keep the sweep")
     ap.add_argument("--time-budget", type=float, default=0, help="stop adding shapes after this many seconds (0: none)")
     args = ap.parse_args(argv)
 
@@ -145,10 +151,11 @@ def main(argv=None):
     meta = gpu_info()
     meta["reps"] = args.reps
     l2 = meta["l2_bytes"]
-    shapes = [(s.model, s.M, s.K, s.N) for s in load_shapes(["flux1-dev", "sd3-medium"])]
+    shapes = [] if args.no_model_shapes else [(s.model, s.M, s.K, s.N) for s in load_shapes(["flux1-dev", "sd3-medium"])]
     shapes = sorted(set(shapes), key=lambda s: (s[0], -s[1], s[2], s[3]))
     if not args.no_m_sweep:
-        shapes += [("sweep", m, k, n) for k, n in SWEEP_KN for m in SWEEP_M]
+        shapes += [("sweep", m, k, n) for k, n in SWEEP_KN for m in args.m_sweep]
+        shapes += [("flux-mod", 1, k, n) for k, n in MODULATION_KN]
     rows, t0 = [], time.time()
     for label, m, k, n in shapes:
         if args.time_budget and time.time() - t0 > args.time_budget:

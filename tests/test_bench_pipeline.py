@@ -44,6 +44,15 @@ def test_tiny_run_writes_rows_with_sqnr_and_size(tmp_path):
     assert len(_rows(tmp_path)) == before
 
 
+def test_mod_mode_quantizes_the_modulation_too(tmp_path):
+    args = ["--tiny", "--device", "cpu", "--reps", "1", "--warmup", "1", "--models", "flux1-dev",
+            "--modes", "w4a8", "w4a8-mod", "--out-dir", str(tmp_path)]
+    assert bench_pipeline.main(args) == 0
+    rows = {r["mode"]: r for r in _rows(tmp_path)}
+    assert rows["w4a8-mod"]["weights_MiB"] < rows["w4a8"]["weights_MiB"]
+    assert 10.0 < rows["w4a8-mod"]["sqnr_db_vs_bf16"] < 80.0
+
+
 def test_unknown_mode_is_a_clear_error():
     with pytest.raises(SystemExit, match="unknown mode"):
         bench_pipeline.Mode.parse("fp4")

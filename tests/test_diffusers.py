@@ -85,3 +85,31 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
     with pytest.raises(qengine.CheckpointError, match="saved from a SD3Transformer2DModel, not a FluxTransformer2DModel"):
         qengine.load(flux, tmp_path / "sd3")
     assert all(torch.equal(state[k], v) for k, v in flux.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_modulation_overrides_quantize_only_the_modulation_layers(arch):
+    from qengine.integrations.diffusers import KEEP_16BIT, MODULATION, modulation_overrides
+
+    model, sample = build_tiny(arch)
+    mod_patterns = MODULATION[type(model).__name__]
+    assert set(mod_patterns) <= set(KEEP_16BIT[type(model).__name__])  # a subset of the kept layers
+    ref = sample(model)
+    mods = [n for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and any(fnmatch.fnmatchcase(n, p) for p in mod_patterns)]
+    assert mods, f"{arch}: no modulation layer matched"
+    plan = {p.name: p for p in qengine.plan(model, qengine.QuantConfig.preset(
+        "w4a8", rank=16, overrides=modulation_overrides(model, rank=0)))}
+    qengine.quantize(model, qengine.QuantConfig.preset("w4a8", rank=16, overrides=modulation_overrides(model, rank=0)))
+    for name in mods:  # quantized unless its shape is outside the kernel's limits (then the plan says so)
+        quantized = isinstance(model.get_submodule(name), qengine.QLinear)
+        assert quantized == (plan[name].config is not None), (name, plan[name].reason)
+        if quantized:
+            assert model.get_submodule(name).layer_config.rank == 0
+    assert any(isinstance(model.get_submodule(n), qengine.QLinear) for n in mods)
+    # the other kept layers (in/out, embeddings) stay 16-bit
+    others = [p for p in keep_16bit_patterns(model) if p not in mod_patterns]
+    for name, m in model.named_modules():
+        if any(fnmatch.fnmatchcase(name, p) for p in others):
+            assert not isinstance(m, (qengine.QLinear, qengine.QConv2d)), name
+    assert torch.isfinite(sample(model)).all() and sqnr(sample(model), ref) > 10

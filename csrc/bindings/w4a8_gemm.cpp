@@ -18,7 +18,8 @@ namespace {
 
 constexpr const char* kOp = "w4a8_gemm";
 
-// The one arch-dispatch point of W4A8: the sm_90a mixed-input wgmma kernels, else an error
+// The one arch-dispatch point of W4A8: the sm_90a kernels (mixed-input wgmma; mma.sync split-K
+// for few tokens), else an error
 // naming the arch (INT4 x INT8 has no mma.sync path here; W4A4 covers sm_80/86/89).
 W4A8TileConfig dispatch_config(const at::Device& device, int M, int N, int K) {
   const DeviceArch arch = device_arch(device);
@@ -73,11 +74,20 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   if (M == 0) return out;
   at::Tensor bias_t;
   if (bias.has_value()) bias_t = bias->scalar_type() == out_dtype ? *bias : bias->to(out_dtype);
-  // The low-rank branch: its [M, N] product comes from one cuBLAS GEMM in out_dtype (fp32
-  // accumulation; lowrank_act rounded to out_dtype first) and is read once by the W4A8
-  // epilogue as its C operand, so the output is written once. Not fused into the mainloop.
-  at::Tensor lowrank_t;
-  if (lowrank_act.has_value() && lowrank_act->size(1) > 0)
+  // The low-rank branch. The split-K configs multiply it in their epilogue (rank % 16 == 0,
+  // lora_up in out_dtype). For the others its [M, N] product comes from one cuBLAS GEMM in
+  // out_dtype (fp32 accumulation; lowrank_act rounded to out_dtype first) and is read once by
+  // the W4A8 epilogue as its C operand, so the output is written once.
+  const int64_t rank = lowrank_act.has_value() ? lowrank_act->size(1) : 0;
+  // (The epilogue reads lowrank_act in 8-byte and lora_up in 4-byte pieces.)
+  at::Tensor lowrank_t, lora_up_t;
+  bool fused_lowrank = rank > 0 && rank % 16 == 0 && w4a8_config_fuses_lowrank(cfg) &&
+                       reinterpret_cast<uintptr_t>(lowrank_act->data_ptr()) % 8 == 0;
+  if (fused_lowrank) {
+    lora_up_t = lora_up->scalar_type() == out_dtype ? *lora_up : lora_up->to(out_dtype);
+    fused_lowrank = reinterpret_cast<uintptr_t>(lora_up_t.data_ptr()) % 4 == 0;
+  }
+  if (!fused_lowrank && rank > 0)
     lowrank_t = at::mm(lowrank_act->to(out_dtype), lora_up->to(out_dtype).t());
 
   W4A8GemmParams p{};
@@ -88,6 +98,9 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   p.w_scale = w_scale.data_ptr<float>();
   p.bias = bias_t.defined() ? bias_t.data_ptr() : nullptr;
   p.lowrank = lowrank_t.defined() ? lowrank_t.data_ptr() : nullptr;
+  p.lowrank_act = fused_lowrank ? lowrank_act->data_ptr<float>() : nullptr;
+  p.lora_up = fused_lowrank ? lora_up_t.data_ptr() : nullptr;
+  p.rank = fused_lowrank ? static_cast<int>(rank) : 0;
   p.out = out.data_ptr();
   p.ldo = N;
   p.M = static_cast<int>(M);

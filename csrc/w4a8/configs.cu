@@ -10,6 +10,8 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x128x128_Coop: return "sm90_128x128x128_coop";
     case W4A8TileConfig::kSm90_64x128x128_Pingpong: return "sm90_64x128x128_pingpong";
     case W4A8TileConfig::kSm90_64x64x128_Pingpong: return "sm90_64x64x128_pingpong";
+    case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK: return "sm90_mma_128x64x128_splitk";
+    case W4A8TileConfig::kSm90_Mma_128x64x256_SplitK: return "sm90_mma_128x64x256_splitk";
     default: return "unknown";
   }
 }
@@ -20,8 +22,12 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
 // register-sourced weights need), but a ping-pong CTA works on two smaller tiles at once, so
 // where 128x128 tiles would leave SMs idle the smaller ones win. This ladder picked the
 // fastest config within 5% on 50 of the 51 shapes measured (in-sample).
+//
+// M <= 64 goes to the mma.sync split-K kernel: there the weights' bytes are the cost, and it
+// spreads every layer's weight stream over all SMs (K split over a cluster) where the wgmma
+// tiles of 64 rows left most SMs idle at N = 3072.
 W4A8TileConfig w4a8_choose_tile_config(int M, int N, int /*K*/, int sm_count) {
-  if (M <= 64) return W4A8TileConfig::kSm90_64x64x128_Pingpong;
+  if (M <= 64) return W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
   const long sms = sm_count > 0 ? sm_count : 132;
   const long tiles_128 = long((M + 127) / 128) * ((N + 127) / 128);
   const long tiles_64 = long((M + 63) / 64) * ((N + 63) / 64);
@@ -52,6 +58,12 @@ bool lookup(W4A8TileConfig c, bool lowrank, Entry* e) {
     case W4A8TileConfig::kSm90_128x128x128_Coop: QENGINE_W4A8_ENTRY(w4a8_sm90_128x128x128_coop); return true;
     case W4A8TileConfig::kSm90_64x128x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x128x128_pingpong); return true;
     case W4A8TileConfig::kSm90_64x64x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x128_pingpong); return true;
+    case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
+      *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
+      return true;
+    case W4A8TileConfig::kSm90_Mma_128x64x256_SplitK:
+      *e = Entry{w4a8_sm90_mma_128x64x256_splitk_run, w4a8_sm90_mma_128x64x256_splitk_workspace};
+      return true;
     default: return false;
   }
 #undef QENGINE_W4A8_ENTRY
@@ -73,8 +85,13 @@ size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c) {
   return e.workspace(p);
 }
 
+bool w4a8_config_fuses_lowrank(W4A8TileConfig c) {
+  return c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
+}
+
 cudaError_t w4a8_gemm(const W4A8GemmParams& p, W4A8TileConfig c, cudaStream_t stream) {
   if (!supported(p)) return cudaErrorInvalidValue;
+  if (p.lowrank_act != nullptr && !w4a8_config_fuses_lowrank(c)) return cudaErrorInvalidValue;
   Entry e{};
   if (!lookup(c, p.lowrank != nullptr, &e)) return cudaErrorNotSupported;
   return e.run(p, stream);

@@ -18,6 +18,9 @@ QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x128x128_pingpong)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x128x128_pingpong_lowrank)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x64x128_pingpong)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x64x128_pingpong_lowrank)
+// mma.sync split-K (w4a8_gemm_splitk_mma.cu): one entry each; they read either low-rank form.
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x128_splitk)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x256_splitk)
 }  // namespace qengine::w4a8::sm90
 
 #undef QENGINE_DECLARE_W4A8_GEMM

@@ -74,6 +74,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,6 +86,8 @@ __all__ = [
     "find_denoiser",
     "keep_16bit_patterns",
     "keep_16bit_names",
+    "MODULATION",
+    "modulation_overrides",
     "load_model_config",
     "build_from_config",
 ]
@@ -174,6 +177,21 @@ KEEP_16BIT: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: The "mod" subset of KEEP_16BIT: the projections of the time/conditioning embedding into each
+#: block. They stay 16-bit by default (an error there is an error in every token), but they
+#: hold many weights (FLUX.1: 3.2B of 11.9B parameters), so a memory-bound deployment can make
+#: them low-bit too with :func:`modulation_overrides`; bench_pipeline's ``-mod`` modes measure
+#: what that costs in output SQNR.
+MODULATION: dict[str, tuple[str, ...]] = {
+    "UNet2DConditionModel": ("*.time_emb_proj",),
+    "UNet2DModel": ("*.time_emb_proj",),
+    "FluxTransformer2DModel": ("transformer_blocks.*.norm1.linear", "transformer_blocks.*.norm1_context.linear",
+                               "single_transformer_blocks.*.norm.linear", "norm_out.linear"),
+    "SD3Transformer2DModel": ("transformer_blocks.*.norm1.linear", "transformer_blocks.*.norm1_context.linear",
+                              "norm_out.linear"),
+    "DiTTransformer2DModel": ("transformer_blocks.*.norm1.linear", "proj_out_1"),
+}
+
 MODEL_CONFIGS: dict[str, str] = {
     "sd15_unet": "UNet2DConditionModel",
     "sdxl_unet": "UNet2DConditionModel",
@@ -205,6 +223,15 @@ def find_denoiser(obj) -> tuple[nn.Module, str | None]:
 def keep_16bit_patterns(model: nn.Module) -> tuple[str, ...]:
     """Default keep-16-bit patterns for ``model``'s class (by class name); () if unknown."""
     return KEEP_16BIT.get(type(model).__name__, ())
+
+
+def modulation_overrides(model: nn.Module, **layer: Any) -> dict[str, dict[str, Any]]:
+    """``QuantConfig.overrides`` that quantize ``model``'s modulation layers (see :data:`MODULATION`)
+    with the config's scheme, or with ``layer`` (e.g. ``rank=0``); {} for an unknown class.
+
+    >>> cfg = QuantConfig.preset("w4a8", rank=32, overrides=modulation_overrides(transformer))
+    """
+    return {pattern: dict(layer) for pattern in MODULATION.get(type(model).__name__, ())}
 
 
 def keep_16bit_names(model: nn.Module, patterns: tuple[str, ...] | None = None) -> list[str]:

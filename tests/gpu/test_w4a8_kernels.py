@@ -114,6 +114,37 @@ def test_real_shapes(m, k, n):
     check(None, m, n, k, rank=32, seed=k + n)
 
 
+SPLITK = [c for c in CONFIGS if "splitk" in c]
+
+
+# The split-K kernel at the FLUX sizes it is chosen for: K split over a cluster of up to 8 CTAs,
+# a K tail inside a stage (1184 = 37 x 32), the modulation width (18432) and a second token block.
+@pytest.mark.parametrize("config", SPLITK)
+@pytest.mark.parametrize("m,k,n", [(1, 3072, 3072), (64, 3072, 3072), (16, 12288, 3072), (1, 3072, 18432),
+                                   (48, 1184, 3072), (65, 15360, 3072)])
+def test_splitk_flux_sizes(config, m, k, n):
+    check(config, m, n, k, rank=32, seed=m + k)
+    check(config, m, n, k, seed=m + k + 1)
+
+
+@pytest.mark.parametrize("config", SPLITK)
+def test_splitk_lowrank_product_path(config):
+    # The split-K epilogue multiplies lowrank_act x lora_up itself when rank % 16 == 0 and the
+    # operands are aligned; otherwise the binding hands it the [M, N] product. Both must match.
+    a, a_scale, w, w_scale, bias, _, _ = operands(40, 256, 512, seed=5)
+    g = torch.Generator(device=DEV).manual_seed(6)
+    for rank, offset in [(8, 0), (32, 1)]:
+        buf = torch.randn(40 * rank + offset, device=DEV, generator=g) * 0.1
+        la = buf[offset:].view(40, rank)  # offset 1: 4-byte aligned only
+        up = (torch.randn(256, rank, device=DEV, generator=g) * 0.1).bfloat16()
+        ops = (a, a_scale, w, w_scale, bias, la, up)
+        poison_allocator(40 * 256 * 2)
+        out = run(config, ops)
+        assert not out.isnan().any()
+        db = sqnr_db(out.float(), reference(*ops))
+        assert db >= 40.0, f"{config} rank={rank} offset={offset}: SQNR {db:.1f} dB"
+
+
 def test_zero_rank_lowrank_is_no_lowrank():
     a, a_scale, w, w_scale, bias, _, _ = operands(33, 64, 128)
     out = torch.ops.qengine.w4a8_gemm(a, a_scale, w, w_scale, bias, torch.zeros(33, 0, device=DEV),
@@ -125,6 +156,9 @@ def test_heuristic_names():
     assert EXT.w4a8_gemm_heuristic(1, 3072, 3072) in CONFIGS
     assert EXT.w4a8_gemm_heuristic(4608, 3072, 3072) in CONFIGS
     assert EXT.w4a8_gemm_heuristic(64, 3072, 3072) != EXT.w4a8_gemm_heuristic(4096, 3072, 3072)
+    # few tokens: the split-K kernel that spreads the weight stream over every SM
+    assert "splitk" in EXT.w4a8_gemm_heuristic(1, 3072, 3072)
+    assert "splitk" in EXT.w4a8_gemm_heuristic(64, 3072, 12288)
 
 
 # ---------------------------------------------------------------- prepack on the GPU

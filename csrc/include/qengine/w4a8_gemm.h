@@ -13,6 +13,10 @@
 //   bias     [N] out_type, or nullptr
 //   lowrank  [M, N] out_type, row stride ldo, or nullptr: the low-rank branch's product
 //            lowrank_act @ lora_up^T, added in the epilogue (read once, never written back)
+//   lowrank_act [M, rank] fp32 and lora_up [N, rank] out_type (row-major), or nullptr: the same
+//            branch unmultiplied, for the split-K configs only (they multiply it in their
+//            epilogue with 16-bit mma.sync, lowrank_act rounded to out_type like the product
+//            path); rank % 16 == 0. At most one of lowrank / lowrank_act is set.
 //   out      [M, N] bf16 | fp16, row-major, row stride ldo
 // Limits: K % 32 == 0, N % 16 == 0 (the 16x32 weight shuffle atom; also 16-byte rows), M >= 1.
 // INT8 x INT8 (widened INT4) accumulates in int32: exact.
@@ -38,6 +42,9 @@ struct W4A8GemmParams {
   const float* w_scale;
   const void* bias;     // may be nullptr
   const void* lowrank;  // may be nullptr
+  const float* lowrank_act;  // may be nullptr (split-K configs only)
+  const void* lora_up;       // out_type, with lowrank_act
+  int rank;                  // columns of lowrank_act, % 16 == 0
   void* out;
   int64_t ldo;
   int M, N, K;
@@ -52,8 +59,13 @@ struct W4A8GemmParams {
 enum class W4A8TileConfig : int {
   kSm90_128x128x128_Coop = 0,      // many tiles (>= 2 waves) or one well-filled wave
   kSm90_64x128x128_Pingpong = 1,   // mid-size problems whose 128x128 tiles would leave SMs idle
-  kSm90_64x64x128_Pingpong = 2,    // M <= 64, or when even 64x128 tiles under-fill one wave
-  kCount = 3,
+  kSm90_64x64x128_Pingpong = 2,    // when even 64x128 tiles under-fill one wave
+  // Small M (a few tokens: the weights' bytes are the cost): mma.sync INT8 on widened weights,
+  // 128 weight rows x up to 64 tokens per CTA, K split over CTAs so that every SM streams
+  // weights; 128 or 256 K per pipeline stage. Any M (token blocks of 64), fast for M <= 64.
+  kSm90_Mma_128x64x128_SplitK = 3,
+  kSm90_Mma_128x64x256_SplitK = 4,
+  kCount = 5,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);
@@ -61,6 +73,10 @@ const char* w4a8_tile_config_name(W4A8TileConfig c);
 W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count);
 // Whether this binary holds the sm_90a kernels (built with 90a in QENGINE_CUDA_ARCHS).
 bool w4a8_kernels_compiled();
+
+// Whether config c takes the low-rank branch unmultiplied (lowrank_act + lora_up) instead of
+// its [M, N] product.
+bool w4a8_config_fuses_lowrank(W4A8TileConfig c);
 
 size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c);
 // cudaErrorInvalidValue: unsupported arguments; cudaErrorNotSupported: not compiled in this build.

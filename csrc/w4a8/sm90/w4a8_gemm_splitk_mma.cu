@@ -1,0 +1,377 @@
+// W4A8 GEMM for few tokens: INT4 weights widened to INT8 in registers, INT8 mma.sync, K split
+// over a thread-block cluster and reduced through distributed shared memory (sm_90a).
+//
+// Why a second kernel next to the CUTLASS wgmma one: at M <= 64 a W4A8 GEMM is a weight stream
+// (3072x3072: 4.7 MB of weights, 0.2 MB of activations). The wgmma kernel gives each 64-row tile
+// of weights to one CTA that walks all of K, so N = 3072 keeps 48 of 132 SMs busy and streams
+// weights at ~0.5 TB/s (notes/w4a8.md), slower than W8A8 with twice the bytes. Here:
+// - A CTA owns 128 weight rows x up to 64 tokens and a slice of K; the CTAs of one cluster (up
+//   to 8) take the slices of the same rows, so rows x slices fill the GPU even at N = 3072.
+// - Each warp streams its 32 weight rows straight from global memory into registers (8 bytes
+//   per thread per 16x32 block: the prepacked layout of weight_layout.cuh stores every thread's
+//   16 values of an m16n8k32 A fragment together), one pipeline stage ahead of its MMAs, and
+//   widens them with 3 integer ops + 2 byte permutes per 8 values.
+// - The activations of a stage are shared by the CTA's 4 warps: cp.async into shared memory,
+//   double-buffered, rows padded by 16 bytes so a fragment's 8 token rows hit distinct banks.
+// - The int32 partial tiles are summed across the cluster through DSMEM (exact: integer adds),
+//   each CTA finishing a share of the tile's 16x8 fragments: scales, bias, the low-rank branch
+//   (either its precomputed [M, N] product, or lowrank_act [M, r] x lora_up [N, r] with 16-bit
+//   mma.sync here, lowrank_act rounded to the output dtype as on the product path), output.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "qengine/w4a8_gemm.h"
+#include "../kernels.h"
+
+namespace qengine::w4a8::sm90 {
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerCta = kWarps * 32;  // each warp: two 16-row blocks of the prepacked layout
+constexpr int kMaxSplits = 8;             // portable cluster size
+constexpr int kBlockBytes = 256;          // one 16x32 INT4 block of the prepacked layout
+
+template <int kTokenFrags_, int kStageK_>
+struct Shape {
+  static constexpr int kTokenFrags = kTokenFrags_;          // 8-token MMA fragments per CTA
+  static constexpr int kTokens = 8 * kTokenFrags;
+  static constexpr int kStageK = kStageK_;
+  static constexpr int kSteps = kStageK / 32;               // m16n8k32 steps per stage
+  static constexpr int kPitch = kStageK + 16;               // smem bytes per token row
+  static constexpr int kStageBytes = kTokens * kPitch;
+  static constexpr int kPipeBytes = 2 * kStageBytes;
+  static constexpr int kReduceBytes = 2 * kTokenFrags * 4 * kThreads * 4;  // the int32 tile
+  static constexpr int kSmemBytes = kPipeBytes > kReduceBytes ? kPipeBytes : kReduceBytes;
+  static_assert(kSmemBytes <= 48 * 1024, "static shared memory limit");
+};
+
+struct Plan {
+  int token_frags;       // 1, 2, 4 or 8 (M <= 8, 16, 32, more)
+  int token_blocks;      // ceil(M / tokens per CTA)
+  int row_tiles;         // ceil(N / 128)
+  int stages;            // ceil(K / stage K)
+  int splits;            // CTAs per cluster along K (1..8)
+  int stages_per_split;
+};
+
+Plan make_plan(const W4A8GemmParams& p, int stage_k) {
+  Plan s{};
+  s.token_frags = p.M <= 8 ? 1 : p.M <= 16 ? 2 : p.M <= 32 ? 4 : 8;
+  s.token_blocks = (p.M + 8 * s.token_frags - 1) / (8 * s.token_frags);
+  s.row_tiles = (p.N + kRowsPerCta - 1) / kRowsPerCta;
+  s.stages = (p.K + stage_k - 1) / stage_k;
+  const long tiles = long(s.token_blocks) * s.row_tiles;
+  const long sms = p.sm_count > 0 ? p.sm_count : 132;
+  // About two CTAs per SM (each streams its own weights); a split is at least one stage.
+  long want = tiles >= 2 * sms ? 1 : (2 * sms + tiles - 1) / tiles;
+  want = std::min<long>(std::min<long>(want, kMaxSplits), s.stages);
+  s.stages_per_split = int((s.stages + want - 1) / want);
+  s.splits = (s.stages + s.stages_per_split - 1) / s.stages_per_split;
+  return s;
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte copy; src_bytes = 0 writes zeros without reading src.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Weights are read once: keep them out of L1.
+__device__ __forceinline__ uint2 load_weights_8b(const uint8_t* p) {
+  uint2 v;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+
+// 8 signed nibbles (nibble i = value i) -> 8 int8 in two registers, in order. Per byte,
+// ((n ^ 8) + 0x78) ^ 0x80 is n sign-extended (n ^ 8 is n + 8 in 0..15, + 0x78 never carries).
+__device__ __forceinline__ void widen_8(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  const uint32_t even = (((x & 0x0F0F0F0Fu) ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;         // n0 n2 n4 n6
+  const uint32_t odd = ((((x >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;   // n1 n3 n5 n7
+  lo = __byte_perm(even, odd, 0x5140);  // n0 n1 n2 n3
+  hi = __byte_perm(even, odd, 0x7362);  // n4 n5 n6 n7
+}
+
+__device__ __forceinline__ void mma_s8_16x8x32(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <class OutT>
+struct Out16;
+template <>
+struct Out16<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+template <>
+struct Out16<__half> {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+
+// The fused low-rank term of one 16 (rows) x 8 (tokens) fragment: lora_up[n, :] . lowrank_act[m, :]
+// with 16-bit mma.sync (m16n8k16, fp32 accumulation), in the int32 accumulator's fragment layout.
+template <class OutT>
+__device__ __forceinline__ void lowrank_fragment(float (&d)[4], const W4A8GemmParams& p, int n_base, int m_base,
+                                                 int g, int t) {
+  const OutT* up = static_cast<const OutT*>(p.lora_up);
+  const int m = m_base + g;
+  const float* act = p.lowrank_act + static_cast<int64_t>(m < p.M ? m : 0) * p.rank;
+  const uint32_t* up0 = reinterpret_cast<const uint32_t*>(up + static_cast<int64_t>(n_base + g) * p.rank);
+  const uint32_t* up1 = reinterpret_cast<const uint32_t*>(up + static_cast<int64_t>(n_base + g + 8) * p.rank);
+  for (int k0 = 0; k0 < p.rank; k0 += 16) {
+    const uint32_t a[4] = {up0[(k0 >> 1) + t], up1[(k0 >> 1) + t], up0[(k0 >> 1) + 4 + t], up1[(k0 >> 1) + 4 + t]};
+    uint32_t b0 = 0, b1 = 0;
+    if (m < p.M) {
+      const float2 x0 = *reinterpret_cast<const float2*>(act + k0 + 2 * t);
+      const float2 x1 = *reinterpret_cast<const float2*>(act + k0 + 8 + 2 * t);
+      b0 = Out16<OutT>::pack(x0.x, x0.y);
+      b1 = Out16<OutT>::pack(x1.x, x1.y);
+    }
+    Out16<OutT>::mma(d, a, b0, b1);
+  }
+}
+
+template <class S>
+__device__ __forceinline__ void load_activation_stage(uint8_t* buf, const W4A8GemmParams& p, int m0, int stage) {
+  constexpr int kChunks = S::kStageK / 16;
+  const int k0 = stage * S::kStageK;
+  for (int c = threadIdx.x; c < S::kTokens * kChunks; c += kThreads) {
+    const int row = c / kChunks, k = k0 + (c % kChunks) * 16;
+    const bool ok = m0 + row < p.M && k < p.K;
+    const int8_t* src = ok ? p.a + static_cast<int64_t>(m0 + row) * p.lda + k : p.a;
+    cp_async_16(buf + row * S::kPitch + (c % kChunks) * 16, src, ok ? 16 : 0);
+  }
+}
+
+template <class S>
+__device__ __forceinline__ void load_weight_stage(uint2 (&w)[S::kSteps][2], const W4A8GemmParams& p, int stage,
+                                                  int nb0, int blocks_n, int lane) {
+  const int ksteps = p.K / 32;
+#pragma unroll
+  for (int j = 0; j < S::kSteps; ++j) {
+    const int ks = stage * S::kSteps + j;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int nb = nb0 + r;
+      w[j][r] = (ks < ksteps && nb < blocks_n)
+                    ? load_weights_8b(p.w + (static_cast<int64_t>(ks) * blocks_n + nb) * kBlockBytes + lane * 8)
+                    : make_uint2(0u, 0u);
+    }
+  }
+}
+
+template <class S, class OutT>
+__global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams p, Plan plan) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ __align__(16) uint8_t smem[S::kSmemBytes];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;  // PTX fragment "groupID" / "threadID_in_group"
+  const int split = blockIdx.y;           // == rank in the cluster (cluster dims 1 x splits x 1)
+  const int m0 = blockIdx.z * S::kTokens;
+  const int blocks_n = p.N / 16;
+  const int nb0 = blockIdx.x * (kRowsPerCta / 16) + warp * 2;  // this warp's two 16-row blocks
+  const int stage_begin = split * plan.stages_per_split;
+  const int stage_end = min(stage_begin + plan.stages_per_split, plan.stages);
+  const int ksteps = p.K / 32;
+
+  int acc[2][S::kTokenFrags][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int f = 0; f < S::kTokenFrags; ++f)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][f][e] = 0;
+
+  uint2 w_cur[S::kSteps][2], w_next[S::kSteps][2];
+  if (stage_begin < stage_end) {
+    load_activation_stage<S>(smem, p, m0, stage_begin);
+    load_weight_stage<S>(w_cur, p, stage_begin, nb0, blocks_n, lane);
+  }
+  cp_async_commit();
+  for (int stage = stage_begin; stage < stage_end; ++stage) {
+    const int i = stage - stage_begin;
+    const bool more = stage + 1 < stage_end;
+    // The buffer refilled here was read in iteration i - 1, which every thread has left.
+    if (more) load_activation_stage<S>(smem + ((i + 1) & 1) * S::kStageBytes, p, m0, stage + 1);
+    cp_async_commit();
+    if (more) load_weight_stage<S>(w_next, p, stage + 1, nb0, blocks_n, lane);
+    cp_async_wait<1>();
+    __syncthreads();
+    const uint8_t* act = smem + (i & 1) * S::kStageBytes + g * S::kPitch + 4 * t;
+#pragma unroll
+    for (int j = 0; j < S::kSteps; ++j) {
+      if (stage * S::kSteps + j >= ksteps) break;  // the K tail of the last stage (uniform)
+      uint32_t a[2][4];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        widen_8(w_cur[j][r].x, a[r][0], a[r][1]);
+        widen_8(w_cur[j][r].y, a[r][2], a[r][3]);
+      }
+#pragma unroll
+      for (int f = 0; f < S::kTokenFrags; ++f) {
+        const uint8_t* b = act + f * 8 * S::kPitch + j * 32;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(b + 16);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) mma_s8_16x8x32(acc[r][f], a[r], b0, b1);
+      }
+    }
+    __syncthreads();
+    if (more) {
+#pragma unroll
+      for (int j = 0; j < S::kSteps; ++j) {
+        w_cur[j][0] = w_next[j][0];
+        w_cur[j][1] = w_next[j][1];
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Cross-split reduction: every CTA leaves its tile in its own shared memory (the pipeline
+  // buffers are free: the loop ended on a barrier), then finishes the fragments it owns by
+  // adding the other CTAs' copies through DSMEM.
+  int32_t* tile = reinterpret_cast<int32_t*>(smem);
+  cg::cluster_group cluster = cg::this_cluster();
+  if (plan.splits > 1) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int f = 0; f < S::kTokenFrags; ++f)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) tile[((r * S::kTokenFrags + f) * 4 + e) * kThreads + threadIdx.x] = acc[r][f][e];
+    cluster.sync();
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int nb = nb0 + r;
+    if (nb >= blocks_n) continue;
+#pragma unroll
+    for (int f = 0; f < S::kTokenFrags; ++f) {
+      const int frag = r * S::kTokenFrags + f;
+      if (frag % plan.splits != split) continue;
+      const int m_base = m0 + f * 8;
+      if (m_base >= p.M) continue;
+      int v[4] = {acc[r][f][0], acc[r][f][1], acc[r][f][2], acc[r][f][3]};
+      for (int q = 0; q < plan.splits; ++q) {
+        if (q == split) continue;
+        const int32_t* other = cluster.map_shared_rank(tile, q);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] += other[(frag * 4 + e) * kThreads + threadIdx.x];
+      }
+      float lr[4] = {0.f, 0.f, 0.f, 0.f};
+      if (p.lowrank_act != nullptr && p.rank > 0) lowrank_fragment<OutT>(lr, p, nb * 16, m_base, g, t);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int n = nb * 16 + g + (e >> 1) * 8;
+        const int m = m_base + 2 * t + (e & 1);
+        if (m >= p.M) continue;
+        float add = lr[e];
+        if (p.bias != nullptr) add += Out16<OutT>::to_float(static_cast<const OutT*>(p.bias)[n]);
+        if (p.lowrank != nullptr)
+          add += Out16<OutT>::to_float(static_cast<const OutT*>(p.lowrank)[static_cast<int64_t>(m) * p.ldo + n]);
+        const float y = fmaf(p.a_scale[m], p.w_scale[n] * static_cast<float>(v[e]), add);
+        static_cast<OutT*>(p.out)[static_cast<int64_t>(m) * p.ldo + n] = Out16<OutT>::from_float(y);
+      }
+    }
+  }
+  // No CTA may leave while the others still read its shared memory.
+  if (plan.splits > 1) cluster.sync();
+#endif
+}
+
+template <int kStageK, int kTokenFrags, class OutT>
+cudaError_t launch_typed(const W4A8GemmParams& p, const Plan& plan, cudaStream_t stream) {
+  using S = Shape<kTokenFrags, kStageK>;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(plan.row_tiles, plan.splits, plan.token_blocks);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = plan.splits;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, w4a8_splitk_kernel<S, OutT>, p, plan);
+}
+
+template <int kStageK, class OutT>
+cudaError_t launch_frags(const W4A8GemmParams& p, const Plan& plan, cudaStream_t stream) {
+  switch (plan.token_frags) {
+    case 1: return launch_typed<kStageK, 1, OutT>(p, plan, stream);
+    case 2: return launch_typed<kStageK, 2, OutT>(p, plan, stream);
+    case 4: return launch_typed<kStageK, 4, OutT>(p, plan, stream);
+    default: return launch_typed<kStageK, 8, OutT>(p, plan, stream);
+  }
+}
+
+template <int kStageK>
+cudaError_t run_splitk(const W4A8GemmParams& p, cudaStream_t stream) {
+  if ((p.lowrank_act != nullptr) != (p.lora_up != nullptr) || (p.lowrank_act != nullptr && p.lowrank != nullptr) ||
+      (p.lowrank_act != nullptr && (p.rank <= 0 || p.rank % 16 != 0)))
+    return cudaErrorInvalidValue;
+  const Plan plan = make_plan(p, kStageK);
+  if (plan.token_blocks > 65535) return cudaErrorInvalidValue;
+  cudaError_t err = p.out_type == FloatType::kBF16 ? launch_frags<kStageK, __nv_bfloat16>(p, plan, stream)
+                                                   : launch_frags<kStageK, __half>(p, plan, stream);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t w4a8_sm90_mma_128x64x128_splitk_run(const W4A8GemmParams& p, cudaStream_t stream) {
+  return run_splitk<128>(p, stream);
+}
+size_t w4a8_sm90_mma_128x64x128_splitk_workspace(const W4A8GemmParams&) { return 0; }
+cudaError_t w4a8_sm90_mma_128x64x256_splitk_run(const W4A8GemmParams& p, cudaStream_t stream) {
+  return run_splitk<256>(p, stream);
+}
+size_t w4a8_sm90_mma_128x64x256_splitk_workspace(const W4A8GemmParams&) { return 0; }
+
+}  // namespace qengine::w4a8::sm90
