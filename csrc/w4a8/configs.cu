@@ -23,11 +23,18 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
 // where 128x128 tiles would leave SMs idle the smaller ones win. This ladder picked the
 // fastest config within 5% on 50 of the 51 shapes measured (in-sample).
 //
-// M <= 64 goes to the mma.sync split-K kernel: there the weights' bytes are the cost, and it
+// Few tokens go to the mma.sync split-K kernel: there the weights' bytes are the cost, and it
 // spreads every layer's weight stream over all SMs (K split over a cluster) where the wgmma
-// tiles of 64 rows left most SMs idle at N = 3072.
-W4A8TileConfig w4a8_choose_tile_config(int M, int N, int /*K*/, int sm_count) {
-  if (M <= 64) return W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
+// tiles of 64 rows left most SMs idle at N = 3072. Measured (notes/w4a8.md, session 7): it is
+// the fastest config at M <= 32 on every FLUX K/N (128-K stages for 3072x3072, 256-K ones for
+// the larger layers); at 33..64 tokens its 64-token CTAs are register-bound (2 per SM) and only
+// deep K (12288) still favours it, else the 64x64 wgmma tile wins.
+W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count) {
+  const bool small_layer = N <= 4096 && K <= 4096;
+  if (M <= 32)
+    return small_layer ? W4A8TileConfig::kSm90_Mma_128x64x128_SplitK : W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
+  if (M <= 64)
+    return K >= 8192 ? W4A8TileConfig::kSm90_Mma_128x64x128_SplitK : W4A8TileConfig::kSm90_64x64x128_Pingpong;
   const long sms = sm_count > 0 ? sm_count : 132;
   const long tiles_128 = long((M + 127) / 128) * ((N + 127) / 128);
   const long tiles_64 = long((M + 63) / 64) * ((N + 63) / 64);

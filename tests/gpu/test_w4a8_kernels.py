@@ -158,7 +158,9 @@ def test_heuristic_names():
     assert EXT.w4a8_gemm_heuristic(64, 3072, 3072) != EXT.w4a8_gemm_heuristic(4096, 3072, 3072)
     # few tokens: the split-K kernel that spreads the weight stream over every SM
     assert "splitk" in EXT.w4a8_gemm_heuristic(1, 3072, 3072)
-    assert "splitk" in EXT.w4a8_gemm_heuristic(64, 3072, 12288)
+    assert "splitk" in EXT.w4a8_gemm_heuristic(32, 3072, 12288)
+    assert "splitk" in EXT.w4a8_gemm_heuristic(64, 3072, 12288)  # M=64, N=3072, K=12288: deep K
+    assert "splitk" not in EXT.w4a8_gemm_heuristic(64, 3072, 3072)
 
 
 # ---------------------------------------------------------------- prepack on the GPU

@@ -9,10 +9,14 @@
 //   to 8) take the slices of the same rows, so rows x slices fill the GPU even at N = 3072.
 // - Each warp streams its 32 weight rows straight from global memory into registers (8 bytes
 //   per thread per 16x32 block: the prepacked layout of weight_layout.cuh stores every thread's
-//   16 values of an m16n8k32 A fragment together), one pipeline stage ahead of its MMAs, and
-//   widens them with 3 integer ops + 2 byte permutes per 8 values.
+//   16 values of an m16n8k32 A fragment together) and widens them with 3 integer ops + 2 byte
+//   permutes per 8 values.
 // - The activations of a stage are shared by the CTA's 4 warps: cp.async into shared memory,
-//   double-buffered, rows padded by 16 bytes so a fragment's 8 token rows hit distinct banks.
+//   rows padded by 16 bytes so a fragment's 8 token rows hit distinct banks.
+// - Both go through a ring of stages (4 x 128 K or 2 x 256 K): the loads of the next stages are
+//   in flight while one is multiplied. (A first version double-buffered the weights by copying
+//   the next stage's registers over the current ones; the copy waited for the loads, so only one
+//   stage was ever in flight and M = 1 streamed weights at 0.6-1.4 TB/s.)
 // - The int32 partial tiles are summed across the cluster through DSMEM (exact: integer adds),
 //   each CTA finishing a share of the tile's 16x8 fragments: scales, bias, the low-rank branch
 //   (either its precomputed [M, N] product, or lowrank_act [M, r] x lora_up [N, r] with 16-bit
@@ -23,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "qengine/w4a8_gemm.h"
@@ -39,16 +44,18 @@ constexpr int kRowsPerCta = kWarps * 32;  // each warp: two 16-row blocks of the
 constexpr int kMaxSplits = 8;             // portable cluster size
 constexpr int kBlockBytes = 256;          // one 16x32 INT4 block of the prepacked layout
 
-template <int kTokenFrags_, int kStageK_>
+template <int kTokenFrags_, int kStageK_, int kRing_>
 struct Shape {
   static constexpr int kTokenFrags = kTokenFrags_;          // 8-token MMA fragments per CTA
   static constexpr int kTokens = 8 * kTokenFrags;
   static constexpr int kStageK = kStageK_;
   static constexpr int kSteps = kStageK / 32;               // m16n8k32 steps per stage
+  static constexpr int kRing = kRing_;                      // stages in flight + the one in use
   static constexpr int kPitch = kStageK + 16;               // smem bytes per token row
   static constexpr int kStageBytes = kTokens * kPitch;
-  static constexpr int kPipeBytes = 2 * kStageBytes;
-  static constexpr int kReduceBytes = 2 * kTokenFrags * 4 * kThreads * 4;  // the int32 tile
+  static constexpr int kPipeBytes = kRing * kStageBytes;
+  static constexpr int kFrags = 2 * kTokenFrags;            // 16x8 output fragments per warp
+  static constexpr int kReduceBytes = kFrags * kThreads * 16;  // the int32 tile
   static constexpr int kSmemBytes = kPipeBytes > kReduceBytes ? kPipeBytes : kReduceBytes;
   static_assert(kSmemBytes <= 48 * 1024, "static shared memory limit");
 };
@@ -62,18 +69,28 @@ struct Plan {
   int stages_per_split;
 };
 
-Plan make_plan(const W4A8GemmParams& p, int stage_k) {
+int token_frags_for(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
+
+// max_clusters(c): how many clusters of c CTAs of this instantiation the GPU holds at once
+// (registers allow 2 CTAs per SM at 64 tokens, 3-4 below; a cluster must fit in one GPC). The
+// plan takes the most splits whose clusters (one per tile) all fit in one wave: a first plan
+// aimed at ~2 CTAs per SM regardless and put 288 CTAs on 264 slots at M = 64, N = 12288 (ncu:
+// the partial second wave doubled the time).
+template <class MaxClusters>
+Plan make_plan(const W4A8GemmParams& p, int stage_k, MaxClusters&& max_clusters) {
   Plan s{};
-  s.token_frags = p.M <= 8 ? 1 : p.M <= 16 ? 2 : p.M <= 32 ? 4 : 8;
+  s.token_frags = token_frags_for(p.M);
   s.token_blocks = (p.M + 8 * s.token_frags - 1) / (8 * s.token_frags);
   s.row_tiles = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   s.stages = (p.K + stage_k - 1) / stage_k;
   const long tiles = long(s.token_blocks) * s.row_tiles;
-  const long sms = p.sm_count > 0 ? p.sm_count : 132;
-  // About two CTAs per SM (each streams its own weights); a split is at least one stage.
-  long want = tiles >= 2 * sms ? 1 : (2 * sms + tiles - 1) / tiles;
-  want = std::min<long>(std::min<long>(want, kMaxSplits), s.stages);
-  s.stages_per_split = int((s.stages + want - 1) / want);
+  int want = 1;
+  for (int c = std::min(kMaxSplits, s.stages); c > 1; --c)
+    if (tiles <= max_clusters(c)) {
+      want = c;
+      break;
+    }
+  s.stages_per_split = (s.stages + want - 1) / want;  // a split: >= 1 stage
   s.splits = (s.stages + s.stages_per_split - 1) / s.stages_per_split;
   return s;
 }
@@ -174,31 +191,91 @@ __device__ __forceinline__ void lowrank_fragment(float (&d)[4], const W4A8GemmPa
   }
 }
 
+// Where one thread's loads of a stage come from and go to, computed once per CTA: per stage
+// only a pointer offset changes. (Computing addresses and bounds per element, as a first
+// version did, made ~200 instructions per k-step; ncu showed the kernel issue-bound at M = 64.)
+// Loads are never predicated on the weight rows or the K tail: out-of-range rows and steps read
+// the last valid ones, and their products are never used (multiply_stage stops at the K tail,
+// the epilogue skips rows >= N).
 template <class S>
-__device__ __forceinline__ void load_activation_stage(uint8_t* buf, const W4A8GemmParams& p, int m0, int stage) {
-  constexpr int kChunks = S::kStageK / 16;
-  const int k0 = stage * S::kStageK;
-  for (int c = threadIdx.x; c < S::kTokens * kChunks; c += kThreads) {
-    const int row = c / kChunks, k = k0 + (c % kChunks) * 16;
-    const bool ok = m0 + row < p.M && k < p.K;
-    const int8_t* src = ok ? p.a + static_cast<int64_t>(m0 + row) * p.lda + k : p.a;
-    cp_async_16(buf + row * S::kPitch + (c % kChunks) * 16, src, ok ? 16 : 0);
+struct StageLoader {
+  static constexpr int kChunks = S::kStageK / 16;                       // 16-byte pieces per token row
+  static constexpr int kActIters = (S::kTokens * kChunks + kThreads - 1) / kThreads;
+  const uint8_t* w_src[2];   // this thread's 8 bytes of k-step 0 in each of its two row blocks
+  int64_t w_step;            // bytes between consecutive k-steps of one row block
+  int last_kstep;
+  const int8_t* a_src[kActIters];
+  int a_dst[kActIters];      // byte offset in a stage slot; -1: no piece for this thread
+  bool a_row_ok[kActIters];
+  int a_k[kActIters];        // k of the piece within a stage
+  int K;
+
+  __device__ __forceinline__ StageLoader(const W4A8GemmParams& p, int m0, int nb0, int blocks_n, int lane) {
+    w_step = static_cast<int64_t>(blocks_n) * kBlockBytes;
+    last_kstep = p.K / 32 - 1;
+    K = p.K;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) w_src[r] = p.w + static_cast<int64_t>(min(nb0 + r, blocks_n - 1)) * kBlockBytes + lane * 8;
+#pragma unroll
+    for (int i = 0; i < kActIters; ++i) {
+      const int c = threadIdx.x + i * kThreads;
+      const int row = c / kChunks, chunk = c % kChunks;
+      const bool have = c < S::kTokens * kChunks;
+      a_row_ok[i] = have && m0 + row < p.M;
+      a_src[i] = p.a + static_cast<int64_t>(a_row_ok[i] ? m0 + row : 0) * p.lda + chunk * 16;
+      a_dst[i] = have ? row * S::kPitch + chunk * 16 : -1;
+      a_k[i] = chunk * 16;
+    }
   }
+
+  __device__ __forceinline__ void load(uint2 (&w)[S::kSteps][2], uint8_t* act_slot, int stage) const {
+    const int k0 = stage * S::kStageK;
+#pragma unroll
+    for (int i = 0; i < kActIters; ++i) {
+      if (a_dst[i] < 0) continue;
+      const bool ok = a_row_ok[i] && k0 + a_k[i] < K;
+      cp_async_16(act_slot + a_dst[i], ok ? a_src[i] + k0 : a_src[i], ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int j = 0; j < S::kSteps; ++j) {
+      const int64_t off = static_cast<int64_t>(min(stage * S::kSteps + j, last_kstep)) * w_step;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) w[j][r] = load_weights_8b(w_src[r] + off);
+    }
+  }
+};
+
+// The K loop: a ring of kRing stages. Weights of a stage live in registers (slot u of w),
+// activations in shared memory (slot u of smem); kRing - 1 stages are in flight while one is
+// multiplied. Slots are indexed by compile-time constants only (the ring is unrolled), so no
+// register copy ever waits on a load that is still in flight.
+template <class S>
+__device__ __forceinline__ void issue_stage(const StageLoader<S>& loader, uint2 (&w)[S::kSteps][2], uint8_t* act_slot,
+                                            int stage, int stage_end) {
+  if (stage < stage_end) loader.load(w, act_slot, stage);
+  cp_async_commit();  // also when empty: the group count stays one per stage
 }
 
 template <class S>
-__device__ __forceinline__ void load_weight_stage(uint2 (&w)[S::kSteps][2], const W4A8GemmParams& p, int stage,
-                                                  int nb0, int blocks_n, int lane) {
-  const int ksteps = p.K / 32;
+__device__ __forceinline__ void multiply_stage(int (&acc)[2][S::kTokenFrags][4], const uint2 (&w)[S::kSteps][2],
+                                               const uint8_t* act_slot, int stage, int ksteps, int g, int t) {
+  const uint8_t* act = act_slot + g * S::kPitch + 4 * t;
 #pragma unroll
   for (int j = 0; j < S::kSteps; ++j) {
-    const int ks = stage * S::kSteps + j;
+    if (stage * S::kSteps + j >= ksteps) break;  // the K tail of the last stage (uniform)
+    uint32_t a[2][4];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int nb = nb0 + r;
-      w[j][r] = (ks < ksteps && nb < blocks_n)
-                    ? load_weights_8b(p.w + (static_cast<int64_t>(ks) * blocks_n + nb) * kBlockBytes + lane * 8)
-                    : make_uint2(0u, 0u);
+      widen_8(w[j][r].x, a[r][0], a[r][1]);
+      widen_8(w[j][r].y, a[r][2], a[r][3]);
+    }
+#pragma unroll
+    for (int f = 0; f < S::kTokenFrags; ++f) {
+      const uint8_t* b = act + f * 8 * S::kPitch + j * 32;
+      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b);
+      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(b + 16);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) mma_s8_16x8x32(acc[r][f], a[r], b0, b1);
     }
   }
 }
@@ -225,63 +302,37 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][f][e] = 0;
 
-  uint2 w_cur[S::kSteps][2], w_next[S::kSteps][2];
-  if (stage_begin < stage_end) {
-    load_activation_stage<S>(smem, p, m0, stage_begin);
-    load_weight_stage<S>(w_cur, p, stage_begin, nb0, blocks_n, lane);
-  }
-  cp_async_commit();
-  for (int stage = stage_begin; stage < stage_end; ++stage) {
-    const int i = stage - stage_begin;
-    const bool more = stage + 1 < stage_end;
-    // The buffer refilled here was read in iteration i - 1, which every thread has left.
-    if (more) load_activation_stage<S>(smem + ((i + 1) & 1) * S::kStageBytes, p, m0, stage + 1);
-    cp_async_commit();
-    if (more) load_weight_stage<S>(w_next, p, stage + 1, nb0, blocks_n, lane);
-    cp_async_wait<1>();
-    __syncthreads();
-    const uint8_t* act = smem + (i & 1) * S::kStageBytes + g * S::kPitch + 4 * t;
+  const StageLoader<S> loader(p, m0, nb0, blocks_n, lane);
+  uint2 w[S::kRing][S::kSteps][2];
 #pragma unroll
-    for (int j = 0; j < S::kSteps; ++j) {
-      if (stage * S::kSteps + j >= ksteps) break;  // the K tail of the last stage (uniform)
-      uint32_t a[2][4];
+  for (int u = 0; u < S::kRing - 1; ++u) issue_stage<S>(loader, w[u], smem + u * S::kStageBytes, stage_begin + u, stage_end);
+  for (int base = stage_begin; base < stage_end; base += S::kRing) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        widen_8(w_cur[j][r].x, a[r][0], a[r][1]);
-        widen_8(w_cur[j][r].y, a[r][2], a[r][3]);
-      }
-#pragma unroll
-      for (int f = 0; f < S::kTokenFrags; ++f) {
-        const uint8_t* b = act + f * 8 * S::kPitch + j * 32;
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(b + 16);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) mma_s8_16x8x32(acc[r][f], a[r], b0, b1);
-      }
-    }
-    __syncthreads();
-    if (more) {
-#pragma unroll
-      for (int j = 0; j < S::kSteps; ++j) {
-        w_cur[j][0] = w_next[j][0];
-        w_cur[j][1] = w_next[j][1];
-      }
+    for (int u = 0; u < S::kRing; ++u) {
+      const int stage = base + u;
+      if (stage >= stage_end) break;  // uniform
+      cp_async_wait<S::kRing - 2>();  // this stage's activations have landed
+      __syncthreads();                // ... for every thread; and slot u - 1 is free again
+      const int kRefill = (u + S::kRing - 1) % S::kRing;  // a constant once unrolled
+      issue_stage<S>(loader, w[kRefill], smem + kRefill * S::kStageBytes, stage + S::kRing - 1, stage_end);
+      multiply_stage<S>(acc, w[u], smem + u * S::kStageBytes, stage, ksteps, g, t);
     }
   }
   cp_async_wait<0>();
+  __syncthreads();
 
-  // Cross-split reduction: every CTA leaves its tile in its own shared memory (the pipeline
-  // buffers are free: the loop ended on a barrier), then finishes the fragments it owns by
-  // adding the other CTAs' copies through DSMEM.
-  int32_t* tile = reinterpret_cast<int32_t*>(smem);
+  // Cross-split reduction: every CTA leaves its tile in its own shared memory (16 bytes per
+  // thread and fragment), then finishes the fragments it owns (frag % splits == its rank) by
+  // adding the other CTAs' copies through DSMEM, all loads of a fragment issued together.
+  int4* tile = reinterpret_cast<int4*>(smem);
   cg::cluster_group cluster = cg::this_cluster();
   if (plan.splits > 1) {
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int f = 0; f < S::kTokenFrags; ++f)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) tile[((r * S::kTokenFrags + f) * 4 + e) * kThreads + threadIdx.x] = acc[r][f][e];
+        tile[(r * S::kTokenFrags + f) * kThreads + threadIdx.x] =
+            make_int4(acc[r][f][0], acc[r][f][1], acc[r][f][2], acc[r][f][3]);
     cluster.sync();
   }
 
@@ -296,11 +347,18 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
       const int m_base = m0 + f * 8;
       if (m_base >= p.M) continue;
       int v[4] = {acc[r][f][0], acc[r][f][1], acc[r][f][2], acc[r][f][3]};
-      for (int q = 0; q < plan.splits; ++q) {
-        if (q == split) continue;
-        const int32_t* other = cluster.map_shared_rank(tile, q);
+      int4 others[kMaxSplits];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] += other[(frag * 4 + e) * kThreads + threadIdx.x];
+      for (int q = 0; q < kMaxSplits; ++q)
+        others[q] = (q < plan.splits && q != split)
+                        ? cluster.map_shared_rank(tile, q)[frag * kThreads + threadIdx.x]
+                        : make_int4(0, 0, 0, 0);
+#pragma unroll
+      for (int q = 0; q < kMaxSplits; ++q) {
+        v[0] += others[q].x;
+        v[1] += others[q].y;
+        v[2] += others[q].z;
+        v[3] += others[q].w;
       }
       float lr[4] = {0.f, 0.f, 0.f, 0.f};
       if (p.lowrank_act != nullptr && p.rank > 0) lowrank_fragment<OutT>(lr, p, nb * 16, m_base, g, t);
@@ -323,54 +381,71 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
 #endif
 }
 
-template <int kStageK, int kTokenFrags, class OutT>
-cudaError_t launch_typed(const W4A8GemmParams& p, const Plan& plan, cudaStream_t stream) {
-  using S = Shape<kTokenFrags, kStageK>;
+template <int kStageK, int kRing, int kTokenFrags, class OutT>
+cudaError_t launch_typed(const W4A8GemmParams& p, cudaStream_t stream) {
+  using S = Shape<kTokenFrags, kStageK, kRing>;
+  auto* kernel = w4a8_splitk_kernel<S, OutT>;
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(plan.row_tiles, plan.splits, plan.token_blocks);
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = plan.splits;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, w4a8_splitk_kernel<S, OutT>, p, plan);
+  // Cluster capacity per cluster size, asked once per process (one device kind per process is
+  // assumed: these kernels exist for sm_90a only).
+  static std::atomic<int> capacity[kMaxSplits + 1] = {};
+  auto max_clusters = [&](int c) {
+    int n = capacity[c].load(std::memory_order_relaxed);
+    if (n == 0) {
+      attr[0].val.clusterDim.y = c;
+      cfg.gridDim = dim3(1, c, 1);
+      if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError();  // clear it: the launch below must not report it
+        n = -1;                    // unknown: never chosen
+      }
+      capacity[c].store(n, std::memory_order_relaxed);
+    }
+    return n;
+  };
+  const Plan plan = make_plan(p, kStageK, max_clusters);
+  if (plan.token_blocks > 65535) return cudaErrorInvalidValue;
+  cfg.gridDim = dim3(plan.row_tiles, plan.splits, plan.token_blocks);
+  attr[0].val.clusterDim.y = plan.splits;
+  return cudaLaunchKernelEx(&cfg, kernel, p, plan);
 }
 
-template <int kStageK, class OutT>
-cudaError_t launch_frags(const W4A8GemmParams& p, const Plan& plan, cudaStream_t stream) {
-  switch (plan.token_frags) {
-    case 1: return launch_typed<kStageK, 1, OutT>(p, plan, stream);
-    case 2: return launch_typed<kStageK, 2, OutT>(p, plan, stream);
-    case 4: return launch_typed<kStageK, 4, OutT>(p, plan, stream);
-    default: return launch_typed<kStageK, 8, OutT>(p, plan, stream);
+template <int kStageK, int kRing, class OutT>
+cudaError_t launch_frags(const W4A8GemmParams& p, cudaStream_t stream) {
+  switch (token_frags_for(p.M)) {
+    case 1: return launch_typed<kStageK, kRing, 1, OutT>(p, stream);
+    case 2: return launch_typed<kStageK, kRing, 2, OutT>(p, stream);
+    case 4: return launch_typed<kStageK, kRing, 4, OutT>(p, stream);
+    default: return launch_typed<kStageK, kRing, 8, OutT>(p, stream);
   }
 }
 
-template <int kStageK>
+template <int kStageK, int kRing>
 cudaError_t run_splitk(const W4A8GemmParams& p, cudaStream_t stream) {
   if ((p.lowrank_act != nullptr) != (p.lora_up != nullptr) || (p.lowrank_act != nullptr && p.lowrank != nullptr) ||
       (p.lowrank_act != nullptr && (p.rank <= 0 || p.rank % 16 != 0)))
     return cudaErrorInvalidValue;
-  const Plan plan = make_plan(p, kStageK);
-  if (plan.token_blocks > 65535) return cudaErrorInvalidValue;
-  cudaError_t err = p.out_type == FloatType::kBF16 ? launch_frags<kStageK, __nv_bfloat16>(p, plan, stream)
-                                                   : launch_frags<kStageK, __half>(p, plan, stream);
+  cudaError_t err = p.out_type == FloatType::kBF16 ? launch_frags<kStageK, kRing, __nv_bfloat16>(p, stream)
+                                                   : launch_frags<kStageK, kRing, __half>(p, stream);
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t w4a8_sm90_mma_128x64x128_splitk_run(const W4A8GemmParams& p, cudaStream_t stream) {
-  return run_splitk<128>(p, stream);
+  return run_splitk<128, 4>(p, stream);
 }
 size_t w4a8_sm90_mma_128x64x128_splitk_workspace(const W4A8GemmParams&) { return 0; }
 cudaError_t w4a8_sm90_mma_128x64x256_splitk_run(const W4A8GemmParams& p, cudaStream_t stream) {
-  return run_splitk<256>(p, stream);
+  return run_splitk<256, 2>(p, stream);
 }
 size_t w4a8_sm90_mma_128x64x256_splitk_workspace(const W4A8GemmParams&) { return 0; }
 
