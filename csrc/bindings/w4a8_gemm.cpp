@@ -19,8 +19,8 @@ namespace {
 constexpr const char* kOp = "w4a8_gemm";
 
 // The one arch-dispatch point of W4A8: the sm_90a kernels (mixed-input wgmma; mma.sync split-K
-// for few tokens), else an error
-// naming the arch (INT4 x INT8 has no mma.sync path here; W4A4 covers sm_80/86/89).
+// for few tokens, which uses clusters and DSMEM), else an error naming the arch (W4A4 covers
+// sm_80/86/89).
 W4A8TileConfig dispatch_config(const at::Device& device, int M, int N, int K) {
   const DeviceArch arch = device_arch(device);
   const bool sm90 = arch.major == 9 && arch.minor == 0 && has_code_for(device, 90) && w4a8_kernels_compiled();

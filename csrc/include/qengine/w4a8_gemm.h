@@ -59,10 +59,11 @@ struct W4A8GemmParams {
 enum class W4A8TileConfig : int {
   kSm90_128x128x128_Coop = 0,      // many tiles (>= 2 waves) or one well-filled wave
   kSm90_64x128x128_Pingpong = 1,   // mid-size problems whose 128x128 tiles would leave SMs idle
-  kSm90_64x64x128_Pingpong = 2,    // when even 64x128 tiles under-fill one wave
-  // Small M (a few tokens: the weights' bytes are the cost): mma.sync INT8 on widened weights,
-  // 128 weight rows x up to 64 tokens per CTA, K split over CTAs so that every SM streams
-  // weights; 128 or 256 K per pipeline stage. Any M (token blocks of 64), fast for M <= 64.
+  kSm90_64x64x128_Pingpong = 2,    // 33..64 tokens, or when even 64x128 tiles under-fill one wave
+  // Few tokens (the weights' bytes are the cost): mma.sync INT8 on widened weights, 128 weight
+  // rows x up to 64 tokens per CTA, K split over a cluster so that every SM streams weights;
+  // 128 or 256 K per pipeline stage. Correct for any M (token blocks of 64); the heuristic
+  // picks it for M <= 32, and up to 64 for deep K.
   kSm90_Mma_128x64x128_SplitK = 3,
   kSm90_Mma_128x64x256_SplitK = 4,
   kCount = 5,

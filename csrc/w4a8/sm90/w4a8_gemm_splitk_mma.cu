@@ -15,8 +15,8 @@
 //   rows padded by 16 bytes so a fragment's 8 token rows hit distinct banks.
 // - Both go through a ring of stages (4 x 128 K or 2 x 256 K): the loads of the next stages are
 //   in flight while one is multiplied. (A first version double-buffered the weights by copying
-//   the next stage's registers over the current ones; the copy waited for the loads, so only one
-//   stage was ever in flight and M = 1 streamed weights at 0.6-1.4 TB/s.)
+//   the next stage's registers over the current ones; the copy waited for the loads, so at most
+//   one stage was in flight.)
 // - The int32 partial tiles are summed across the cluster through DSMEM (exact: integer adds),
 //   each CTA finishing a share of the tile's 16x8 fragments: scales, bias, the low-rank branch
 //   (either its precomputed [M, N] product, or lowrank_act [M, r] x lora_up [N, r] with 16-bit
