@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "float_io.cuh"
+#include "qengine/cp_async.cuh"
 #include "qengine/w4a4.h"
 
 namespace qengine {
@@ -52,25 +53,7 @@ using Tile32x128 = TileShape<32, 128, 1, 4, 4>;
 using Tile64x64 = TileShape<64, 64, 2, 2, 4>;
 using Tile128x128 = TileShape<128, 128, 2, 4, 3>;
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte copy; src_bytes = 0 writes zeros without reading src.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_4(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+using cp_async::smem_addr;
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -102,7 +85,7 @@ __device__ __forceinline__ void load_stage(uint8_t* stage, const W4A4GemmParams&
     const bool ok = grow < (is_a ? p.M : p.N);
     const uint8_t* base = is_a ? p.a : p.w;
     const uint8_t* src = base + (ok ? grow * ld + static_cast<int64_t>(g) * kGroupBytes + half * 16 : 0);
-    cp_async_16((is_a ? a_s : w_s) + row * kRowPitch + half * 16, src, ok ? 16 : 0);
+    cp_async::copy_16((is_a ? a_s : w_s) + row * kRowPitch + half * 16, src, ok ? 16 : 0);
   }
   for (int i = threadIdx.x; i < T::BM + T::BN; i += T::kThreads) {
     const bool is_a = i < T::BM;
@@ -110,7 +93,7 @@ __device__ __forceinline__ void load_stage(uint8_t* stage, const W4A4GemmParams&
     const int grow = (is_a ? m0 : n0) + row;
     const bool ok = grow < (is_a ? p.M : p.N);
     const float* base = is_a ? p.a_scale : p.w_scale;
-    cp_async_4((is_a ? as_s : ws_s) + row, base + (ok ? grow * groups + g : 0), ok ? 4 : 0);
+    cp_async::copy_4((is_a ? as_s : ws_s) + row, base + (ok ? grow * groups + g : 0), ok ? 4 : 0);
   }
 }
 
@@ -135,7 +118,7 @@ __global__ void __launch_bounds__(T::kThreads) w4a4_gemm_kernel(W4A4GemmParams p
 #pragma unroll
   for (int s = 0; s < T::STAGES - 1; ++s) {
     if (s < groups) load_stage<T>(smem + s * T::kStageBytes, p, m0, n0, s);
-    cp_async_commit();
+    cp_async::commit();
   }
 
   // ldmatrix lane addresses inside a stage (see the file comment for the matrix order).
@@ -145,12 +128,12 @@ __global__ void __launch_bounds__(T::kThreads) w4a4_gemm_kernel(W4A4GemmParams p
   const int w_col = ((lane >> 3) & 1) * 16;
 
   for (int g = 0; g < groups; ++g) {
-    cp_async_wait<T::STAGES - 2>();
+    cp_async::wait<T::STAGES - 2>();
     __syncthreads();
     // The stage refilled here was consumed in iteration g - 1, which every thread has left.
     const int next = g + T::STAGES - 1;
     if (next < groups) load_stage<T>(smem + (next % T::STAGES) * T::kStageBytes, p, m0, n0, next);
-    cp_async_commit();
+    cp_async::commit();
 
     const uint8_t* stage = smem + (g % T::STAGES) * T::kStageBytes;
     const uint8_t* a_s = stage;
@@ -192,7 +175,7 @@ __global__ void __launch_bounds__(T::kThreads) w4a4_gemm_kernel(W4A4GemmParams p
       }
     }
   }
-  cp_async_wait<0>();
+  cp_async::wait<0>();
   __syncthreads();
 
   // Low-rank up-projection on the accumulator tile, 16 ranks at a time through shared memory.

@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "qengine/cp_async.cuh"
 #include "qengine/w4a8_gemm.h"
 #include "../kernels.h"
 
@@ -93,20 +94,6 @@ Plan make_plan(const W4A8GemmParams& p, int stage_k, MaxClusters&& max_clusters)
   s.stages_per_split = (s.stages + want - 1) / want;  // a split: >= 1 stage
   s.splits = (s.stages + s.stages_per_split - 1) / s.stages_per_split;
   return s;
-}
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte copy; src_bytes = 0 writes zeros without reading src.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // Weights are read once: keep them out of L1.
@@ -234,7 +221,7 @@ struct StageLoader {
     for (int i = 0; i < kActIters; ++i) {
       if (a_dst[i] < 0) continue;
       const bool ok = a_row_ok[i] && k0 + a_k[i] < K;
-      cp_async_16(act_slot + a_dst[i], ok ? a_src[i] + k0 : a_src[i], ok ? 16 : 0);
+      cp_async::copy_16(act_slot + a_dst[i], ok ? a_src[i] + k0 : a_src[i], ok ? 16 : 0);
     }
 #pragma unroll
     for (int j = 0; j < S::kSteps; ++j) {
@@ -253,7 +240,7 @@ template <class S>
 __device__ __forceinline__ void issue_stage(const StageLoader<S>& loader, uint2 (&w)[S::kSteps][2], uint8_t* act_slot,
                                             int stage, int stage_end) {
   if (stage < stage_end) loader.load(w, act_slot, stage);
-  cp_async_commit();  // also when empty: the group count stays one per stage
+  cp_async::commit();  // also when empty: the group count stays one per stage
 }
 
 template <class S>
@@ -311,14 +298,14 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
     for (int u = 0; u < S::kRing; ++u) {
       const int stage = base + u;
       if (stage >= stage_end) break;  // uniform
-      cp_async_wait<S::kRing - 2>();  // this stage's activations have landed
+      cp_async::wait<S::kRing - 2>();  // this stage's activations have landed
       __syncthreads();                // ... for every thread; and slot u - 1 is free again
       const int kRefill = (u + S::kRing - 1) % S::kRing;  // a constant once unrolled
       issue_stage<S>(loader, w[kRefill], smem + kRefill * S::kStageBytes, stage + S::kRing - 1, stage_end);
       multiply_stage<S>(acc, w[u], smem + u * S::kStageBytes, stage, ksteps, g, t);
     }
   }
-  cp_async_wait<0>();
+  cp_async::wait<0>();
   __syncthreads();
 
   // Cross-split reduction: every CTA leaves its tile in its own shared memory (16 bytes per
