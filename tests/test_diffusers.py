@@ -98,9 +98,9 @@ def test_modulation_overrides_quantize_only_the_modulation_layers(arch):
     mods = [n for n, m in model.named_modules()
             if isinstance(m, torch.nn.Linear) and any(fnmatch.fnmatchcase(n, p) for p in mod_patterns)]
     assert mods, f"{arch}: no modulation layer matched"
-    plan = {p.name: p for p in qengine.plan(model, qengine.QuantConfig.preset(
-        "w4a8", rank=16, overrides=modulation_overrides(model, rank=0)))}
-    qengine.quantize(model, qengine.QuantConfig.preset("w4a8", rank=16, overrides=modulation_overrides(model, rank=0)))
+    cfg = qengine.QuantConfig.preset("w4a8", rank=16, overrides=modulation_overrides(model, rank=0))
+    plan = {p.name: p for p in qengine.plan(model, cfg)}
+    qengine.quantize(model, cfg)
     for name in mods:  # quantized unless its shape is outside the kernel's limits (then the plan says so)
         quantized = isinstance(model.get_submodule(name), qengine.QLinear)
         assert quantized == (plan[name].config is not None), (name, plan[name].reason)

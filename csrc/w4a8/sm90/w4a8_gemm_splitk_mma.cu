@@ -62,7 +62,6 @@ struct Shape {
 };
 
 struct Plan {
-  int token_frags;       // 1, 2, 4 or 8 (M <= 8, 16, 32, more)
   int token_blocks;      // ceil(M / tokens per CTA)
   int row_tiles;         // ceil(N / 128)
   int stages;            // ceil(K / stage K)
@@ -78,10 +77,9 @@ int token_frags_for(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; 
 // aimed at ~2 CTAs per SM regardless and put 288 CTAs on 264 slots at M = 64, N = 12288 (ncu:
 // the partial second wave doubled the time).
 template <class MaxClusters>
-Plan make_plan(const W4A8GemmParams& p, int stage_k, MaxClusters&& max_clusters) {
+Plan make_plan(const W4A8GemmParams& p, int tokens_per_cta, int stage_k, MaxClusters&& max_clusters) {
   Plan s{};
-  s.token_frags = token_frags_for(p.M);
-  s.token_blocks = (p.M + 8 * s.token_frags - 1) / (8 * s.token_frags);
+  s.token_blocks = (p.M + tokens_per_cta - 1) / tokens_per_cta;
   s.row_tiles = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   s.stages = (p.K + stage_k - 1) / stage_k;
   const long tiles = long(s.token_blocks) * s.row_tiles;
@@ -398,7 +396,7 @@ cudaError_t launch_typed(const W4A8GemmParams& p, cudaStream_t stream) {
     }
     return n;
   };
-  const Plan plan = make_plan(p, kStageK, max_clusters);
+  const Plan plan = make_plan(p, S::kTokens, kStageK, max_clusters);
   if (plan.token_blocks > 65535) return cudaErrorInvalidValue;
   cfg.gridDim = dim3(plan.row_tiles, plan.splits, plan.token_blocks);
   attr[0].val.clusterDim.y = plan.splits;
