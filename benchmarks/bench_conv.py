@@ -11,6 +11,8 @@ as channel slices of the concat, each with its own scale (two implicit GEMMs).
 
 Timing (shared with bench_gemm.py): operands built outside the timed region and rotated over
 enough copies to exceed L2; CUDA-graph replays queued behind an untimed one; medians of --reps.
+``--order interleaved`` (default) captures every op of a shape (cuDNN, ours, the sweep) first and
+then takes one sample of each per round, so all are timed at the same GPU temperature and clock.
 TOPS = 2 * B*Ho*Wo * O * kh*kw*C / time. Ratios are against cuDNN measured in the same run.
 
 Writes bench_conv.{csv,json,md,png} to --out-dir. Example:
@@ -30,12 +32,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import gpu_info, time_fn  # noqa: E402
+from bench_gemm import ORDERS, TimedOp, gpu_info, time_ops  # noqa: E402
 from shapes import CONV_MODELS, load_conv_shapes  # noqa: E402
 
 DEV = torch.device("cuda")
 KINDS = {"int8": ("w8a8_int8_conv2d", torch.int8, "int8"), "fp8": ("w8a8_fp8_conv2d", torch.float8_e4m3fn, "float8_e4m3fn")}
-SM90_CONFIGS = ("sm90_128x128x128_s4", "sm90_128x160x128_s4", "sm90_64x160x128_s4")
 
 
 def operand_sets(s, batch, l2_bytes, max_sets=6):
@@ -64,7 +65,7 @@ def halves(s):
     return [(0, s.split), (s.split, s.C)] if s.split else [(0, s.C)]
 
 
-def bench_shape(s, batch, reps, timing, l2, ext, sweep):
+def bench_shape(s, batch, reps, timing, l2, ext, sweep, order="interleaved"):
     ho, wo = s.out_hw()
     flops = s.flops(batch)
     sets = operand_sets(s, batch, l2)
@@ -76,9 +77,6 @@ def bench_shape(s, batch, reps, timing, l2, ext, sweep):
     def cudnn(i):
         t = sets[i]
         return lambda: F.conv2d(t["x_nchw"], t["w_nchw"], t["b"], s.stride, s.padding)
-
-    row["cudnn_bf16_us"] = time_fn(cudnn, n, reps, timing) * 1e6
-    row["cudnn_bf16_tops"] = round(flops / row["cudnn_bf16_us"] / 1e6, 1)
 
     def ours(kind, static, config=None):
         name = KINDS[kind][0]
@@ -104,10 +102,22 @@ def bench_shape(s, batch, reps, timing, l2, ext, sweep):
             return lambda: [ext.conv_quantize_input(x, sc, KINDS[kind][2]) for x, sc in calls]
         return make
 
+    # Every op of the shape in one interleaved group (bench_gemm.time_ops): cuDNN and ours are
+    # sampled side by side, so the GPU's heating does not favour whichever is timed first.
+    ops = [TimedOp("cudnn", [cudnn(i) for i in range(n)])]
     for kind in KINDS:
-        dyn = time_fn(ours(kind, False), n, reps, timing) * 1e6
-        sta = time_fn(ours(kind, True), n, reps, timing) * 1e6
-        pre = time_fn(prepass(kind), n, reps, timing) * 1e6
+        ops += [TimedOp(f"{kind}_dyn", [ours(kind, False)(i) for i in range(n)]),
+                TimedOp(f"{kind}_static", [ours(kind, True)(i) for i in range(n)]),
+                TimedOp(f"{kind}_pre", [prepass(kind)(i) for i in range(n)])]
+        if sweep:
+            ops += [TimedOp(f"{kind}[{cfg}]", [ours(kind, True, cfg)(i) for i in range(n)])
+                    for cfg in ext.conv_configs()
+                    if cfg.startswith("sm90_") and ext.conv_config_available(cfg, KINDS[kind][2])]
+    t = {name: sec * 1e6 for name, sec in time_ops(ops, reps, timing, order).items()}
+    row["cudnn_bf16_us"] = t["cudnn"]
+    row["cudnn_bf16_tops"] = round(flops / row["cudnn_bf16_us"] / 1e6, 1)
+    for kind in KINDS:
+        dyn, sta, pre = t[f"{kind}_dyn"], t[f"{kind}_static"], t[f"{kind}_pre"]
         row[f"{kind}_us"] = round(dyn, 2)
         row[f"{kind}_static_us"] = round(sta, 2)
         row[f"{kind}_prepass_static_us"] = round(pre, 2)
@@ -119,10 +129,9 @@ def bench_shape(s, batch, reps, timing, l2, ext, sweep):
         row[f"{kind}_static_vs_cudnn"] = round(row["cudnn_bf16_us"] / sta, 3)
         row[f"{kind}_kernel_vs_cudnn"] = round(row["cudnn_bf16_us"] / kernel, 3)
         row[f"{kind}_config"] = ext.conv_heuristic(row["M"], row["N"], row["K"], KINDS[kind][2])
-        if sweep:
-            for cfg in SM90_CONFIGS:
-                if ext.conv_config_available(cfg, KINDS[kind][2]):
-                    row[f"{kind}_static_us[{cfg}]"] = round(time_fn(ours(kind, True, cfg), n, reps, timing) * 1e6, 2)
+        for name, us in t.items():
+            if name.startswith(f"{kind}["):
+                row[f"{kind}_static_us[{name[len(kind) + 1:-1]}]"] = round(us, 2)
     row["cudnn_bf16_us"] = round(row["cudnn_bf16_us"], 2)
     return row
 
@@ -185,6 +194,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--timing", choices=["graph", "eager"], default="graph")
     ap.add_argument("--sweep-configs", action="store_true", help="also time every sm90 tile config")
+    ap.add_argument("--order", choices=ORDERS, default="interleaved",
+                    help="interleaved: one sample of every op of a shape per round (as bench_gemm.py); "
+                         "sequential: each op timed completely before the next")
     ap.add_argument("--out-dir", type=Path, default=Path("out/bench_conv"))
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = ap.parse_args(argv)
@@ -197,12 +209,12 @@ def main(argv=None):
         sys.exit("qengine._C is not built with the conv kernels: QENGINE_BUILD_CUDA=1 pip install --no-build-isolation .")
     torch.backends.cudnn.benchmark = True
     meta = gpu_info()
-    meta.update(timing=args.timing, reps=args.reps, batches=args.batch)
+    meta.update(timing=args.timing, order=args.order, reps=args.reps, batches=args.batch)
     shapes = [s for s in load_conv_shapes(args.models) if not args.only or any(o in s.name for o in args.only)]
     rows = []
     for batch in args.batch:
         for s in shapes:
-            r = bench_shape(s, batch, args.reps, args.timing, meta["l2_bytes"], ext, args.sweep_configs)
+            r = bench_shape(s, batch, args.reps, args.timing, meta["l2_bytes"], ext, args.sweep_configs, args.order)
             rows.append(r)
             print(f"{s.name:36s} b{batch} {'split ' if s.split else '      '}cuDNN {r['cudnn_bf16_us']:8.1f}us "
                   f"({r['cudnn_bf16_tops']:5.0f} TOPS)  int8 {r['int8_us']:8.1f}us {r['int8_vs_cudnn']:.2f}x "
