@@ -69,24 +69,27 @@ bool conv_tile_config_compiled(QConvTileConfig c, QuantType t) {
 
 QConvTileConfig choose_conv_tile_config(int64_t M, int N, int64_t K, int sm_count) {
   (void)K;
-  // One CTA per SM in every config, so the busiest SM runs ceil(tiles / SMs) tiles back to back:
-  // modelled time = that count * tile area * relative cost of a MAC in the config (the 64-row
-  // tile feeds wgmma from shared memory less efficiently: each 64xN wgmma re-reads the B tile
-  // for half the MACs). The factors are first estimates; notes/conv.md has the sweep.
+  // Modelled time = waves x the time of one wave, where a wave of any config costs like one
+  // 128-row tile of its width per SM. Fitted to an H100 sweep of every config over the SDXL 3x3
+  // convs (notes/conv.md, session 8): a CTA has one consumer warpgroup, and a 64-row tile runs
+  // about as long as a 128-row one of the same width (the per-k-block pipeline, not the MMAs,
+  // sets its pace); two 64x160 CTAs fit per SM (registers, 113 KB smem), so its waves hold
+  // 2 x SMs tiles. (The first model counted one 64x160 CTA per SM at 1.15x the MAC cost of a
+  // 128-row tile and picked it for 1280 channels at 32x32, 4-7% slower than 128x128 there.)
   struct Option {
     QConvTileConfig c;
-    int tm, tn;
-    double mac_cost;
+    int tm, tn, ctas_per_sm;
   };
-  const Option options[] = {{QConvTileConfig::kSm90_128x128x128_S4, 128, 128, 1.0},
-                            {QConvTileConfig::kSm90_128x160x128_S4, 128, 160, 1.0},
-                            {QConvTileConfig::kSm90_64x160x128_S4, 64, 160, 1.15}};
+  const Option options[] = {{QConvTileConfig::kSm90_128x128x128_S4, 128, 128, 1},
+                            {QConvTileConfig::kSm90_128x160x128_S4, 128, 160, 1},
+                            {QConvTileConfig::kSm90_64x160x128_S4, 64, 160, 2}};
+  const int64_t sms = sm_count > 0 ? sm_count : 132;
   QConvTileConfig best = options[0].c;
-  double best_cost = 0;
+  int64_t best_cost = 0;
   for (const auto& o : options) {
     const int64_t tiles = ((M + o.tm - 1) / o.tm) * ((N + o.tn - 1) / o.tn);
-    const int64_t per_sm = (tiles + sm_count - 1) / sm_count;
-    const double cost = double(per_sm) * o.tm * o.tn * o.mac_cost;
+    const int64_t waves = (tiles + sms * o.ctas_per_sm - 1) / (sms * o.ctas_per_sm);
+    const int64_t cost = waves * o.tn;
     if (best_cost == 0 || cost < best_cost) {  // ties keep the earlier (more general) config
       best = o.c;
       best_cost = cost;

@@ -80,6 +80,12 @@ def test_build_lists_conv_configs():
     major, minor = torch.cuda.get_device_capability()
     if (major, minor) == (9, 0) and "sm_90a" in EXT.build_info()["archs"]:
         assert EXT.conv_heuristic(4096, 640, 5760, "int8").startswith("sm90_")
+        if torch.cuda.get_device_properties(DEV).multi_processor_count == 132:  # H100 SXM, where it was swept
+            # SDXL 3x3 at 1024x1024 (notes/conv.md): 1280 ch at 32x32 -> 80 tiles of 128x128 beat
+            # 128 of 64x160; 640 ch at 64x64 -> one wave of 128x160; 640 ch at 128x128 -> 128x128.
+            assert EXT.conv_heuristic(1024, 1280, 11520, "int8") == "sm90_128x128x128_s4"
+            assert EXT.conv_heuristic(4096, 640, 5760, "float8_e4m3fn") == "sm90_128x160x128_s4"
+            assert EXT.conv_heuristic(16384, 640, 5760, "int8") == "sm90_128x128x128_s4"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -205,6 +211,26 @@ def test_real_unet_shapes(kind, shape, batch):
         torch.backends.cudnn.allow_tf32 = prev
     assert not torch.isnan(y).any()
     assert sqnr_db(y.float(), expect.float()) >= 40
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("hw,c", [(64, 640), (32, 1280)], ids=["sdxl640@64x64", "sdxl1280@32x32"])
+def test_every_config_sdxl_bar_shapes(kind, hw, c):
+    """Every config on the SDXL 3x3 convs that issue 6's speed bar names (and the same channels
+    at 13x13: partial tiles), against the float32 reference on the GPU."""
+    for h in (hw, 13):
+        x, wq, w_scale, bias = operands(kind, 1, h, h, c, c, 3, seed=c + h)
+        x_scale = (x.float().abs().amax() / 100).reshape(1)
+        prev = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            expect = getattr(ref, CONV_OP[kind])(x, wq, w_scale, bias, x_scale, [1, 1], [1, 1], [1, 1])
+        finally:
+            torch.backends.cudnn.allow_tf32 = prev
+        for cfg in configs_for(kind):
+            y = run_config(kind, cfg, x, wq, w_scale, bias, x_scale, (1, 1), (1, 1))
+            assert not torch.isnan(y).any(), cfg
+            assert sqnr_db(y.float(), expect.float()) >= 40, cfg
 
 
 # ---------------------------------------------------------------- registration: opcheck, graphs, compile
