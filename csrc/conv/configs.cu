@@ -75,7 +75,7 @@ QConvTileConfig choose_conv_tile_config(int64_t M, int N, int64_t K, int sm_coun
   // about as long as a 128-row one of the same width (the per-k-block pipeline, not the MMAs,
   // sets its pace); two 64x160 CTAs fit per SM (registers, 113 KB smem), so its waves hold
   // 2 x SMs tiles. (The first model counted one 64x160 CTA per SM at 1.15x the MAC cost of a
-  // 128-row tile and picked it for 1280 channels at 32x32, 4-7% slower than 128x128 there.)
+  // 128-row tile and picked it for 1280 channels at 32x32, 4-8% slower than 128x128 there.)
   struct Option {
     QConvTileConfig c;
     int tm, tn, ctas_per_sm;
