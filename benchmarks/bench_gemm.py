@@ -212,6 +212,21 @@ class Rotation(NamedTuple):
     bound: str          # what set n_sets: "l2" (3x L2 reached), "max_sets" or "memory"
 
 
+def rotation_count(smallest_op_bytes: int, l2_bytes: int, max_sets: int, set_bytes: int = 0,
+                   mem_budget_bytes: float | None = None) -> tuple[int, str]:
+    """(count, bound): the fewest operand sets over which an op of ``smallest_op_bytes`` streams
+    >= 3x L2, capped by ``max_sets`` (graph length) and by ``mem_budget_bytes`` (all sets together,
+    ``set_bytes`` each; None = no cap), never below 2 (back-to-back calls never share operands),
+    even where 2 sets exceed the budget. ``bound`` says which limit set it: "l2", "max_sets" or
+    "memory". Shared by bench_gemm, bench_w4a8 and bench_conv."""
+    count, bound = math.ceil(3 * l2_bytes / smallest_op_bytes), "l2"
+    if count > max_sets:
+        count, bound = max_sets, "max_sets"
+    if mem_budget_bytes is not None and count * set_bytes > mem_budget_bytes:
+        count, bound = int(mem_budget_bytes // set_bytes), "memory"
+    return max(2, count), bound
+
+
 def rotation_sets(m: int, k: int, n: int, l2_bytes: int, rank: int = 0, max_sets: int = 64,
                   mem_budget_bytes: float | None = None, lrcat: bool = True) -> Rotation:
     """How many operand sets to rotate over for shape (M, K, N).
@@ -225,12 +240,7 @@ def rotation_sets(m: int, k: int, n: int, l2_bytes: int, rank: int = 0, max_sets
     ops = op_bytes(m, k, n)
     smallest = min(ops, key=ops.get)
     per_set = set_bytes(m, k, n, rank, lrcat)
-    count, bound = math.ceil(3 * l2_bytes / ops[smallest]), "l2"
-    if count > max_sets:
-        count, bound = max_sets, "max_sets"
-    if mem_budget_bytes is not None and count * per_set > mem_budget_bytes:
-        count, bound = int(mem_budget_bytes // per_set), "memory"
-    count = max(2, count)
+    count, bound = rotation_count(ops[smallest], l2_bytes, max_sets, per_set, mem_budget_bytes)
     return Rotation(count, smallest, ops[smallest], per_set, count * ops[smallest] / l2_bytes, bound)
 
 

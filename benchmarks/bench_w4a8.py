@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import gpu_info, time_fn  # noqa: E402
+from bench_gemm import gpu_info, rotation_count, time_fn  # noqa: E402
 from shapes import load_shapes  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -49,7 +49,7 @@ def operand_sets(m, k, n, l2_bytes, max_sets):
     # all of a set's operands (as before) left a small-M W4A8 rotation inside L2 (4 x 4.7 MB at
     # 3072x3072) and flattered every small-M figure, the W4A8 ones most.
     smallest_op = n * k // 2 + m * k + m * n * 2
-    n_sets = max(2, min(max_sets, math.ceil(3 * l2_bytes / smallest_op)))
+    n_sets, _ = rotation_count(smallest_op, l2_bytes, max_sets)
     sets = []
     for i in range(n_sets):
         g = torch.Generator(device=DEV).manual_seed(i)
