@@ -10,7 +10,9 @@ as channel slices of the concat, each with its own scale (two implicit GEMMs).
 ``--sweep-configs`` also times every sm90 tile config (static scale).
 
 Timing (shared with bench_gemm.py): operands built outside the timed region and rotated over
-enough copies to exceed L2; CUDA-graph replays queued behind an untimed one; medians of --reps.
+enough copies that the op touching the fewest bytes (the activation pre-pass) streams >= 3x L2
+(capped by --max-sets and --mem-fraction; rows record rotation_sets / rotation_bound /
+l2_rotation_x); CUDA-graph replays queued behind an untimed one; medians of --reps.
 ``--order interleaved`` (default) captures every op of a shape (cuDNN, ours, the sweep) first and
 then takes one sample of each per round, so all are timed at the same GPU temperature and clock.
 TOPS = 2 * B*Ho*Wo * O * kh*kw*C / time. Ratios are against cuDNN measured in the same run.
@@ -32,17 +34,26 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import ORDERS, TimedOp, gpu_info, time_ops  # noqa: E402
+from bench_gemm import ORDERS, TimedOp, gpu_info, rotation_count, time_ops  # noqa: E402
 from shapes import CONV_MODELS, load_conv_shapes  # noqa: E402
 
 DEV = torch.device("cuda")
 KINDS = {"int8": ("w8a8_int8_conv2d", torch.int8, "int8"), "fp8": ("w8a8_fp8_conv2d", torch.float8_e4m3fn, "float8_e4m3fn")}
 
 
-def operand_sets(s, batch, l2_bytes, max_sets=6):
+def rotation(s, batch, l2_bytes, max_sets, mem_budget_bytes=None):
+    """(n_sets, bound, smallest op's bytes over all sets / L2), as bench_gemm.rotation_sets: sized
+    by the op touching the fewest bytes, the activation pre-pass (bf16 read + 8-bit write). (It was
+    sized by a whole set, bf16 + 8-bit weights included: at 1280 channels, 32x32, that gave 3 sets,
+    in which our conv's own operands (~19 MB a call) spanned ~1.1x L2.)"""
     ho, wo = s.out_hw()
     per_set = batch * s.H * s.W * s.C * 3 + s.O * s.k * s.k * s.C * 4 + batch * ho * wo * s.O * 2
-    n_sets = max(2, min(max_sets, math.ceil(3 * l2_bytes / per_set)))
+    smallest_op = batch * s.H * s.W * s.C * 3
+    n_sets, bound = rotation_count(smallest_op, l2_bytes, max_sets, per_set, mem_budget_bytes)
+    return n_sets, bound, n_sets * smallest_op / l2_bytes
+
+
+def operand_sets(s, batch, n_sets):
     sets = []
     for i in range(n_sets):
         g = torch.Generator(device=DEV).manual_seed(i)
@@ -65,14 +76,15 @@ def halves(s):
     return [(0, s.split), (s.split, s.C)] if s.split else [(0, s.C)]
 
 
-def bench_shape(s, batch, reps, timing, l2, ext, sweep, order="interleaved"):
+def bench_shape(s, batch, reps, timing, l2, ext, sweep, order="interleaved", max_sets=64, mem_budget=None):
     ho, wo = s.out_hw()
     flops = s.flops(batch)
-    sets = operand_sets(s, batch, l2)
-    n = len(sets)
+    n, bound, l2_x = rotation(s, batch, l2, max_sets, mem_budget)
+    sets = operand_sets(s, batch, n)
     row = {"model": s.model, "shape": s.name, "batch": batch, "H": s.H, "W": s.W, "C": s.C, "O": s.O, "k": s.k,
            "stride": s.stride, "split": s.split, "count": s.count, "M": batch * ho * wo, "N": s.O,
-           "K": s.k * s.k * s.C, "gflop": round(flops / 1e9, 3)}
+           "K": s.k * s.k * s.C, "gflop": round(flops / 1e9, 3), "rotation_sets": n, "rotation_bound": bound,
+           "l2_rotation_x": round(l2_x, 2)}
 
     def cudnn(i):
         t = sets[i]
@@ -141,7 +153,7 @@ MD_COLS = [("shape", "shape"), ("batch", "B"), ("split", "split"), ("gflop", "GF
            ("int8_static_vs_cudnn", "int8 static/cuDNN"), ("int8_kernel_tops", "int8 kernel TOPS"),
            ("int8_kernel_vs_cudnn", "int8 kernel/cuDNN"), ("fp8_us", "fp8 us"), ("fp8_vs_cudnn", "fp8/cuDNN"),
            ("fp8_static_vs_cudnn", "fp8 static/cuDNN"), ("fp8_kernel_tops", "fp8 kernel TOPS"),
-           ("fp8_kernel_vs_cudnn", "fp8 kernel/cuDNN"), ("int8_config", "config")]
+           ("fp8_kernel_vs_cudnn", "fp8 kernel/cuDNN"), ("int8_config", "config"), ("l2_rotation_x", "rot/L2")]
 
 
 def write_outputs(rows, meta, out_dir: Path, plot: bool = True):
@@ -197,6 +209,10 @@ def main(argv=None):
     ap.add_argument("--order", choices=ORDERS, default="interleaved",
                     help="interleaved: one sample of every op of a shape per round (as bench_gemm.py); "
                          "sequential: each op timed completely before the next")
+    ap.add_argument("--max-sets", type=int, default=64,
+                    help="most rotated operand sets (the smallest op's sets together >= 3x L2 where possible)")
+    ap.add_argument("--mem-fraction", type=float, default=0.5,
+                    help="the rotated operand sets may take at most this fraction of free GPU memory")
     ap.add_argument("--out-dir", type=Path, default=Path("out/bench_conv"))
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = ap.parse_args(argv)
@@ -209,12 +225,15 @@ def main(argv=None):
         sys.exit("qengine._C is not built with the conv kernels: QENGINE_BUILD_CUDA=1 pip install --no-build-isolation .")
     torch.backends.cudnn.benchmark = True
     meta = gpu_info()
-    meta.update(timing=args.timing, order=args.order, reps=args.reps, batches=args.batch)
+    meta.update(timing=args.timing, order=args.order, reps=args.reps, batches=args.batch, max_sets=args.max_sets,
+                mem_fraction=args.mem_fraction)
     shapes = [s for s in load_conv_shapes(args.models) if not args.only or any(o in s.name for o in args.only)]
     rows = []
     for batch in args.batch:
         for s in shapes:
-            r = bench_shape(s, batch, args.reps, args.timing, meta["l2_bytes"], ext, args.sweep_configs, args.order)
+            budget = args.mem_fraction * torch.cuda.mem_get_info(DEV)[0]
+            r = bench_shape(s, batch, args.reps, args.timing, meta["l2_bytes"], ext, args.sweep_configs, args.order,
+                            args.max_sets, budget)
             rows.append(r)
             print(f"{s.name:36s} b{batch} {'split ' if s.split else '      '}cuDNN {r['cudnn_bf16_us']:8.1f}us "
                   f"({r['cudnn_bf16_tops']:5.0f} TOPS)  int8 {r['int8_us']:8.1f}us {r['int8_vs_cudnn']:.2f}x "
