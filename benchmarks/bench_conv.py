@@ -7,7 +7,8 @@ dynamic per-tensor scale (absmax pass + quantize pass + implicit GEMM), static s
 pass + implicit GEMM), and the activation pre-pass alone, so the conv kernel's own time is
 ``static - pre-pass``. Split-shortcut shapes run as the op runs them in the UNet: the two halves
 as channel slices of the concat, each with its own scale (two implicit GEMMs).
-``--sweep-configs`` also times every sm90 tile config (static scale).
+``--sweep-configs`` also times every sm90 tile config (static scale), each with K split over each of
+``--sweep-splits`` CTAs (the heuristic's pick is in the ``config`` column, "_split<S>" when it splits).
 
 Timing (shared with bench_gemm.py): operands built outside the timed region and rotated over
 enough copies that the op touching the fewest bytes (the activation pre-pass) streams >= 3x L2
@@ -76,7 +77,14 @@ def halves(s):
     return [(0, s.split), (s.split, s.C)] if s.split else [(0, s.C)]
 
 
-def bench_shape(s, batch, reps, timing, l2, ext, sweep, order="interleaved", max_sets=64, mem_budget=None):
+def sweep_plans(ext, qdtype: str, splits) -> list[str]:
+    """Every sm90 config that runs here, as a plan name per split count ("<config>_split<S>", S > 1)."""
+    configs = [c for c in ext.conv_configs() if c.startswith("sm90_") and ext.conv_config_available(c, qdtype)]
+    return [c if n == 1 else f"{c}_split{n}" for n in splits for c in configs]
+
+
+def bench_shape(s, batch, reps, timing, l2, ext, sweep, order="interleaved", max_sets=64, mem_budget=None,
+                sweep_splits=(1,)):
     ho, wo = s.out_hw()
     flops = s.flops(batch)
     n, bound, l2_x = rotation(s, batch, l2, max_sets, mem_budget)
@@ -123,8 +131,7 @@ def bench_shape(s, batch, reps, timing, l2, ext, sweep, order="interleaved", max
                 TimedOp(f"{kind}_pre", [prepass(kind)(i) for i in range(n)])]
         if sweep:
             ops += [TimedOp(f"{kind}[{cfg}]", [ours(kind, True, cfg)(i) for i in range(n)])
-                    for cfg in ext.conv_configs()
-                    if cfg.startswith("sm90_") and ext.conv_config_available(cfg, KINDS[kind][2])]
+                    for cfg in sweep_plans(ext, KINDS[kind][2], sweep_splits)]
     t = {name: sec * 1e6 for name, sec in time_ops(ops, reps, timing, order).items()}
     row["cudnn_bf16_us"] = t["cudnn"]
     row["cudnn_bf16_tops"] = round(flops / row["cudnn_bf16_us"] / 1e6, 1)
@@ -206,6 +213,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions per measurement (median reported)")
     ap.add_argument("--timing", choices=["graph", "eager"], default="graph")
     ap.add_argument("--sweep-configs", action="store_true", help="also time every sm90 tile config")
+    ap.add_argument("--sweep-splits", nargs="*", type=int, default=[1, 2, 3, 4],
+                    help="with --sweep-configs: split-K counts to time each config at (1 = unsplit)")
     ap.add_argument("--order", choices=ORDERS, default="interleaved",
                     help="interleaved: one sample of every op of a shape per round (as bench_gemm.py); "
                          "sequential: each op timed completely before the next")
@@ -216,6 +225,8 @@ def main(argv=None):
     ap.add_argument("--out-dir", type=Path, default=Path("out/bench_conv"))
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = ap.parse_args(argv)
+    if any(not 1 <= n <= 16 for n in args.sweep_splits):
+        ap.error(f"--sweep-splits takes split counts 1..16, got {args.sweep_splits}")
     if not torch.cuda.is_available():
         sys.exit("bench_conv.py needs a CUDA GPU")
     import qengine  # noqa: F401 - registers torch.ops.qengine
@@ -233,7 +244,7 @@ def main(argv=None):
         for s in shapes:
             budget = args.mem_fraction * torch.cuda.mem_get_info(DEV)[0]
             r = bench_shape(s, batch, args.reps, args.timing, meta["l2_bytes"], ext, args.sweep_configs, args.order,
-                            args.max_sets, budget)
+                            args.max_sets, budget, args.sweep_splits)
             rows.append(r)
             print(f"{s.name:36s} b{batch} {'split ' if s.split else '      '}cuDNN {r['cudnn_bf16_us']:8.1f}us "
                   f"({r['cudnn_bf16_tops']:5.0f} TOPS)  int8 {r['int8_us']:8.1f}us {r['int8_vs_cudnn']:.2f}x "

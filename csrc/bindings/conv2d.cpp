@@ -40,17 +40,23 @@ void check_pair(const char* op, const char* name, c10::IntArrayRef v, int64_t lo
 
 // The one arch-dispatch point of the conv family: the sm_90a implicit-GEMM kernels on sm_90;
 // else im2col + the mma.sync GEMM (INT8: sm_80+, FP8: sm_89+); else an error naming the arch.
-QConvTileConfig dispatch_config(const ConvOp& g, const at::Device& device, int64_t M, int64_t N, int64_t K) {
+QConvPlan dispatch_config(const ConvOp& g, const at::Device& device, int64_t M, int64_t N, int64_t K) {
   const DeviceArch arch = device_arch(device);
   const bool sm90 = arch.major == 9 && arch.minor == 0 && has_code_for(device, 90) &&
                     conv_tile_config_compiled(QConvTileConfig::kSm90_128x128x128_S4, g.q_type);
-  if (sm90) return choose_conv_tile_config(M, static_cast<int>(N), K, arch.sm_count);
+  if (sm90) return choose_conv_plan(M, static_cast<int>(N), K, arch.sm_count);
   const int min_cc = g.q_type == QuantType::kFP8E4M3 ? 89 : 80;
   const bool mma = has_code_for(device, min_cc) && conv_tile_config_compiled(QConvTileConfig::kIm2colGemmSm80, g.q_type);
   QENGINE_CHECK(g.name, mma, "no kernel for ", device_arch_str(device), " in this build (compiled archs: ",
                 compiled_archs_str(), "; ", g.q_type == QuantType::kFP8E4M3 ? "FP8 needs sm_89 or newer" : "INT8 needs sm_80 or newer",
                 "); rebuild with QENGINE_CUDA_ARCHS including this GPU, or use backend='reference'");
-  return QConvTileConfig::kIm2colGemmSm80;
+  return {QConvTileConfig::kIm2colGemmSm80, 1};
+}
+
+// "sm90_128x160x128_s4" or, split-K, "sm90_128x160x128_s4_split2".
+std::string conv_plan_name(const QConvPlan& plan) {
+  std::string name = conv_tile_config_name(plan.config);
+  return plan.splits > 1 ? cat(name, "_split", plan.splits) : name;
 }
 
 // Row stride (elements between consecutive pixels) of an NHWC tensor whose channels are
@@ -162,7 +168,7 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& x_scale, c10::IntArrayRef stride,
                     c10::IntArrayRef padding, c10::IntArrayRef dilation, const std::optional<at::Tensor>& x2,
                     const std::optional<at::Tensor>& x2_scale, const std::optional<at::Tensor>& residual,
-                    const QConvTileConfig* forced) {
+                    const QConvPlan* forced) {
   const char* op = g.name;
   const auto device = x.device();
   QENGINE_CHECK(op, x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, "the CUDA kernel takes bfloat16 "
@@ -202,17 +208,18 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
   QENGINE_CHECK(op, reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0,
                 "w must start at a 16-byte aligned address (a view at an offset is not supported)");
 
-  QConvTileConfig cfg;
+  QConvPlan plan;
   if (forced != nullptr) {
-    cfg = *forced;
-    QENGINE_CHECK(op, conv_tile_config_compiled(cfg, g.q_type), "tile config ", conv_tile_config_name(cfg),
+    plan = *forced;
+    QENGINE_CHECK(op, conv_tile_config_compiled(plan.config, g.q_type), "tile config ", conv_tile_config_name(plan.config),
                   " is not compiled into this build (archs: ", compiled_archs_str(), ")");
-    const int need = conv_tile_config_is_sm90(cfg) ? 90 : (g.q_type == QuantType::kFP8E4M3 ? 89 : 80);
-    QENGINE_CHECK(op, has_code_for(device, need), "tile config ", conv_tile_config_name(cfg), " cannot run on ",
+    const int need = conv_tile_config_is_sm90(plan.config) ? 90 : (g.q_type == QuantType::kFP8E4M3 ? 89 : 80);
+    QENGINE_CHECK(op, has_code_for(device, need), "tile config ", conv_tile_config_name(plan.config), " cannot run on ",
                   device_arch_str(device));
   } else {
-    cfg = dispatch_config(g, device, M, d.O, d.kh * d.kw * d.C);
+    plan = dispatch_config(g, device, M, d.O, d.kh * d.kw * d.C);
   }
+  const QConvTileConfig cfg = plan.config;
 
   c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -249,6 +256,7 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
   p.in_type = g.q_type;
   p.out_type = float_type(op, "x", out_dtype);
   p.sm_count = device_arch(device).sm_count;
+  p.splits = plan.splits;
 
   const auto launch = [&](const at::Tensor& q, const at::Tensor& s, int64_t channel_offset, const void* bias_ptr,
                           const void* residual_ptr) {
@@ -266,7 +274,7 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
       p.workspace = workspace.data_ptr();
     }
     const cudaError_t err = qconv2d_sm90(p, cfg, stream);
-    TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel ", conv_tile_config_name(cfg), " failed for x ",
+    TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel ", conv_plan_name(plan), " failed for x ",
                                        q.sizes(), " w ", w.sizes(), " stride ", stride, " padding ", padding, " dilation ",
                                        dilation, ": ", cudaGetErrorString(err)));
   };
@@ -286,10 +294,25 @@ QENGINE_CONV_ENTRY(w8a8_int8_conv2d, QuantType::kInt8)
 QENGINE_CONV_ENTRY(w8a8_fp8_conv2d, QuantType::kFP8E4M3)
 #undef QENGINE_CONV_ENTRY
 
-QConvTileConfig conv_config_from_name(const std::string& name) {
+// A config name, optionally with "_split<S>" (sm90 configs, 2 <= S <= kMaxConvSplits).
+QConvPlan conv_plan_from_name(const std::string& name) {
+  std::string base = name;
+  int splits = 1;
+  const size_t at = name.rfind("_split");
+  if (at != std::string::npos) {
+    base = name.substr(0, at);
+    const std::string digits = name.substr(at + 6);
+    const bool ok = !digits.empty() && digits.size() <= 3 && digits.find_first_not_of("0123456789") == std::string::npos;
+    splits = ok ? std::stoi(digits) : 0;
+    TORCH_CHECK_VALUE(splits >= 2 && splits <= kMaxConvSplits, cat("qengine: conv config '", name, "': the split count after "
+                      "'_split' must be 2..", kMaxConvSplits));
+  }
   for (int i = 0; i < static_cast<int>(QConvTileConfig::kCount); ++i) {
     auto c = static_cast<QConvTileConfig>(i);
-    if (name == conv_tile_config_name(c)) return c;
+    if (base != conv_tile_config_name(c)) continue;
+    TORCH_CHECK_VALUE(splits == 1 || conv_tile_config_is_sm90(c), cat("qengine: conv config '", name,
+                      "': split-K exists only for the sm90 configs"));
+    return {c, splits};
   }
   TORCH_CHECK_VALUE(false, cat("qengine: unknown conv tile config '", name, "'"));
 }
@@ -324,13 +347,14 @@ void register_conv_debug(pybind11::module_& m) {
          const std::optional<at::Tensor>& x_scale, std::vector<int64_t> stride, std::vector<int64_t> padding,
          std::vector<int64_t> dilation, const std::string& config, const std::optional<at::Tensor>& x2,
          const std::optional<at::Tensor>& x2_scale, const std::optional<at::Tensor>& residual) {
-        const QConvTileConfig cfg = conv_config_from_name(config);
+        const QConvPlan plan = conv_plan_from_name(config);
         TORCH_CHECK_VALUE(w.scalar_type() == at::kChar || w.scalar_type() == at::kFloat8_e4m3fn,
                           cat("qengine: w must be int8 or float8_e4m3fn, got ", w.scalar_type()));
         const QuantType t = w.scalar_type() == at::kChar ? QuantType::kInt8 : QuantType::kFP8E4M3;
-        return run_conv(conv_op(t), x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual, &cfg);
+        return run_conv(conv_op(t), x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual, &plan);
       },
-      "w8a8 conv2d (the op's arguments, w int8|fp8 picks the op) with a forced tile config. Debug/test entry point.",
+      "w8a8 conv2d (the op's arguments, w int8|fp8 picks the op) with a forced tile config, optionally split-K with a "
+      "'_split<S>' suffix (e.g. 'sm90_128x160x128_s4_split2'). Debug/test entry point.",
       pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("w_scale"), pybind11::arg("bias"), pybind11::arg("x_scale"),
       pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"), pybind11::arg("config"),
       pybind11::arg("x2") = std::nullopt, pybind11::arg("x2_scale") = std::nullopt, pybind11::arg("residual") = std::nullopt);
@@ -346,7 +370,7 @@ void register_conv_debug(pybind11::module_& m) {
   m.def(
       "conv_config_available",
       [](const std::string& config, const std::string& in_dtype, int64_t device_index) {
-        const QConvTileConfig c = conv_config_from_name(config);
+        const QConvTileConfig c = conv_plan_from_name(config).config;
         const QuantType t = conv_quant_type(in_dtype);
         const int need = conv_tile_config_is_sm90(c) ? 90 : (t == QuantType::kFP8E4M3 ? 89 : 80);
         return conv_tile_config_compiled(c, t) && has_code_for(at::Device(at::kCUDA, device_index), need);
@@ -356,10 +380,10 @@ void register_conv_debug(pybind11::module_& m) {
   m.def(
       "conv_heuristic",
       [](int64_t M, int64_t N, int64_t K, const std::string& in_dtype, int64_t device_index) {
-        return std::string(conv_tile_config_name(
-            dispatch_config(conv_op(conv_quant_type(in_dtype)), at::Device(at::kCUDA, device_index), M, N, K)));
+        return conv_plan_name(dispatch_config(conv_op(conv_quant_type(in_dtype)), at::Device(at::kCUDA, device_index), M, N, K));
       },
-      "The conv tile config the op would pick for the implicit GEMM (M=B*Ho*Wo, N=O, K=kh*kw*C) on the device.",
+      "The conv tile config the op would pick for the implicit GEMM (M=B*Ho*Wo, N=O, K=kh*kw*C) on the device, with "
+      "'_split<S>' where it splits K.",
       pybind11::arg("M"), pybind11::arg("N"), pybind11::arg("K"), pybind11::arg("in_dtype"), pybind11::arg("device_index") = 0);
 }
 

@@ -67,15 +67,20 @@ bool conv_tile_config_compiled(QConvTileConfig c, QuantType t) {
 #endif
 }
 
-QConvTileConfig choose_conv_tile_config(int64_t M, int N, int64_t K, int sm_count) {
-  (void)K;
+QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
   // Modelled time = waves x the time of one wave, where a wave of any config costs like one
-  // 128-row tile of its width per SM. Fitted to an H100 sweep of every config over the SDXL 3x3
-  // convs (notes/conv.md, session 8): a CTA has one consumer warpgroup, and a 64-row tile runs
-  // about as long as a 128-row one of the same width (the per-k-block pipeline, not the MMAs,
-  // sets its pace); two 64x160 CTAs fit per SM (registers, 113 KB smem), so its waves hold
-  // 2 x SMs tiles. (The first model counted one 64x160 CTA per SM at 1.15x the MAC cost of a
-  // 128-row tile and picked it for 1280 channels at 32x32, 4-8% slower than 128x128 there.)
+  // 128-row tile of its width per SM for each k block a CTA runs. Fitted to an H100 sweep of
+  // every config over the SDXL 3x3 convs (notes/conv.md, session 8): a CTA has one consumer
+  // warpgroup, and a 64-row tile runs about as long as a 128-row one of the same width (the
+  // per-k-block pipeline, not the MMAs, sets its pace); two 64x160 CTAs fit per SM (registers,
+  // 113 KB smem), so its waves hold 2 x SMs tiles. (The first model counted one 64x160 CTA per SM
+  // at 1.15x the MAC cost of a 128-row tile and picked it for 1280 channels at 32x32, 4-8% slower
+  // than 128x128 there.)
+  // Split-K (S CTAs per tile) divides a CTA's k blocks by S and adds a fix-up: the workspace
+  // memset, the partial tiles' stores, and the last split's loads of S-1 partials, each about
+  // kFixupPerPartial k blocks (a 128x160 fp32 partial is 80 KB against 36 KB of operands per k
+  // block, but a k block is TMA-pipelined and the fix-up is not).
+  constexpr int64_t kFixupBase = 2, kFixupPerPartial = 2, kMaxSplits = 8;
   struct Option {
     QConvTileConfig c;
     int tm, tn, ctas_per_sm;
@@ -84,15 +89,19 @@ QConvTileConfig choose_conv_tile_config(int64_t M, int N, int64_t K, int sm_coun
                             {QConvTileConfig::kSm90_128x160x128_S4, 128, 160, 1},
                             {QConvTileConfig::kSm90_64x160x128_S4, 64, 160, 2}};
   const int64_t sms = sm_count > 0 ? sm_count : 132;
-  QConvTileConfig best = options[0].c;
+  const int64_t k_blocks = K > 0 ? (K + 127) / 128 : 1;  // BLK_K = 128 for every config
+  QConvPlan best{options[0].c, 1};
   int64_t best_cost = 0;
-  for (const auto& o : options) {
-    const int64_t tiles = ((M + o.tm - 1) / o.tm) * ((N + o.tn - 1) / o.tn);
-    const int64_t waves = (tiles + sms * o.ctas_per_sm - 1) / (sms * o.ctas_per_sm);
-    const int64_t cost = waves * o.tn;
-    if (best_cost == 0 || cost < best_cost) {  // ties keep the earlier (more general) config
-      best = o.c;
-      best_cost = cost;
+  for (int64_t splits = 1; splits <= kMaxSplits && splits <= k_blocks; ++splits) {
+    for (const auto& o : options) {
+      const int64_t tiles = ((M + o.tm - 1) / o.tm) * ((N + o.tn - 1) / o.tn);
+      const int64_t waves = (tiles * splits + sms * o.ctas_per_sm - 1) / (sms * o.ctas_per_sm);
+      const int64_t blocks = (k_blocks + splits - 1) / splits + (splits > 1 ? kFixupBase + kFixupPerPartial * (splits - 1) : 0);
+      const int64_t cost = waves * o.tn * blocks;
+      if (best_cost == 0 || cost < best_cost) {  // ties keep the earlier: fewer splits, the more general config
+        best = {o.c, static_cast<int>(splits)};
+        best_cost = cost;
+      }
     }
   }
   return best;
@@ -106,7 +115,8 @@ size_t qconv2d_sm90_workspace_bytes(const QConv2dParams& p, QConvTileConfig c) {
 cudaError_t qconv2d_sm90(const QConv2dParams& p, QConvTileConfig c, cudaStream_t stream) {
   const Entry e = sm90_entry(c, p.in_type);
   if (e.run == nullptr) return cudaErrorNotSupported;
-  if (p.C % 16 != 0 || p.w_channels % 16 != 0 || p.O % 8 != 0 || p.w_channels < p.C) return cudaErrorInvalidValue;
+  if (p.C % 16 != 0 || p.w_channels % 16 != 0 || p.O % 8 != 0 || p.w_channels < p.C || p.splits > kMaxConvSplits)
+    return cudaErrorInvalidValue;
   return e.run(p, stream);
 }
 

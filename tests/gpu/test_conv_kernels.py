@@ -42,9 +42,11 @@ KINDS = [pytest.param(k, marks=pytest.mark.skipif(CONV_OP[k] in MISSING_CUDA_KER
          for k in ("int8", "fp8")]
 
 
-def configs_for(kind: str) -> list[str]:
+def configs_for(kind: str, splits=(2, 3)) -> list[str]:
+    """Every config that runs here, plus each sm90 config split-K over each of ``splits`` CTAs."""
     name = "int8" if kind == "int8" else "float8_e4m3fn"
-    return [c for c in EXT.conv_configs() if EXT.conv_config_available(c, name, DEV.index or 0)]
+    configs = [c for c in EXT.conv_configs() if EXT.conv_config_available(c, name, DEV.index or 0)]
+    return configs + [f"{c}_split{s}" for s in splits for c in configs if c.startswith("sm90_")]
 
 
 def operands(kind, b, h, w, c, o, k, seed=0, dtype=torch.bfloat16, bias=True):
@@ -81,11 +83,13 @@ def test_build_lists_conv_configs():
     if (major, minor) == (9, 0) and "sm_90a" in EXT.build_info()["archs"]:
         assert EXT.conv_heuristic(4096, 640, 5760, "int8").startswith("sm90_")
         if torch.cuda.get_device_properties(DEV).multi_processor_count == 132:  # H100 SXM, where it was swept
-            # SDXL 3x3 at 1024x1024 (notes/conv.md): 1280 ch at 32x32 -> 80 tiles of 128x128 beat
-            # 128 of 64x160; 640 ch at 64x64 -> one wave of 128x160; 640 ch at 128x128 -> 128x128.
-            assert EXT.conv_heuristic(1024, 1280, 11520, "int8") == "sm90_128x128x128_s4"
+            # SDXL 3x3 at 1024x1024 (notes/conv.md): 1280 ch at 32x32 -> 64 tiles of 128x160, K split
+            # over 2 CTAs each (one wave); 640 ch at 64x64 -> one wave of 128x160, unsplit; 640 ch
+            # at 128x128 -> 128x128; the stride-2 640 -> 640 downsampler (32 tiles) -> split 4.
+            assert EXT.conv_heuristic(1024, 1280, 11520, "int8") == "sm90_128x160x128_s4_split2"
             assert EXT.conv_heuristic(4096, 640, 5760, "float8_e4m3fn") == "sm90_128x160x128_s4"
             assert EXT.conv_heuristic(16384, 640, 5760, "int8") == "sm90_128x128x128_s4"
+            assert EXT.conv_heuristic(1024, 640, 5760, "int8") == "sm90_128x160x128_s4_split4"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,7 +136,7 @@ def test_every_config_small_shapes(kind, case, static):
     x, wq, w_scale, bias = operands(kind, b, h, w, c, o, k, seed=hash(case) % 1000)
     x_scale = (x.float().abs().amax() / 90).reshape(1) if static else None  # static: some values clip
     expect = cpu_reference(kind, x, wq, w_scale, bias, x_scale, (s, s), (p, p), (d, d))
-    configs = configs_for(kind)
+    configs = configs_for(kind, splits=(2, 3, 8))  # 8 > the k blocks of the 1x1 and C=16 cases: empty splits add 0
     assert configs, "no conv config runs on this GPU"
     for cfg in configs:
         y = run_config(kind, cfg, x, wq, w_scale, bias, x_scale, (s, s), (p, p), (d, d))
@@ -231,6 +235,46 @@ def test_every_config_sdxl_bar_shapes(kind, hw, c):
             y = run_config(kind, cfg, x, wq, w_scale, bias, x_scale, (1, 1), (1, 1))
             assert not torch.isnan(y).any(), cfg
             assert sqnr_db(y.float(), expect.float()) >= 40, cfg
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_split_k_is_deterministic_and_checks_names(kind):
+    """A split-K plan gives the same bits on every call (the last split adds the partials in a fixed
+    order), on top of a NaN-poisoned workspace; malformed plan names raise clear errors."""
+    if not any(c.startswith("sm90_") for c in configs_for(kind, splits=())):
+        pytest.skip("no sm90 conv config runs on this GPU")
+    x, wq, w_scale, bias = operands(kind, 1, 20, 20, 256, 160, 3, seed=11)
+    x_scale = (x.float().abs().amax() / 100).reshape(1)
+    first = run_config(kind, "sm90_128x160x128_s4_split5", x, wq, w_scale, bias, x_scale, (1, 1), (1, 1))
+    for _ in range(3):
+        again = run_config(kind, "sm90_128x160x128_s4_split5", x, wq, w_scale, bias, x_scale, (1, 1), (1, 1))
+        assert torch.equal(first, again)
+    for bad, match in [("sm90_128x160x128_s4_split1", "2..16"), ("sm90_128x160x128_s4_split17", "2..16"),
+                       ("sm90_128x160x128_s4_splitx", "2..16"), ("im2col_gemm_sm80_split2", "only for the sm90"),
+                       ("sm90_999_split2", "unknown conv tile config")]:
+        with pytest.raises(ValueError, match=match):
+            run_config(kind, bad, x, wq, w_scale, bias, x_scale, (1, 1), (1, 1))
+
+
+@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                    reason="graph capture needs the caching allocator (cudaMalloc is illegal while capturing)")
+@pytest.mark.parametrize("kind", KINDS)
+def test_split_k_cuda_graph_replay(kind):
+    """The split-K workspace's arrival counters are zeroed inside the captured graph: replays with new
+    inputs equal eager calls bit for bit (a counter left over from an earlier replay would let the
+    last split add partials before they are written)."""
+    if not any(c.startswith("sm90_") for c in configs_for(kind, splits=())):
+        pytest.skip("no sm90 conv config runs on this GPU")
+    _, wq, w_scale, bias = operands(kind, 2, 12, 12, 320, 128, 3, seed=4)
+    shape = (2, 12, 12, 320)
+
+    def conv(x):
+        return EXT.qconv2d_with_config(x, wq, w_scale, bias, None, [1, 1], [1, 1], [1, 1], "sm90_128x128x128_s4_split3")
+
+    def make_x(seed):
+        g = torch.Generator(device=DEV).manual_seed(seed)
+        return (torch.randn(shape, device=DEV, generator=g) * (seed + 1)).bfloat16()
+    assert_replays_equal_eager(conv, make_x(7), make_x)
 
 
 # ---------------------------------------------------------------- registration: opcheck, graphs, compile

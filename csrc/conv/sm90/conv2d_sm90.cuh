@@ -18,6 +18,7 @@
 #include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
 #include "cutlass/numeric_types.h"
 
+#include "conv2d_splitk.cuh"
 #include "qengine/conv2d.h"
 
 namespace qengine::conv_sm90 {
@@ -81,7 +82,8 @@ struct ScaledConv {
       cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
 
   using ProblemShape = cutlass::conv::ConvProblemShape<kConvOp, CollectiveMainloop::DispatchPolicy::NumSpatialDimensions>;
-  using KernelBase = cutlass::conv::kernel::ConvUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  // CUTLASS's non-persistent kernel with the K loop optionally split over grid z (conv2d_splitk.cuh).
+  using KernelBase = SplitKConv<cutlass::conv::kernel::ConvUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>>;
   using Kernel = Sm90Only<KernelBase>;
   using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
 
@@ -114,10 +116,12 @@ struct ScaledConv {
     // Without a residual C is never read (beta == 0); it still needs a valid address for the
     // TMA descriptor, so it points at the output.
     const ElementOut* c_ptr = static_cast<const ElementOut*>(has_residual ? p.residual : p.out);
-    typename Conv::Arguments args{
+    typename Conv::Arguments args;
+    static_cast<typename KernelBase::BaseArguments&>(args) = typename KernelBase::BaseArguments{
         shape,
         {static_cast<const ElementQ*>(p.x), static_cast<const ElementQ*>(p.w)},
         {evt, c_ptr, stride_d, static_cast<ElementOut*>(p.out), stride_d}};
+    args.splits = p.splits > 1 ? p.splits : 1;
     return args;
   }
 

@@ -42,6 +42,7 @@ struct QConv2dParams {
   QuantType in_type;
   FloatType out_type;  // kBF16 or kFP16
   int sm_count;
+  int splits;  // sm90: CTAs sharing each output tile's K loop (<= 1: none); see QConvPlan
   void* workspace;
   size_t workspace_bytes;
 };
@@ -60,8 +61,17 @@ enum class QConvTileConfig : int {
 const char* conv_tile_config_name(QConvTileConfig c);
 bool conv_tile_config_is_sm90(QConvTileConfig c);
 bool conv_tile_config_compiled(QConvTileConfig c, QuantType t);
+
+// A tile config plus split-K: `splits` CTAs share each output tile's K loop (sm90 configs only),
+// the last one adding the others' partial sums before the epilogue (csrc/conv/sm90/conv2d_splitk.cuh).
+// For the deep UNet convs whose few output tiles leave SMs idle.
+struct QConvPlan {
+  QConvTileConfig config;
+  int splits;
+};
+constexpr int kMaxConvSplits = 16;
 // Readable heuristic over the implicit GEMM (M = B*Ho*Wo, N = O, K = kh*kw*C) for sm90.
-QConvTileConfig choose_conv_tile_config(int64_t M, int N, int64_t K, int sm_count);
+QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count);
 
 size_t qconv2d_sm90_workspace_bytes(const QConv2dParams& p, QConvTileConfig c);
 // cudaErrorInvalidValue: unsupported arguments; cudaErrorNotSupported: not compiled.
