@@ -1,4 +1,5 @@
 // Named conv tile configs, the heuristic, and the sm90 launcher routing a config to its kernel.
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels.h"
@@ -68,19 +69,25 @@ bool conv_tile_config_compiled(QConvTileConfig c, QuantType t) {
 }
 
 QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
-  // Modelled time = waves x the time of one wave, where a wave of any config costs like one
-  // 128-row tile of its width per SM for each k block a CTA runs. Fitted to an H100 sweep of
-  // every config over the SDXL 3x3 convs (notes/conv.md, session 8): a CTA has one consumer
-  // warpgroup, and a 64-row tile runs about as long as a 128-row one of the same width (the
-  // per-k-block pipeline, not the MMAs, sets its pace); two 64x160 CTAs fit per SM (registers,
-  // 113 KB smem), so its waves hold 2 x SMs tiles. (The first model counted one 64x160 CTA per SM
-  // at 1.15x the MAC cost of a 128-row tile and picked it for 1280 channels at 32x32, 4-8% slower
-  // than 128x128 there.)
-  // Split-K (S CTAs per tile) divides a CTA's k blocks by S and adds a fix-up: the workspace
-  // memset, the partial tiles' stores, and the last split's loads of S-1 partials, each about
-  // kFixupPerPartial k blocks (a 128x160 fp32 partial is 80 KB against 36 KB of operands per k
-  // block, but a k block is TMA-pipelined and the fix-up is not).
-  constexpr int64_t kFixupBase = 2, kFixupPerPartial = 2, kMaxSplits = 8;
+  // Unsplit plans: modelled time = waves x tile width x k blocks, where a wave of any config costs
+  // like one 128-row tile of its width per SM. Fitted to an H100 sweep of every config over the
+  // SDXL 3x3 convs (notes/conv.md, session 8): a CTA has one consumer warpgroup, and a 64-row
+  // tile runs about as long as a 128-row one of the same width (the per-k-block pipeline, not the
+  // MMAs, sets its pace); two 64x160 CTAs fit per SM (registers, 113 KB smem), so its waves hold
+  // 2 x SMs tiles.
+  //
+  // Split-K plans (S CTAs per tile, S <= 4) divide a CTA's k blocks by S, but more CTAs do not
+  // add L2 bandwidth: at 80 busy SMs a 128x128 tile's k block already moves ~94 GB/s per SM out
+  // of L2 (notes/conv.md, session 9), so splitting SDXL's 1280-channel conv at 32x32 made it
+  // slower. They are charged the larger of that compute time and an L2 time (every CTA's A and B
+  // rows, tm + tn per k block, spread over the SMs), plus a fix-up (memset, partial stores, the
+  // last split's reads) of kFixupBase + kFixupPerPartial * (S - 1) k blocks. Fitted to an H100
+  // sweep of every config x S in {1, 2, 3, 4, 8} over the SD1.5 and SDXL convs (batch 1): the
+  // picks cut the count-weighted kernel time by 11% against unsplit picks, and never pick a split
+  // more than 3% slower than the unsplit pick; the winners are the convs with few output tiles
+  // (SD1.5 at 16x16 and 8x8, the stride-2 downsamplers): 1.2-1.7x.
+  constexpr int64_t kFixupBase = 8, kFixupPerPartial = 4, kMaxSplits = 4;
+  constexpr double kL2PerRow = 0.9;
   struct Option {
     QConvTileConfig c;
     int tm, tn, ctas_per_sm;
@@ -91,13 +98,17 @@ QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
   const int64_t sms = sm_count > 0 ? sm_count : 132;
   const int64_t k_blocks = K > 0 ? (K + 127) / 128 : 1;  // BLK_K = 128 for every config
   QConvPlan best{options[0].c, 1};
-  int64_t best_cost = 0;
+  double best_cost = 0;
   for (int64_t splits = 1; splits <= kMaxSplits && splits <= k_blocks; ++splits) {
     for (const auto& o : options) {
-      const int64_t tiles = ((M + o.tm - 1) / o.tm) * ((N + o.tn - 1) / o.tn);
-      const int64_t waves = (tiles * splits + sms * o.ctas_per_sm - 1) / (sms * o.ctas_per_sm);
-      const int64_t blocks = (k_blocks + splits - 1) / splits + (splits > 1 ? kFixupBase + kFixupPerPartial * (splits - 1) : 0);
-      const int64_t cost = waves * o.tn * blocks;
+      const int64_t ctas = ((M + o.tm - 1) / o.tm) * ((N + o.tn - 1) / o.tn) * splits;
+      const int64_t waves = (ctas + sms * o.ctas_per_sm - 1) / (sms * o.ctas_per_sm);
+      const int64_t blocks = (k_blocks + splits - 1) / splits;  // per CTA
+      double cost = double(waves * o.tn * blocks);
+      if (splits > 1) {
+        const double l2 = kL2PerRow * double(ctas * blocks * (o.tm + o.tn)) / double(sms);
+        cost = std::max(cost, l2) + double((kFixupBase + kFixupPerPartial * (splits - 1)) * o.tn);
+      }
       if (best_cost == 0 || cost < best_cost) {  // ties keep the earlier: fewer splits, the more general config
         best = {o.c, static_cast<int>(splits)};
         best_cost = cost;
