@@ -49,7 +49,8 @@ struct QConv2dParams {
 
 // Named tile configs of the sm90 implicit-GEMM conv (CUTLASS 3 ConvUniversal: TMA im2col loads
 // of the activation, wgmma, one consumer warpgroup, non-persistent: CUTLASS 4.2 has no persistent
-// schedule for sm90 conv). All 4 stages. Chosen by a waves x tile-width model (configs.cu).
+// schedule for sm90 conv; our kernel class adds split-K, see QConvPlan). All 4 stages. Chosen by a
+// waves x tile-width model (configs.cu).
 enum class QConvTileConfig : int {
   kSm90_128x128x128_S4 = 0,   // the general one
   kSm90_128x160x128_S4 = 1,   // N = 160 divides 320/640/1280: SDXL 640 ch at 64x64 in one wave
