@@ -13,9 +13,10 @@
 // kernel has the same fragment layout) and counts itself in the tile's arrival counter (release).
 // The last split (z = S-1) waits for S-1 arrivals (acquire), adds the partials to its registers
 // and runs the unchanged epilogue (scales, bias, residual, TMA store); the others skip the
-// epilogue, their producers skip its loads. No deadlock: blocks are dispatched in linear index
-// order and z is the slowest index, so every split a last split waits for was launched before it
-// and waits on nothing (the scheme of CUTLASS 2.x's serial split-K semaphore).
+// epilogue, their producers skip its loads. No deadlock as long as blocks are dispatched in
+// linear index order (what the hardware does, though CUDA does not promise it; CUTLASS 2.x's serial
+// split-K semaphore relies on the same): z is the slowest index, so every split a last split waits
+// for was launched before it and waits on nothing.
 // INT8 partials are int32 (exact); FP8 partials are fp32 (the same adds the mainloop makes).
 //
 // Workspace: [tiles] int arrival counters (zeroed by initialize_workspace on the stream: the
