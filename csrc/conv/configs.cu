@@ -103,6 +103,10 @@ QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
     for (const auto& o : options) {
       const int64_t ctas = ((M + o.tm - 1) / o.tm) * ((N + o.tn - 1) / o.tn) * splits;
       const int64_t waves = (ctas + sms * o.ctas_per_sm - 1) / (sms * o.ctas_per_sm);
+      // A split plan must fit in one wave: then every split is resident while the last one waits
+      // for the others (conv2d_splitk.cuh), whatever order the blocks are dispatched in. (No split
+      // plan of the fitted sweeps needed more.)
+      if (splits > 1 && waves > 1) continue;
       const int64_t blocks = (k_blocks + splits - 1) / splits;  // per CTA
       double cost = double(waves * o.tn * blocks);
       if (splits > 1) {

@@ -16,7 +16,8 @@
 // epilogue, their producers skip its loads. No deadlock as long as blocks are dispatched in
 // linear index order (what the hardware does, though CUDA does not promise it; CUTLASS 2.x's serial
 // split-K semaphore relies on the same): z is the slowest index, so every split a last split waits
-// for was launched before it and waits on nothing.
+// for was launched before it and waits on nothing. The heuristic also picks split plans only when
+// all their CTAs fit in one wave (configs.cu), so every split is resident while the last one waits.
 // INT8 partials are int32 (exact); FP8 partials are fp32 (the same adds the mainloop makes).
 //
 // Workspace: [tiles] int arrival counters (zeroed by initialize_workspace on the stream: the
