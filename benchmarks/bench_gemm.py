@@ -170,7 +170,7 @@ def time_ops(ops: Sequence[TimedOp], reps: int, timing: str, order: str = "inter
 
 def time_fn(make_call, n_sets: int, reps: int, timing: str) -> float:
     """Median seconds of one call. ``make_call(i)`` returns a no-arg callable using operand set i.
-    (One op timed alone; used by the ceilings and by bench_w4a8.py / bench_conv.py.)"""
+    (One op timed alone; used by the ceilings and by bench_w4a8.py.)"""
     return time_ops([TimedOp("op", [make_call(i) for i in range(n_sets)])], reps, timing)["op"]
 
 

@@ -29,8 +29,10 @@
 
 #include "cute/tensor.hpp"
 #include "cutlass/arch/barrier.h"
+#include "cutlass/conv/detail.hpp"
 #include "cutlass/conv/kernel/conv_universal.hpp"
 #include "cutlass/cutlass.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
 
 namespace qengine::conv_sm90 {
 
@@ -62,8 +64,14 @@ struct SplitKConv : Base {
     Vec* partials = nullptr;
   };
 
-  static int tile_count(typename Base::Params const& params) {
-    const dim3 grid = Base::get_grid_shape(params);
+  // Output tiles of the base kernel's grid, from the problem shape alone: the base's
+  // to_underlying_arguments would also build the TMA descriptors (host work on every call).
+  static int tile_count(BaseArguments const& args) {
+    static_assert(!cutlass::gemm::kernel::detail::Has_SwapAB_v<CollectiveMainloop>, "the base would swap M and N");
+    typename Base::Params shape_only{};
+    shape_only.problem_shape =
+        cutlass::conv::detail::get_problem_shape_MNKL_helper<CollectiveMainloop>(args.problem_shape, cute::true_type{});
+    const dim3 grid = Base::get_grid_shape(shape_only);
     return static_cast<int>(grid.x * grid.y * grid.z);
   }
   static size_t counter_bytes(int tiles) { return (size_t(tiles) * sizeof(int) + kCounterAlign - 1) / kCounterAlign * kCounterAlign; }
@@ -74,7 +82,7 @@ struct SplitKConv : Base {
     params.splits = args.splits < 1 ? 1 : args.splits;
     if (params.splits > 1 && workspace != nullptr) {
       params.arrivals = static_cast<int*>(workspace);
-      params.partials = reinterpret_cast<Vec*>(static_cast<char*>(workspace) + counter_bytes(tile_count(params)));
+      params.partials = reinterpret_cast<Vec*>(static_cast<char*>(workspace) + counter_bytes(tile_count(args)));
     }
     return params;
   }
@@ -83,7 +91,7 @@ struct SplitKConv : Base {
 
   static size_t get_workspace_size(Arguments const& args) {
     if (args.splits <= 1) return 0;
-    const int tiles = tile_count(Base::to_underlying_arguments(args, nullptr));
+    const int tiles = tile_count(args);
     return counter_bytes(tiles) + size_t(tiles) * (args.splits - 1) * kAccPerThread * kConsumerThreads * sizeof(ElementAccumulator);
   }
 
@@ -91,8 +99,7 @@ struct SplitKConv : Base {
                                               cutlass::CudaHostAdapter* = nullptr) {
     if (args.splits <= 1) return cutlass::Status::kSuccess;
     if (workspace == nullptr) return cutlass::Status::kErrorWorkspaceNull;
-    const int tiles = tile_count(Base::to_underlying_arguments(args, nullptr));
-    return cudaMemsetAsync(workspace, 0, size_t(tiles) * sizeof(int), stream) == cudaSuccess ? cutlass::Status::kSuccess
+    return cudaMemsetAsync(workspace, 0, size_t(tile_count(args)) * sizeof(int), stream) == cudaSuccess ? cutlass::Status::kSuccess
                                                                                              : cutlass::Status::kErrorInternal;
   }
 
