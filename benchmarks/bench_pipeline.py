@@ -20,8 +20,9 @@ per-token activations; UNets: linear + conv),
 modulation / time projections 4-bit too, which qengine keeps 16-bit by default); ``torchao-fp8``
 (torchao Float8DynamicActivationFloat8Weight, per-row scales, on every Linear whose shape it
 accepts: what a torchao user would write). ``+compile`` compiles the model's repeated blocks
-(diffusers regional compilation: FLUX/SD3 transformer blocks, UNet resnet + transformer blocks)
-with the same call for every mode, so compile rows compare like with like. ``+graph`` replays
+(diffusers regional compilation: FLUX/SD3 transformer blocks, UNet resnet + transformer blocks),
+or with ``--compile-scope model`` the whole denoiser as one graph at fixed shapes, with the same
+call for every mode, so compile rows compare like with like. ``+graph`` replays
 the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph`` vs
 ``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
 ``+compile+graph`` does both: the blocks are compiled during the graph's warm-up calls, then the
@@ -162,7 +163,7 @@ def is_unet(name: str) -> bool:
 # ----------------------------------------------------------------------------- modes
 
 
-def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
+def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: str = "blocks") -> nn.Module:
     import qengine
 
     if mode.base in QENGINE_MODES:
@@ -194,13 +195,20 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device) -> nn.Module:
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
         torch._logging.set_logs(recompiles=True)  # on stderr: which guard made a block compile again
-        n = 0
-        for sub in model.modules():
-            if type(sub).__name__ in COMPILE_BLOCKS:
-                sub.compile(fullgraph=False)
-                n += 1
-        if n == 0:
-            raise SystemExit(f"{name}: no block of {COMPILE_BLOCKS} to compile")
+        if compile_scope == "model":
+            # One graph for the whole denoiser at the benchmark's fixed shapes (dynamic=False: no
+            # symbolic sizes). Regionally, every SDXL ResnetBlock2D shape is a compile of its own,
+            # and with torchao's FP8 tensors each took 2.3-2.6 minutes on an H100's host (sixth
+            # session): the UNet never finished warming up inside a 10-minute call.
+            model.compile(fullgraph=False, dynamic=False)
+        else:
+            n = 0
+            for sub in model.modules():
+                if type(sub).__name__ in COMPILE_BLOCKS:
+                    sub.compile(fullgraph=False)
+                    n += 1
+            if n == 0:
+                raise SystemExit(f"{name}: no block of {COMPILE_BLOCKS} to compile")
     if mode.graph:
         # The whole step replayed as one CUDA graph (qengine.CUDAGraphModule): no host cost per
         # kernel. bf16+graph is the like-for-like baseline of a quantized +graph row. With
@@ -269,7 +277,7 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
             torch.compiler.load_cache_artifacts(cache_file.read_bytes())
             print(f"loaded compile caches from {cache_file}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    model = apply_mode(model, name, mode, device)
+    model = apply_mode(model, name, mode, device, args.compile_scope)
     if cuda:
         torch.cuda.synchronize(device)
     quant_s = time.perf_counter() - t0
@@ -289,6 +297,8 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
            "ms_min": round(min(times), 3), "reps": len(times), "weights_MiB": round(qengine.model_bytes(model) / 2**20, 2),
            "peak_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
            "build_s": round(build_s, 1), "quantize_s": round(quant_s, 1), "warmup_s": round(warm_s, 1)}
+    if mode.compile:
+        row["compile_scope"] = args.compile_scope
     if compile_cache:
         row["compile_cache"] = compile_cache
     row["sqnr_db_vs_bf16"] = None if ref_out is None else round(sqnr_db(ref_out, out), 2)
@@ -324,7 +334,7 @@ def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> d
         raise SystemExit("--denoise-memory takes no +graph mode (the temporal cache looks timesteps up on the host)")
     reset()
     model = build_model(name, args.tiny, device, dtype)
-    apply_mode(model, name, mode, device)
+    apply_mode(model, name, mode, device, args.compile_scope)
     inputs = make_inputs(name, model, args.tiny, device, dtype)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     sched.set_timesteps(args.steps, device=device)
@@ -363,6 +373,7 @@ def spawn_worker(args, name: str, mode: str, cache: bool | None, ref: Path) -> d
            "--reps", str(args.reps), "--warmup", str(args.warmup), "--device", args.device, "--steps", str(args.steps),
            "--out-dir", str(args.out_dir), "--ref", str(ref)]
     cmd += ["--compile-cache", str(args.compile_cache)] if args.compile_cache is not None else []
+    cmd += ["--compile-scope", args.compile_scope]
     cmd += ["--lowrank-cat-down", args.lowrank_cat_down] if args.lowrank_cat_down is not None else []
     cmd += ["--compiled-quantize", args.compiled_quantize] if args.compiled_quantize is not None else []
     cmd += ["--tiny"] if args.tiny else []
@@ -509,6 +520,11 @@ def main(argv=None) -> int:
                         "time). Caution: the loaded artifacts can change the compiled code, not only its "
                         "compile time (an H100 run of torchao FLUX stepped in 128 ms with a loaded cache, "
                         "107.5 ms compiled fresh): compare rows compiled the same way")
+    p.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
+                   help="what +compile modes compile, the same for every mode: 'blocks' (default) the "
+                        "repeated blocks (diffusers' regional compilation; shapes may turn symbolic after "
+                        "a recompile), 'model' the whole denoiser as one graph at fixed shapes "
+                        "(dynamic=False; what the torchao examples do)")
     p.add_argument("--lowrank-cat-down", choices=("fused", "matmul"), default=None,
                    help="how FP8 low-rank layers on CUDA compute the branch's down-projection "
                         "(qengine.nn.QLinear.lowrank_cat_down; default: the library's)")

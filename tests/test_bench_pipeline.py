@@ -87,12 +87,26 @@ def test_a_timed_out_mode_keeps_its_stderr(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     def killed(cmd, **kw):
+        assert cmd[cmd.index("--compile-scope") + 1] == "model"  # the worker compiles what the parent was asked for
         raise subprocess.TimeoutExpired(cmd, kw["timeout"], output=b"", stderr=b"warm-up call 1/3 done at 300.0s\n")
     monkeypatch.setattr(subprocess, "run", killed)
     args = SimpleNamespace(reps=1, warmup=1, device="cpu", steps=1, out_dir=tmp_path, tiny=True, denoise_memory=False,
                            mode_timeout=5.0, compile_cache=None, lowrank_cat_down=None,
-                           compiled_quantize=None)
+                           compiled_quantize=None, compile_scope="model")
     row = bench_pipeline.spawn_worker(args, "sdxl", "torchao-fp8+compile", None, tmp_path / "ref.pt")
     log = tmp_path / "errors" / "sdxl_torchao-fp8_compile.log"
     assert row["error"].startswith("timed out after 5s") and str(log) in row["error"]
     assert "warm-up call 1/3 done" in log.read_text()
+
+
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compile_scope_picks_what_is_compiled(scope):
+    cpu = torch.device("cpu")
+    model = bench_pipeline.build_model("sdxl", True, cpu, torch.float32)
+    out = bench_pipeline.apply_mode(model, "sdxl", bench_pipeline.Mode.parse("bf16+compile"), cpu, scope)
+    compiled = [type(m).__name__ for m in out.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if scope == "model":
+        assert compiled == [type(out).__name__]  # one graph, no block compiled on its own
+    else:
+        assert compiled and set(compiled) <= set(bench_pipeline.COMPILE_BLOCKS)
+        assert "ResnetBlock2D" in compiled and type(out).__name__ not in compiled
