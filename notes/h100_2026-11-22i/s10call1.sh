@@ -14,4 +14,4 @@ left=$((585 - SECONDS))
 timeout $left $P --resume --modes bf16 fp8+graph bf16+graph torchao-fp8+compile torchao-fp8+compile+graph --mode-timeout $((left/2 > 240 ? left/2 : 240)) > /tmp/r/sdxl_b.log 2>&1; echo "sdxl b rc=$? at $((SECONDS-t0))s"
 cut -c1-260 /tmp/r/sdxl/bench_pipeline.md 2>/dev/null
 grep -h "warm-up call\|Recompiling" /tmp/r/sdxl/errors/*.log 2>/dev/null | tail -8
-tar -C /tmp -cJf $OUT/s10call1.tar.xz r --exclude='r/sdxl/ref_*' --exclude='r/gc/so'
+rm -rf /tmp/r/gc/so /tmp/r/sdxl/ref_*.pt; tar -C /tmp -cJf $OUT/s10call1.tar.xz r
