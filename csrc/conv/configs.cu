@@ -28,6 +28,10 @@ Entry sm90_entry(QConvTileConfig c, QuantType t) {
       return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_128x160x128_s4) : QENGINE_ENTRY(int8_conv_sm90_128x160x128_s4);
     case QConvTileConfig::kSm90_64x160x128_S4:
       return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_64x160x128_s4) : QENGINE_ENTRY(int8_conv_sm90_64x160x128_s4);
+    case QConvTileConfig::kSm90_256x128x128_S4:
+      return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_256x128x128_s4) : QENGINE_ENTRY(int8_conv_sm90_256x128x128_s4);
+    case QConvTileConfig::kSm90_256x160x128_S4:
+      return fp8 ? QENGINE_ENTRY(fp8_conv_sm90_256x160x128_s4) : QENGINE_ENTRY(int8_conv_sm90_256x160x128_s4);
     default:
       break;
   }
@@ -47,13 +51,16 @@ const char* conv_tile_config_name(QConvTileConfig c) {
     case QConvTileConfig::kSm90_128x160x128_S4: return "sm90_128x160x128_s4";
     case QConvTileConfig::kSm90_64x160x128_S4: return "sm90_64x160x128_s4";
     case QConvTileConfig::kIm2colGemmSm80: return "im2col_gemm_sm80";
+    case QConvTileConfig::kSm90_256x128x128_S4: return "sm90_256x128x128_s4";
+    case QConvTileConfig::kSm90_256x160x128_S4: return "sm90_256x160x128_s4";
     default: return "unknown";
   }
 }
 
 bool conv_tile_config_is_sm90(QConvTileConfig c) {
   return c == QConvTileConfig::kSm90_128x128x128_S4 || c == QConvTileConfig::kSm90_128x160x128_S4 ||
-         c == QConvTileConfig::kSm90_64x160x128_S4;
+         c == QConvTileConfig::kSm90_64x160x128_S4 || c == QConvTileConfig::kSm90_256x128x128_S4 ||
+         c == QConvTileConfig::kSm90_256x160x128_S4;
 }
 
 bool conv_tile_config_compiled(QConvTileConfig c, QuantType t) {

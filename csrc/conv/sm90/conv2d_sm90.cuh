@@ -37,7 +37,18 @@ struct Sm90Only : Kernel {
   }
 };
 
-template <typename ElementQ_, typename ElementOut_, typename TileShape_, int Stages_>
+// CUTLASS's conv mainloop collective with another TiledMma (same smem layouts, copies, pipeline):
+// its builder makes one-warpgroup MMAs only for the non-persistent conv kernel.
+template <class Collective, class NewTiledMma> struct WithTiledMma;
+template <class Policy, class Tile, class A, class B, class OldTiledMma, class TraitsA, class TraitsB, class NewTiledMma>
+struct WithTiledMma<cutlass::conv::collective::CollectiveConv<Policy, Tile, A, B, OldTiledMma, TraitsA, TraitsB>, NewTiledMma> {
+  using type = cutlass::conv::collective::CollectiveConv<Policy, Tile, A, B, NewTiledMma, TraitsA, TraitsB>;
+};
+
+// ConsumerWGs = 2: two consumer warpgroups split the tile's rows (a 256-row tile: 128 each), as
+// in CUTLASS's cooperative GEMM. A 256x128 tile moves 3/4 of the L2 bytes per MMA of two 128x128
+// tiles, and the two warpgroups keep two wgmma batches in flight per SM.
+template <typename ElementQ_, typename ElementOut_, typename TileShape_, int Stages_, int ConsumerWGs = 1>
 struct ScaledConv {
   using ElementQ = ElementQ_;
   using ElementOut = ElementOut_;
@@ -71,15 +82,20 @@ struct ScaledConv {
       cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float,
       ElementOut, cutlass::layout::TensorNHWC, kAlignOut,
       ElementOut, cutlass::layout::TensorNHWC, kAlignOut,
-      cutlass::epilogue::TmaWarpSpecialized, EVT>::CollectiveOp;
+      cute::conditional_t<ConsumerWGs == 2, cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::epilogue::TmaWarpSpecialized>,
+      EVT>::CollectiveOp;
 
-  using CollectiveMainloop = typename cutlass::conv::collective::CollectiveBuilder<
+  using BuiltMainloop = typename cutlass::conv::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, kConvOp,
       ElementQ, cutlass::layout::TensorNHWC, kAlignQ,
       ElementQ, cutlass::layout::TensorNHWC, kAlignQ,
       ElementAcc, TileShape, ClusterShape,
       cutlass::conv::collective::StageCount<Stages_>,
       cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<ElementQ, ElementQ, ElementAcc, TileShape, cute::GMMA::Major::K, cute::GMMA::Major::K>(),
+      Layout<Shape<Int<ConsumerWGs>, _1, _1>>{}));
+  using CollectiveMainloop = cute::conditional_t<ConsumerWGs == 1, BuiltMainloop, typename WithTiledMma<BuiltMainloop, TiledMma>::type>;
 
   using ProblemShape = cutlass::conv::ConvProblemShape<kConvOp, CollectiveMainloop::DispatchPolicy::NumSpatialDimensions>;
   // CUTLASS's non-persistent kernel with the K loop optionally split over grid z (conv2d_splitk.cuh).
@@ -149,9 +165,23 @@ template <> struct ConfigOf<QConvTileConfig::kSm90_64x160x128_S4> {
   using Tile = Shape<_64, _160, Shape<_128>>;
   static constexpr int kStages = 4;
 };
+template <> struct ConfigOf<QConvTileConfig::kSm90_256x128x128_S4> {
+  using Tile = Shape<_256, _128, Shape<_128>>;
+  static constexpr int kStages = 4;
+  static constexpr int kConsumerWGs = 2;
+};
+template <> struct ConfigOf<QConvTileConfig::kSm90_256x160x128_S4> {
+  using Tile = Shape<_256, _160, Shape<_128>>;
+  static constexpr int kStages = 4;
+  static constexpr int kConsumerWGs = 2;
+};
+
+template <QConvTileConfig C, class = void> struct ConsumerWGsOf { static constexpr int value = 1; };
+template <QConvTileConfig C>
+struct ConsumerWGsOf<C, cute::void_t<decltype(ConfigOf<C>::kConsumerWGs)>> { static constexpr int value = ConfigOf<C>::kConsumerWGs; };
 
 template <typename ElementQ, typename ElementOut, QConvTileConfig C>
-using ConvFor = ScaledConv<ElementQ, ElementOut, typename ConfigOf<C>::Tile, ConfigOf<C>::kStages>;
+using ConvFor = ScaledConv<ElementQ, ElementOut, typename ConfigOf<C>::Tile, ConfigOf<C>::kStages, ConsumerWGsOf<C>::value>;
 
 // Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (input type, config);
 // both output types live in the same translation unit.

@@ -47,12 +47,18 @@ struct SplitKConv : Base {
   using typename Base::TileShape;
   static_assert(cute::size(ClusterShape{}) == 1, "split-K conv: clusters of one CTA only");
   static_assert(sizeof(ElementAccumulator) == 4, "int32 or fp32 accumulators");
-  static constexpr int kConsumerThreads = cutlass::NumThreadsPerWarpGroup;
-  static_assert(cute::size(TiledMma{}) == kConsumerThreads, "one consumer warpgroup");
+  // One consumer warpgroup (CUTLASS's builder) or two sharing a 256-row tile (ConfigOf in
+  // conv2d_sm90.cuh builds that TiledMma; CUTLASS 4.2's non-persistent kernel assumes one).
+  static constexpr int kConsumerThreads = cute::size(TiledMma{});
+  static constexpr int kConsumerWarpGroups = kConsumerThreads / cutlass::NumThreadsPerWarpGroup;
+  static_assert(kConsumerWarpGroups == 1 || kConsumerWarpGroups == 2, "one or two consumer warpgroups");
+  static_assert(Base::MaxThreadsPerBlock == kConsumerThreads + cutlass::NumThreadsPerWarpGroup, "one producer warpgroup");
   static constexpr int kAccPerThread = cute::size<0>(TileShape{}) * cute::size<1>(TileShape{}) / kConsumerThreads;
   static_assert(kAccPerThread % 4 == 0, "partials are stored as 16-byte vectors");
   using Vec = cute::conditional_t<cute::is_same_v<ElementAccumulator, float>, float4, int4>;
   static constexpr size_t kCounterAlign = 256;
+  // Checked here rather than at launch (cudaFuncSetAttribute would fail on the device).
+  static_assert(sizeof(SharedStorage) <= 227 * 1024, "shared memory over sm90's 227 KB per CTA: fewer stages");
 
   using BaseArguments = typename Base::Arguments;
   struct Arguments : BaseArguments {
@@ -117,6 +123,7 @@ struct SplitKConv : Base {
     const int lane_idx = cutlass::canonical_lane_idx();
     const int warp_idx = cutlass::canonical_warp_idx_sync();
     const int warp_group_thread_idx = thread_idx % cutlass::NumThreadsPerWarpGroup;
+    const int mma_thread_idx = thread_idx % kConsumerThreads;  // the consumers' index into the TiledMma
     const bool producer = cutlass::canonical_warp_group_idx() == 0;
     const bool producer_lead_warp = producer && warp_idx % cutlass::NumWarpsPerWarpGroup == 0;
 
@@ -130,7 +137,7 @@ struct SplitKConv : Base {
     if (producer_lead_warp) mainloop_pipeline_params.role = MainloopPipeline::ThreadCategory::Producer;
     if (!producer) mainloop_pipeline_params.role = MainloopPipeline::ThreadCategory::Consumer;
     mainloop_pipeline_params.is_leader = warp_group_thread_idx == 0;
-    mainloop_pipeline_params.num_consumers = cutlass::NumThreadsPerWarpGroup;
+    mainloop_pipeline_params.num_consumers = kConsumerThreads;
     mainloop_pipeline_params.transaction_bytes = params.mainloop.tma_transaction_bytes;
     MainloopPipeline mainloop_pipeline(shared_storage.pipelines.mainloop, mainloop_pipeline_params, ClusterShape{});
 
@@ -140,7 +147,7 @@ struct SplitKConv : Base {
     if (!producer) epi_load_pipeline_params.role = EpiLoadPipeline::ThreadCategory::Consumer;
     epi_load_pipeline_params.dst_blockid = cute::block_rank_in_cluster();
     epi_load_pipeline_params.producer_arv_count = cutlass::NumThreadsPerWarp;
-    epi_load_pipeline_params.consumer_arv_count = cutlass::NumThreadsPerWarpGroup;
+    epi_load_pipeline_params.consumer_arv_count = kConsumerThreads;
     if constexpr (CollectiveEpilogue::RequiresTransactionBytes) {
       epi_load_pipeline_params.transaction_bytes = params.epilogue.tma_transaction_bytes;
     }
@@ -180,6 +187,10 @@ struct SplitKConv : Base {
     const bool runs_epilogue = split == splits - 1;
 
     if (producer) {
+      // With two consumer warpgroups the 384-thread CTA starts at 168 registers per thread; the
+      // producer needs few, the consumers' 128 fp32 accumulators need more (as CUTLASS's
+      // cooperative GEMM kernel does).
+      if constexpr (kConsumerWarpGroups == 2) cutlass::arch::warpgroup_reg_dealloc<40>();
       if (producer_lead_warp) {
         cutlass::arch::wait_on_dependent_grids();
         if (k_tile_count > 0) {
@@ -199,11 +210,12 @@ struct SplitKConv : Base {
       return;
     }
 
+    if constexpr (kConsumerWarpGroups == 2) cutlass::arch::warpgroup_reg_alloc<232>();
     Tensor accumulators = partition_fragment_C(tiled_mma, take<0, 2>(blk_shape));  // (MMA,MMA_M,MMA_N)
     static_assert(decltype(size(accumulators))::value == kAccPerThread, "fragment size");
     if (k_tile_count > 0) {
       collective_mainloop.mma(mainloop_pipeline, mainloop_pipe_consumer_state, accumulators, k_tile_count,
-                              warp_group_thread_idx, shared_storage.tensors.mainloop, params.mainloop);
+                              mma_thread_idx, shared_storage.tensors.mainloop, params.mainloop);
       collective_mainloop.mma_tail(mainloop_pipeline, mainloop_pipe_consumer_state, k_tile_count);
     } else {
       clear(accumulators);  // more splits than k tiles: this split adds zero
@@ -215,7 +227,7 @@ struct SplitKConv : Base {
       Vec* tile_partials = params.partials + size_t(tile) * (splits - 1) * (kAccPerThread / 4) * kConsumerThreads;
       cutlass::arch::NamedBarrier barrier(kConsumerThreads, cutlass::arch::ReservedNamedBarriers::StreamkBarrier0);
       if (!runs_epilogue) {
-        Vec* dst = tile_partials + size_t(split) * (kAccPerThread / 4) * kConsumerThreads + warp_group_thread_idx;
+        Vec* dst = tile_partials + size_t(split) * (kAccPerThread / 4) * kConsumerThreads + mma_thread_idx;
         CUTLASS_PRAGMA_UNROLL
         for (int v = 0; v < kAccPerThread / 4; ++v) {
           Vec u;
@@ -226,14 +238,14 @@ struct SplitKConv : Base {
           __stcg(dst + v * kConsumerThreads, u);
         }
         barrier.arrive_and_wait();
-        if (warp_group_thread_idx == 0) {
+        if (mma_thread_idx == 0) {
           // Release: the fence orders the warpgroup's stores (seen through the barrier) first.
           asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
           asm volatile("red.relaxed.gpu.global.add.s32 [%0], %1;\n" ::"l"(arrivals), "r"(1) : "memory");
         }
         return;
       }
-      if (warp_group_thread_idx == 0) {
+      if (mma_thread_idx == 0) {
         int arrived = 0;
         do {
           asm volatile("ld.global.acquire.gpu.b32 %0, [%1];\n" : "=r"(arrived) : "l"(arrivals) : "memory");
@@ -241,7 +253,7 @@ struct SplitKConv : Base {
       }
       barrier.arrive_and_wait();
       for (int s = 0; s < splits - 1; ++s) {
-        const Vec* src = tile_partials + size_t(s) * (kAccPerThread / 4) * kConsumerThreads + warp_group_thread_idx;
+        const Vec* src = tile_partials + size_t(s) * (kAccPerThread / 4) * kConsumerThreads + mma_thread_idx;
         CUTLASS_PRAGMA_UNROLL
         for (int v = 0; v < kAccPerThread / 4; ++v) {
           const Vec u = __ldcg(src + v * kConsumerThreads);
@@ -256,7 +268,7 @@ struct SplitKConv : Base {
     cutlass::arch::launch_dependent_grids();
     auto [epi_load_pipe_consumer_state_next, epi_store_pipe_producer_state_next] = collective_epilogue.store(
         epi_load_pipeline, epi_load_pipe_consumer_state, epi_store_pipeline, epi_store_pipe_producer_state, problem_shape_MNKL,
-        blk_shape, blk_coord, accumulators, tiled_mma, warp_group_thread_idx, shared_storage.tensors.epilogue);
+        blk_shape, blk_coord, accumulators, tiled_mma, mma_thread_idx, shared_storage.tensors.epilogue);
     collective_epilogue.store_tail(epi_load_pipeline, epi_load_pipe_consumer_state_next, epi_store_pipeline,
                                    epi_store_pipe_producer_state_next);
 #endif

@@ -1,0 +1,7 @@
+// int8 implicit-GEMM conv2d, sm_90a, tile config kSm90_256x160x128_S4 (two consumer warpgroups).
+#include "conv2d_sm90.cuh"
+#include "../kernels.h"
+
+namespace qengine::conv_sm90 {
+QENGINE_CONV_SM90_DEFINE(int8_conv_sm90_256x160x128_s4, int8_t, QConvTileConfig::kSm90_256x160x128_S4)
+}  // namespace qengine::conv_sm90
