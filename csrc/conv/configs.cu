@@ -76,32 +76,38 @@ bool conv_tile_config_compiled(QConvTileConfig c, QuantType t) {
 }
 
 QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
-  // Unsplit plans: modelled time = waves x tile width x k blocks, where a wave of any config costs
-  // like one 128-row tile of its width per SM. Fitted to an H100 sweep of every config over the
-  // SDXL 3x3 convs (notes/conv.md, session 8): a CTA has one consumer warpgroup, and a 64-row
-  // tile runs about as long as a 128-row one of the same width (the per-k-block pipeline, not the
-  // MMAs, sets its pace); two 64x160 CTAs fit per SM (registers, 113 KB smem), so its waves hold
-  // 2 x SMs tiles.
+  // Modelled time of a plan = max(compute, L2), plus a fix-up for split plans; the cheapest wins.
   //
-  // Split-K plans (S CTAs per tile, S <= 4) divide a CTA's k blocks by S, but more CTAs do not
-  // add L2 bandwidth: at 80 busy SMs a 128x128 tile's k block already moves ~94 GB/s per SM out
-  // of L2 (notes/conv.md, session 9), so splitting SDXL's 1280-channel conv at 32x32 made it
-  // slower. They are charged the larger of that compute time and an L2 time (every CTA's A and B
-  // rows, tm + tn per k block, spread over the SMs), plus a fix-up (memset, partial stores, the
-  // last split's reads) of kFixupBase + kFixupPerPartial * (S - 1) k blocks. Fitted to an H100
-  // sweep of every config x S in {1, 2, 3, 4, 8} over the SD1.5 and SDXL convs (batch 1): the
-  // picks cut the count-weighted kernel time by 11% against unsplit picks, and never pick a split
-  // more than 3% slower than the unsplit pick; the winners are the convs with few output tiles
-  // (SD1.5 at 16x16 and 8x8, the stride-2 downsamplers): 1.03-1.65x on the kernel (session 9).
-  constexpr int64_t kFixupBase = 8, kFixupPerPartial = 4, kMaxSplits = 4;
-  constexpr double kL2PerRow = 0.9;
+  // compute = waves x tile width x k blocks x weight: a wave of a one-warpgroup config costs like
+  // one 128-row tile of its width per SM (a 64-row tile runs about as long as a 128-row one: the
+  // per-k-block pipeline, not the MMAs, sets its pace; two 64x160 CTAs fit per SM, so its waves
+  // hold 2 x SMs tiles). The 256-row tiles (two consumer warpgroups) carry a fitted weight.
+  //
+  // L2 = kL2PerRow x every CTA's A and B rows (tm + tn per k block) spread over the SMs: at 80
+  // busy SMs a 128x128 tile's k block already moves ~94 GB/s per SM out of L2, and more CTAs do
+  // not add L2 bandwidth (notes/conv.md, sessions 9 and 10). It is what favours bigger tiles.
+  //
+  // Split-K plans (S CTAs per tile, S <= 4) divide a CTA's k blocks by S and pay a fix-up
+  // (memset, partial stores, the last split's reads) of kFixupBase + kFixupPerPartial x (S - 1)
+  // k blocks.
+  //
+  // Fitted on H100 sweeps of every config x S in {1, 2, 3, 4}: the five configs on the SDXL 3x3
+  // convs at batch 1 (session 10), and the session-9 sweep of the three one-warpgroup configs over
+  // the SD1.5 and SDXL convs (which must not get worse: +0.3% there). Held out, SDXL 3x3 at batch
+  // 2 and SDXL 1x1 at batch 1: the picks take 6-7% less time than the session-9 model's, within
+  // 0.1% and 0.7% of the best plans (notes/h100_2026-11-22i/README.md).
+  constexpr int64_t kFixupBase = 12, kFixupPerPartial = 4, kMaxSplits = 4;
+  constexpr double kL2PerRow = 0.85;
   struct Option {
     QConvTileConfig c;
     int tm, tn, ctas_per_sm;
+    double weight;
   };
-  const Option options[] = {{QConvTileConfig::kSm90_128x128x128_S4, 128, 128, 1},
-                            {QConvTileConfig::kSm90_128x160x128_S4, 128, 160, 1},
-                            {QConvTileConfig::kSm90_64x160x128_S4, 64, 160, 2}};
+  const Option options[] = {{QConvTileConfig::kSm90_128x128x128_S4, 128, 128, 1, 1.0},
+                            {QConvTileConfig::kSm90_128x160x128_S4, 128, 160, 1, 1.0},
+                            {QConvTileConfig::kSm90_64x160x128_S4, 64, 160, 2, 1.0},
+                            {QConvTileConfig::kSm90_256x128x128_S4, 256, 128, 1, 1.95},
+                            {QConvTileConfig::kSm90_256x160x128_S4, 256, 160, 1, 2.85}};
   const int64_t sms = sm_count > 0 ? sm_count : 132;
   const int64_t k_blocks = K > 0 ? (K + 127) / 128 : 1;  // BLK_K = 128 for every config
   QConvPlan best{options[0].c, 1};
@@ -115,11 +121,10 @@ QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
       // plan of the fitted sweeps needed more.)
       if (splits > 1 && waves > 1) continue;
       const int64_t blocks = (k_blocks + splits - 1) / splits;  // per CTA
-      double cost = double(waves * o.tn * blocks);
-      if (splits > 1) {
-        const double l2 = kL2PerRow * double(ctas * blocks * (o.tm + o.tn)) / double(sms);
-        cost = std::max(cost, l2) + double((kFixupBase + kFixupPerPartial * (splits - 1)) * o.tn);
-      }
+      const double compute = double(waves * o.tn * blocks) * o.weight;
+      const double l2 = kL2PerRow * double(ctas * blocks * (o.tm + o.tn)) / double(sms);
+      double cost = std::max(compute, l2);
+      if (splits > 1) cost += double((kFixupBase + kFixupPerPartial * (splits - 1)) * o.tn);
       if (best_cost == 0 || cost < best_cost) {  // ties keep the earlier: fewer splits, the more general config
         best = {o.c, static_cast<int>(splits)};
         best_cost = cost;
