@@ -20,5 +20,5 @@ for f in ('/tmp/r/conv_bar/bench_conv.json',):
         print(f, e)
 PY
 timeout 100 python3 benchmarks/bench_pipeline.py --models sdxl --modes bf16+graph fp8+graph --reps 20 --out-dir /tmp/r/sdxl > /tmp/r/sdxl.log 2>&1; echo "sdxl rc=$? at $((SECONDS-t0))s"; grep "| sdxl" /tmp/r/sdxl/bench_pipeline.md | cut -c1-120
-left=$((585 - SECONDS)); [ $left -gt 60 ] && { timeout $left python3 -m pytest -q -p no:cacheprovider tests/gpu --deselect tests/gpu/test_conv_kernels.py > /tmp/r/gpu_tests.log 2>&1; echo "gpu suite (no conv) rc=$? at $((SECONDS-t0))s"; grep -E "^FAILED|^ERROR|passed|failed" /tmp/r/gpu_tests.log | tail -6; }
+left=$((585 - SECONDS)); [ $left -gt 60 ] && { timeout $left python3 -m pytest -q -p no:cacheprovider tests/gpu --ignore tests/gpu/test_conv_kernels.py > /tmp/r/gpu_tests.log 2>&1; echo "gpu suite (no conv) rc=$? at $((SECONDS-t0))s"; grep -E "^FAILED|^ERROR|passed|failed" /tmp/r/gpu_tests.log | tail -6; }
 rm -rf /tmp/r/gc/so /tmp/r/sdxl/ref_*.pt; tar -C /tmp -cJf $OUT/s10call5.tar.xz r
