@@ -87,15 +87,16 @@ QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
   // busy SMs a 128x128 tile's k block already moves ~94 GB/s per SM out of L2, and more CTAs do
   // not add L2 bandwidth (notes/conv.md, sessions 9 and 10). It is what favours bigger tiles.
   //
-  // Split-K plans (S CTAs per tile, S <= 4) divide a CTA's k blocks by S and pay a fix-up
-  // (memset, partial stores, the last split's reads) of kFixupBase + kFixupPerPartial x (S - 1)
-  // k blocks.
+  // Split-K plans (S CTAs per tile, S <= 4; one-warpgroup tiles only) divide a CTA's k blocks by
+  // S and pay a fix-up (memset, partial stores, the last split's reads) of kFixupBase +
+  // kFixupPerPartial x (S - 1) k blocks.
   //
   // Fitted on H100 sweeps of every config x S in {1, 2, 3, 4}: the five configs on the SDXL 3x3
   // convs at batch 1 (session 10), and the session-9 sweep of the three one-warpgroup configs over
   // the SD1.5 and SDXL convs (which must not get worse: +0.3% there). Held out, SDXL 3x3 at batch
   // 2 and SDXL 1x1 at batch 1: the picks take 6-7% less time than the session-9 model's, within
-  // 0.1% and 0.7% of the best plans (notes/h100_2026-11-22i/README.md).
+  // 0.1% and 0.7% of the best plans; the full benchmark of every SD conv, 3% less on SDXL
+  // (notes/h100_2026-11-22i/README.md).
   constexpr int64_t kFixupBase = 12, kFixupPerPartial = 4, kMaxSplits = 4;
   constexpr double kL2PerRow = 0.85;
   struct Option {
@@ -106,8 +107,8 @@ QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
   const Option options[] = {{QConvTileConfig::kSm90_128x128x128_S4, 128, 128, 1, 1.0},
                             {QConvTileConfig::kSm90_128x160x128_S4, 128, 160, 1, 1.0},
                             {QConvTileConfig::kSm90_64x160x128_S4, 64, 160, 2, 1.0},
-                            {QConvTileConfig::kSm90_256x128x128_S4, 256, 128, 1, 1.95},
-                            {QConvTileConfig::kSm90_256x160x128_S4, 256, 160, 1, 2.85}};
+                            {QConvTileConfig::kSm90_256x128x128_S4, 256, 128, 1, 1.9},
+                            {QConvTileConfig::kSm90_256x160x128_S4, 256, 160, 1, 2.7}};
   const int64_t sms = sm_count > 0 ? sm_count : 132;
   const int64_t k_blocks = K > 0 ? (K + 127) / 128 : 1;  // BLK_K = 128 for every config
   QConvPlan best{options[0].c, 1};
@@ -120,6 +121,10 @@ QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
       // for the others (conv2d_splitk.cuh), whatever order the blocks are dispatched in. (No split
       // plan of the fitted sweeps needed more.)
       if (splits > 1 && waves > 1) continue;
+      // The 256-row tiles run unsplit: split, they won the fitted 1280-channel convs at 32x32 by
+      // 5-6% in one sweep, but not in the next full benchmark (39.0 vs 38.7 us unsplit 128x128),
+      // and lost 11-15% on convs outside the fit (SDXL 32x32x1920, SD1.5 64x64x960, session 10).
+      if (splits > 1 && o.tm == 256) continue;
       const int64_t blocks = (k_blocks + splits - 1) / splits;  // per CTA
       const double compute = double(waves * o.tn * blocks) * o.weight;
       const double l2 = kL2PerRow * double(ctas * blocks * (o.tm + o.tn)) / double(sms);
