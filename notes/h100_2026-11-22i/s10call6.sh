@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 10 call 6, the committed tree (256-row tiles unsplit only): conv tests, the
-# conv benchmark over every SD1.5/SDXL conv, the issue-6 bar shapes, SDXL steps, the GPU suite.
+# conv benchmark over every SD1.5/SDXL conv, the issue-6 bar shapes, SDXL steps (the rest of the GPU suite ran in call 5; only the conv heuristic changed).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
