@@ -95,7 +95,7 @@ QConvPlan choose_conv_plan(int64_t M, int N, int64_t K, int sm_count) {
   // convs at batch 1 (session 10), and the session-9 sweep of the three one-warpgroup configs over
   // the SD1.5 and SDXL convs (which must not get worse: +0.3% there). Held out, SDXL 3x3 at batch
   // 2 and SDXL 1x1 at batch 1: the picks take 6-7% less time than the session-9 model's, within
-  // 0.1% and 0.7% of the best plans; the full benchmark of every SD conv, 3% less on SDXL
+  // 0.1% and 0.7% of the best plans; the full benchmark of every SD conv: 3.5-4% less on SDXL
   // (notes/h100_2026-11-22i/README.md).
   constexpr int64_t kFixupBase = 12, kFixupPerPartial = 4, kMaxSplits = 4;
   constexpr double kL2PerRow = 0.85;

@@ -239,7 +239,7 @@ struct SplitKConv : Base {
         }
         barrier.arrive_and_wait();
         if (mma_thread_idx == 0) {
-          // Release: the fence orders the warpgroup's stores (seen through the barrier) first.
+          // Release: the fence orders the consumers' stores (seen through the barrier) first.
           asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
           asm volatile("red.relaxed.gpu.global.add.s32 [%0], %1;\n" ::"l"(arrivals), "r"(1) : "memory");
         }
