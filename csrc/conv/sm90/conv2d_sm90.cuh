@@ -156,14 +156,17 @@ template <QConvTileConfig C> struct ConfigOf;
 template <> struct ConfigOf<QConvTileConfig::kSm90_128x128x128_S4> {
   using Tile = Shape<_128, _128, Shape<_128>>;
   static constexpr int kStages = 4;
+  static constexpr int kConsumerWGs = 1;
 };
 template <> struct ConfigOf<QConvTileConfig::kSm90_128x160x128_S4> {
   using Tile = Shape<_128, _160, Shape<_128>>;
   static constexpr int kStages = 4;
+  static constexpr int kConsumerWGs = 1;
 };
 template <> struct ConfigOf<QConvTileConfig::kSm90_64x160x128_S4> {
   using Tile = Shape<_64, _160, Shape<_128>>;
   static constexpr int kStages = 4;
+  static constexpr int kConsumerWGs = 1;
 };
 template <> struct ConfigOf<QConvTileConfig::kSm90_256x128x128_S4> {
   using Tile = Shape<_256, _128, Shape<_128>>;
@@ -176,12 +179,8 @@ template <> struct ConfigOf<QConvTileConfig::kSm90_256x160x128_S4> {
   static constexpr int kConsumerWGs = 2;
 };
 
-template <QConvTileConfig C, class = void> struct ConsumerWGsOf { static constexpr int value = 1; };
-template <QConvTileConfig C>
-struct ConsumerWGsOf<C, cute::void_t<decltype(ConfigOf<C>::kConsumerWGs)>> { static constexpr int value = ConfigOf<C>::kConsumerWGs; };
-
 template <typename ElementQ, typename ElementOut, QConvTileConfig C>
-using ConvFor = ScaledConv<ElementQ, ElementOut, typename ConfigOf<C>::Tile, ConfigOf<C>::kStages, ConsumerWGsOf<C>::value>;
+using ConvFor = ScaledConv<ElementQ, ElementOut, typename ConfigOf<C>::Tile, ConfigOf<C>::kStages, ConfigOf<C>::kConsumerWGs>;
 
 // Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (input type, config);
 // both output types live in the same translation unit.
