@@ -78,7 +78,8 @@ def run_config(kind, config, x, wq, w_scale, bias, x_scale, stride, padding, dil
 
 def test_build_lists_conv_configs():
     assert set(EXT.conv_configs()) >= {"sm90_128x128x128_s4", "sm90_128x160x128_s4", "sm90_64x160x128_s4",
-                                       "sm90_256x128x128_s4", "sm90_256x160x128_s4", "im2col_gemm_sm80"}
+                                       "sm90_256x128x128_s4", "sm90_256x160x128_s4", "sm90_256x128x128_c1x2_s4",
+                                       "im2col_gemm_sm80"}
     major, minor = torch.cuda.get_device_capability()
     if (major, minor) == (9, 0) and "sm_90a" in EXT.build_info()["archs"]:
         assert EXT.conv_heuristic(4096, 640, 5760, "int8").startswith("sm90_")
@@ -130,6 +131,7 @@ SMALL = [
     (2, 15, 17, 48, 136, 1, 1, 0, 1),
     (1, 10, 6, 16, 8, 3, 1, 2, 2),
     (3, 33, 31, 96, 200, 3, 2, 1, 1),
+    (1, 12, 10, 64, 264, 3, 1, 1, 1),  # 3 column tiles of 128: a cluster of 2 along N runs one past the end
 ]
 
 

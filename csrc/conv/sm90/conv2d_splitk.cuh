@@ -20,6 +20,9 @@
 // all their CTAs fit in one wave (configs.cu), so every split is resident while the last one waits.
 // INT8 partials are int32 (exact); FP8 partials are fp32 (the same adds the mainloop makes).
 //
+// Clusters (a tile config with ClusterShape M x N x 1, TMA multicast of the shared operand tile)
+// split as single CTAs do: a cluster's CTAs all have the same split index z.
+//
 // Workspace: [tiles] int arrival counters (zeroed by initialize_workspace on the stream: the
 // workspace comes from torch's caching allocator), then [tiles][S-1][acc per thread / 4][128]
 // 16-byte partial vectors. splits == 1 is the plain kernel (no workspace, no fix-up).
@@ -45,7 +48,11 @@ struct SplitKConv : Base {
   using typename Base::SharedStorage;
   using typename Base::TiledMma;
   using typename Base::TileShape;
-  static_assert(cute::size(ClusterShape{}) == 1, "split-K conv: clusters of one CTA only");
+  // Clusters: the CTAs of a cluster share one k range (same grid z), so they run or skip the
+  // fix-up together, and each CTA's producer drains its pipeline (load_tail) before it exits, so
+  // no peer's multicast or barrier arrival targets a CTA that has left.
+  static constexpr bool kClustered = cute::size(ClusterShape{}) > 1;
+  static_assert(!kClustered || cute::size<2>(ClusterShape{}) == 1, "clusters in M and N only: grid z is the split index");
   static_assert(sizeof(ElementAccumulator) == 4, "int32 or fp32 accumulators");
   // One consumer warpgroup (CUTLASS's builder) or two sharing a 256-row tile (ConfigOf in
   // conv2d_sm90.cuh builds that TiledMma; CUTLASS 4.2's non-persistent kernel assumes one).
@@ -163,7 +170,13 @@ struct SplitKConv : Base {
     cutlass::PipelineState mainloop_pipe_producer_state = cutlass::make_producer_start_state<MainloopPipeline>();
     cutlass::PipelineState epi_load_pipe_producer_state = cutlass::make_producer_start_state<EpiLoadPipeline>();
     cutlass::PipelineState epi_store_pipe_producer_state = cutlass::make_producer_start_state<EpiStorePipeline>();
-    __syncthreads();  // pipeline initialization visible to every warp (cluster of one CTA)
+    // Pipeline initialization visible to every warp of the cluster (as CUTLASS's kernel): the
+    // cluster's wait comes after the tensors are set up, before the first load.
+    if constexpr (kClustered) {
+      cute::cluster_arrive_relaxed();
+    } else {
+      __syncthreads();
+    }
 
     auto blk_shape = TileShape{};
     TiledMma tiled_mma;
@@ -185,6 +198,7 @@ struct SplitKConv : Base {
     const int k_tile_count = int(int64_t(k_tiles) * (split + 1) / splits) - k_begin;
     auto k_tile_iter = cute::make_coord_iterator(idx2crd(k_begin, shape<3>(gA_mkl)), shape<3>(gA_mkl));
     const bool runs_epilogue = split == splits - 1;
+    if constexpr (kClustered) cute::cluster_wait();
 
     if (producer) {
       // With two consumer warpgroups the 384-thread CTA starts at 168 registers per thread; the
@@ -195,7 +209,8 @@ struct SplitKConv : Base {
         cutlass::arch::wait_on_dependent_grids();
         if (k_tile_count > 0) {
           collective_mainloop.load(params.mainloop, mainloop_pipeline, mainloop_pipe_producer_state, load_inputs, blk_coord,
-                                   k_tile_iter, k_tile_count, lane_idx, 0u, shared_storage.tensors.mainloop);
+                                   k_tile_iter, k_tile_count, lane_idx, cute::block_rank_in_cluster(),
+                                   shared_storage.tensors.mainloop);
           mainloop_pipe_producer_state.advance(k_tile_count);
           collective_mainloop.load_tail(mainloop_pipeline, mainloop_pipe_producer_state);
         }

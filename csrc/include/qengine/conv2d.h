@@ -49,8 +49,8 @@ struct QConv2dParams {
 
 // Named tile configs of the sm90 implicit-GEMM conv (CUTLASS 3 ConvUniversal: TMA im2col loads
 // of the activation, wgmma, non-persistent: CUTLASS 4.2 has no persistent schedule for sm90 conv;
-// our kernel class adds split-K, see QConvPlan, and two consumer warpgroups for the 256-row
-// tiles). All 4 stages. Chosen by a cost model (configs.cu).
+// our kernel class adds split-K, see QConvPlan, two consumer warpgroups for the 256-row tiles and
+// clusters with TMA multicast). All 4 stages. Chosen by a cost model (configs.cu).
 enum class QConvTileConfig : int {
   kSm90_128x128x128_S4 = 0,   // the general one
   kSm90_128x160x128_S4 = 1,   // N = 160 divides 320/640/1280: SDXL 640 ch at 64x64 in one wave
@@ -58,7 +58,9 @@ enum class QConvTileConfig : int {
   kIm2colGemmSm80 = 3,        // explicit int8/fp8 im2col + the W8A8 mma.sync GEMM (sm_80/86/89)
   kSm90_256x128x128_S4 = 4,   // two consumer warpgroups: 3/4 of the L2 bytes per MMA of 128x128 (deep convs)
   kSm90_256x160x128_S4 = 5,   // two consumer warpgroups, N = 160: 2/3 of the L2 bytes per MMA of 128x128
-  kCount = 6,
+  kSm90_256x128x128_C1x2_S4 = 6,  // 256x128, clusters of 2 along N sharing the activation tile: 1/2
+                                  // the L2 bytes per MMA of 128x128 (SDXL 1280 ch at 32x32, split-K)
+  kCount = 7,
 };
 
 const char* conv_tile_config_name(QConvTileConfig c);
