@@ -19,7 +19,11 @@ per-token activations; UNets: linear + conv),
 ``fp8-lr32`` (SVDQuant low-rank branch of rank 32), ``w4a8`` / ``w4a8-lr32`` (``-mod``: the adaLN
 modulation / time projections 4-bit too, which qengine keeps 16-bit by default); ``torchao-fp8``
 (torchao Float8DynamicActivationFloat8Weight, per-row scales, on every Linear whose shape it
-accepts: what a torchao user would write). ``+compile`` compiles the model's repeated blocks
+accepts: what a torchao user would write; its ``quantize_`` also switches on torchao's recommended
+inductor settings, coordinate-descent tuning of every generated kernel, for the whole process);
+``torchao-fp8-notune`` (the same with ``set_inductor_config=False``: inductor keeps its defaults, as
+in every other mode; the tuning made the SDXL UNet's compile run past 16 minutes on an H100's
+host, each kernel compiled and timed for ~30-60 candidate configs). ``+compile`` compiles the model's repeated blocks
 (diffusers regional compilation: FLUX/SD3 transformer blocks, UNet resnet + transformer blocks),
 or with ``--compile-scope model`` the whole denoiser as one graph at fixed shapes, with the same
 call for every mode, so compile rows compare like with like. ``+graph`` replays
@@ -67,6 +71,8 @@ QENGINE_MODES = {  # mode -> (scheme, rank)
     # "-mod": the adaLN / time-projection layers low-bit too (integrations.diffusers.MODULATION)
     "w4a8-mod": ("w4a8", 0), "w4a8-lr32-mod": ("w4a8", 32),
 }
+# torchao mode -> whether torchao's quantize_ sets its recommended inductor config (its default)
+TORCHAO_MODES = {"torchao-fp8": True, "torchao-fp8-notune": False}
 DEFAULT_MODES = ["bf16", "bf16+compile", "fp8", "fp8+compile", "fp8-lr32", "fp8-lr32+compile", "w4a8-lr32",
                  "w4a8-lr32+compile", "torchao-fp8+compile"]
 # Blocks compiled by "+compile" (regional compilation; the same set for every mode).
@@ -86,8 +92,8 @@ class Mode:
         base, plus, rest = name.partition("+")
         if plus and rest not in ("compile", "graph", "compile+graph"):
             raise SystemExit(f"mode {name!r}: the suffixes are '+compile', '+graph' and '+compile+graph'")
-        if base not in ("bf16", "bf16-fused", "torchao-fp8", *QENGINE_MODES):
-            raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, torchao-fp8, "
+        if base not in ("bf16", "bf16-fused", *TORCHAO_MODES, *QENGINE_MODES):
+            raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, {', '.join(TORCHAO_MODES)}, "
                              f"{', '.join(QENGINE_MODES)} (each optionally +compile, +graph or +compile+graph)")
         return cls(name, base, rest.startswith("compile"), rest.endswith("graph"))
 
@@ -179,13 +185,17 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: s
         # bf16 weights with only qengine's fused GroupNorm / q-k norm + rotary kernels: how much of
         # a quantized mode's gain comes from those rather than from the low-bit layers.
         qengine.enable_fused_kernels(model)
-    elif mode.base == "torchao-fp8":
+    elif mode.base in TORCHAO_MODES:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         def fits(mod, fqn):  # torchao's _scaled_mm path needs K and N multiples of 16
             return isinstance(mod, nn.Linear) and mod.in_features % 16 == 0 and mod.out_features % 16 == 0
 
-        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
+        # set_inductor_config=True (torchao's default) turns on coordinate-descent tuning for the
+        # whole process; each mode runs in a process of its own, so it reaches no other mode.
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                           set_inductor_config=TORCHAO_MODES[mode.base])
+        quantize_(model, config, filter_fn=fits)
     if mode.compile:
         # Regional compilation compiles one forward per block class, and every distinct block
         # shape (an SDXL ResnetBlock2D has ~13: channels x resolution x skip widths) needs a cache
@@ -197,9 +207,8 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: s
         torch._logging.set_logs(recompiles=True)  # on stderr: which guard made a block compile again
         if compile_scope == "model":
             # One graph for the whole denoiser at the benchmark's fixed shapes (dynamic=False: no
-            # symbolic sizes). Regionally, every SDXL ResnetBlock2D shape is a compile of its own,
-            # and with torchao's FP8 tensors each took 2.3-2.6 minutes on an H100's host (sixth
-            # session): the UNet never finished warming up inside a 10-minute call.
+            # symbolic sizes). Regionally, every SDXL ResnetBlock2D shape is a compile of its own
+            # (2.3-2.6 minutes each on an H100's host under torchao's kernel tuning, sixth session).
             model.compile(fullgraph=False, dynamic=False)
         else:
             n = 0
@@ -453,7 +462,7 @@ def add_ratios(rows: list[dict]) -> None:
         if "ms_median" not in r:
             continue
         same = {x["mode"]: x["ms_median"] for x in rows if x.get("model") == r["model"] and "ms_median" in x}
-        for base in ("bf16", "bf16+compile", "bf16+graph", "torchao-fp8+compile"):
+        for base in ("bf16", "bf16+compile", "bf16+graph", "torchao-fp8+compile", "torchao-fp8-notune+compile"):
             if base in same and r["mode"] != base:
                 r[f"speedup_vs_{base}"] = round(same[base] / r["ms_median"], 3)
         mib = {x["mode"]: x["weights_MiB"] for x in rows if x.get("model") == r["model"] and "weights_MiB" in x}

@@ -110,3 +110,38 @@ def test_compile_scope_picks_what_is_compiled(scope):
     else:
         assert compiled and set(compiled) <= set(bench_pipeline.COMPILE_BLOCKS)
         assert "ResnetBlock2D" in compiled and type(out).__name__ not in compiled
+
+
+@pytest.mark.parametrize("mode,tuned", [("torchao-fp8+compile", True), ("torchao-fp8-notune", False)])
+def test_torchao_modes_choose_torchaos_inductor_config(monkeypatch, mode, tuned):
+    """torchao-fp8 is what a torchao user writes (quantize_ keeps its default set_inductor_config=True,
+    which turns on coordinate-descent tuning); -notune passes False. Checked against a stand-in
+    torchao module: the real one needs a GPU for FP8."""
+    import sys
+    import types
+
+    seen = {}
+
+    class Config:
+        def __init__(self, granularity=None, set_inductor_config=True):
+            seen["set_inductor_config"] = set_inductor_config
+
+    def quantize_(model, config, filter_fn):
+        seen["linears"] = sum(filter_fn(m, n) for n, m in model.named_modules())
+
+    fake = types.ModuleType("torchao.quantization")
+    fake.Float8DynamicActivationFloat8WeightConfig, fake.PerRow, fake.quantize_ = Config, object, quantize_
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", fake)
+    cpu = torch.device("cpu")
+    model = bench_pipeline.build_model("sdxl", True, cpu, torch.float32)
+    parsed = bench_pipeline.Mode.parse(mode)
+    monkeypatch.setattr(parsed, "compile", False)  # only the quantization step is under test
+    bench_pipeline.apply_mode(model, "sdxl", parsed, cpu)
+    assert seen["set_inductor_config"] is tuned
+    assert seen["linears"] > 0
+
+
+def test_unknown_torchao_mode_names_the_choices():
+    with pytest.raises(SystemExit, match="torchao-fp8-notune"):
+        bench_pipeline.Mode.parse("torchao-fp9")
