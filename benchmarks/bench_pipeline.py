@@ -23,9 +23,9 @@ accepts: what a torchao user would write; its ``quantize_`` also switches on tor
 inductor settings, coordinate-descent tuning of every generated kernel, for the whole process);
 ``torchao-fp8-notune`` (the same with ``set_inductor_config=False``: inductor keeps its defaults, as
 in every other mode; the tuning made the SDXL UNet's compile run past 16 minutes on an H100's
-host, each kernel compiled and timed for ~30-60 candidate configs). ``+compile`` compiles the model's repeated blocks
-(diffusers regional compilation: FLUX/SD3 transformer blocks, UNet resnet + transformer blocks),
-or with ``--compile-scope model`` the whole denoiser as one graph at fixed shapes, with the same
+host, each kernel compiled and timed for ~30-60 candidate configs, and bought FLUX 0.3% per step).
+``+compile`` compiles the model's repeated blocks (diffusers regional compilation: FLUX/SD3
+transformer blocks, UNet resnet + transformer blocks), or with ``--compile-scope model`` the whole denoiser as one graph at fixed shapes, with the same
 call for every mode, so compile rows compare like with like. ``+graph`` replays
 the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph`` vs
 ``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
