@@ -8,7 +8,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p /tmp/r9
 t0=$SECONDS
 BUILD_TEMP=/tmp/qe-build ARCHS=90a OUT=/tmp/r9/gc tools/gpu_check.sh build > /tmp/r9/build.log 2>&1; echo "build rc=$? at $((SECONDS-t0))s"; tail -1 /tmp/r9/build.log
-timeout $((575 - SECONDS)) python3 benchmarks/bench_pipeline.py --models sdxl --compile-scope model --reps 20 --mode-timeout 250 --out-dir /tmp/r9/sdxl \
+timeout $((480 - SECONDS)) python3 benchmarks/bench_pipeline.py --models sdxl --compile-scope model --reps 20 --mode-timeout 250 --out-dir /tmp/r9/sdxl \
   --modes bf16 fp8+compile+graph bf16+compile+graph > /tmp/r9/sdxl.log 2>&1; echo "sdxl rc=$? at $((SECONDS-t0))s"
 grep '^{' /tmp/r9/sdxl.log | python3 -c "
 import json,sys
