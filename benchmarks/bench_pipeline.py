@@ -25,8 +25,9 @@ inductor settings, coordinate-descent tuning of every generated kernel, for the 
 in every other mode; the tuning made the SDXL UNet's compile run past 16 minutes on an H100's
 host, each kernel compiled and timed for ~30-60 candidate configs, and bought FLUX 0.3% per step).
 ``+compile`` compiles the model's repeated blocks (diffusers regional compilation: FLUX/SD3
-transformer blocks, UNet resnet + transformer blocks), or with ``--compile-scope model`` the whole denoiser as one graph at fixed shapes, with the same
-call for every mode, so compile rows compare like with like. ``+graph`` replays
+transformer blocks, UNet resnet + transformer blocks), or with ``--compile-scope model`` the whole
+denoiser as one graph at fixed shapes, with the same call for every mode, so compile rows compare
+like with like. ``+graph`` replays
 the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph`` vs
 ``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
 ``+compile+graph`` does both: the blocks are compiled during the graph's warm-up calls, then the
@@ -462,7 +463,7 @@ def add_ratios(rows: list[dict]) -> None:
         if "ms_median" not in r:
             continue
         same = {x["mode"]: x["ms_median"] for x in rows if x.get("model") == r["model"] and "ms_median" in x}
-        for base in ("bf16", "bf16+compile", "bf16+graph", "torchao-fp8+compile", "torchao-fp8-notune+compile"):
+        for base in ("bf16", "bf16+compile", "bf16+graph", *(f"{m}+compile" for m in TORCHAO_MODES)):
             if base in same and r["mode"] != base:
                 r[f"speedup_vs_{base}"] = round(same[base] / r["ms_median"], 3)
         mib = {x["mode"]: x["weights_MiB"] for x in rows if x.get("model") == r["model"] and "weights_MiB" in x}

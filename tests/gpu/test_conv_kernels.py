@@ -85,7 +85,7 @@ def test_build_lists_conv_configs():
         assert EXT.conv_heuristic(4096, 640, 5760, "int8").startswith("sm90_")
         if torch.cuda.get_device_properties(DEV).multi_processor_count == 132:  # H100 SXM, where it was swept
             # SDXL 3x3 at 1024x1024 (notes/conv.md): 1280 ch at 32x32 -> 256x128 tiles in clusters of
-            # two along N, K over 3 CTAs (120 CTAs; 6-8% faster than the 80 tiles of 128x128 it ran as
+            # two along N, K over 3 CTAs (120 CTAs; 4-8% faster than the 80 tiles of 128x128 it ran as
             # before); 640 ch at 64x64 -> one wave of 128x160; 640 ch at 128x128 -> 256x128 (3/4 of
             # the L2 bytes per MMA of 128x128). Split-K where few tiles leave SMs idle: the stride-2
             # 640 -> 640 downsampler (40 tiles) over 2 CTAs, SD1.5's 1280 ch at 16x16 over 4.
