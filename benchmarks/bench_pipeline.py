@@ -32,6 +32,10 @@ the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph
 ``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
 ``+compile+graph`` does both: the blocks are compiled during the graph's warm-up calls, then the
 whole compiled step is captured (the host's launch gaps between compiled regions go away).
+``-qkv`` after any base name (``fp8-qkv+compile+graph``, ``bf16-qkv+compile``) first fuses each
+attention's q/k/v (k/v) projections into one layer (``QuantConfig.fuse_qkv``), so fused and
+unfused rows of every mode compare in one run. Ratio columns: to bf16 eager, bf16+compile,
+bf16+graph and torchao+compile, and ``*_like`` to bf16 and torchao run the same way as the row.
 
 Inputs are real-shaped at the default resolution, batch 1 (no CFG doubling): FLUX 4096 image +
 512 text tokens (1024x1024), SD3 128x128 latent + 333 text tokens, SDXL 128x128 latent + 77
@@ -87,16 +91,27 @@ class Mode:
     base: str
     compile: bool
     graph: bool = False
+    #: "-qkv" after the base name: each attention's q/k/v (k/v) projections fused into one layer
+    #: first (qengine.integrations.fuse_projections; QuantConfig.fuse_qkv for qengine modes)
+    fuse_qkv: bool = False
+    suffix: str = ""  # "", "+compile", "+graph" or "+compile+graph"
 
     @classmethod
     def parse(cls, name: str) -> "Mode":
         base, plus, rest = name.partition("+")
         if plus and rest not in ("compile", "graph", "compile+graph"):
             raise SystemExit(f"mode {name!r}: the suffixes are '+compile', '+graph' and '+compile+graph'")
+        fuse_qkv = base.endswith("-qkv")
+        base = base.removesuffix("-qkv")
         if base not in ("bf16", "bf16-fused", *TORCHAO_MODES, *QENGINE_MODES):
             raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, {', '.join(TORCHAO_MODES)}, "
-                             f"{', '.join(QENGINE_MODES)} (each optionally +compile, +graph or +compile+graph)")
-        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"))
+                             f"{', '.join(QENGINE_MODES)} (each optionally with -qkv, then +compile, +graph "
+                             "or +compile+graph)")
+        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"), fuse_qkv, plus + rest)
+
+    def like(self, base: str) -> str:
+        """The mode ``base`` run the same way as this one (same -qkv and suffix)."""
+        return base + ("-qkv" if self.fuse_qkv else "") + self.suffix
 
 
 # ----------------------------------------------------------------------------- models and inputs
@@ -173,6 +188,11 @@ def is_unet(name: str) -> bool:
 def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: str = "blocks") -> nn.Module:
     import qengine
 
+    if mode.fuse_qkv and mode.base not in QENGINE_MODES:  # qengine modes fuse through their config
+        from qengine.integrations.fuse_projections import fuse_qkv_projections
+
+        if not fuse_qkv_projections(model):
+            raise SystemExit(f"mode {mode.name}: {name} has no attention whose projections fuse")
     if mode.base in QENGINE_MODES:
         scheme, rank = QENGINE_MODES[mode.base]
         conv = scheme if is_unet(name) and scheme.startswith("w8a8") else "none"
@@ -180,7 +200,8 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: s
         if mode.base.endswith("-mod"):
             from qengine.integrations.diffusers import modulation_overrides
             overrides = modulation_overrides(model)
-        cfg = qengine.QuantConfig.preset(scheme, rank=rank, conv_scheme=conv, overrides=overrides)
+        cfg = qengine.QuantConfig.preset(scheme, rank=rank, conv_scheme=conv, overrides=overrides,
+                                         fuse_qkv=mode.fuse_qkv)
         qengine.quantize(model, cfg)  # also swaps in the fused norm kernels (fused_kernels=True)
     elif mode.base == "bf16-fused":
         # bf16 weights with only qengine's fused GroupNorm / q-k norm + rotary kernels: how much of
@@ -466,6 +487,12 @@ def add_ratios(rows: list[dict]) -> None:
         for base in ("bf16", "bf16+compile", "bf16+graph", *(f"{m}+compile" for m in TORCHAO_MODES)):
             if base in same and r["mode"] != base:
                 r[f"speedup_vs_{base}"] = round(same[base] / r["ms_median"], 3)
+        # Like for like: bf16 and torchao (untuned, else tuned) run the same way as this row.
+        mode = Mode.parse(r["mode"])
+        for col, bases in (("bf16", ("bf16",)), ("torchao", ("torchao-fp8-notune", "torchao-fp8"))):
+            like = next((mode.like(b) for b in bases if mode.like(b) in same), None)
+            if like is not None and like != r["mode"]:
+                r[f"speedup_vs_{col}_like"] = round(same[like] / r["ms_median"], 3)
         mib = {x["mode"]: x["weights_MiB"] for x in rows if x.get("model") == r["model"] and "weights_MiB" in x}
         if "bf16" in mib and mib["bf16"]:
             r["weights_vs_bf16"] = round(r["weights_MiB"] / mib["bf16"], 3)

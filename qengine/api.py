@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import LayerQuantConfig, QuantConfig
 from .integrations.diffusers import find_denoiser, keep_16bit_patterns
+from .integrations.fuse_projections import fuse_qkv_projections
 from .nn import QConv2d, QLinear, check_conv_module, check_linear_shape, enable_fused_kernels, max_lowrank
 
 
@@ -95,6 +96,10 @@ def quantize(obj: Any, config: QuantConfig | str | None = None, *, backend: str 
     its calibrated smoothing vector, low-rank factors, weight clipping and conv input scale, and
     the calibration's config carries its mixed-precision plan (per-layer overrides).
 
+    With ``config.fuse_qkv`` the attention's q/k/v (k/v) projections are first fused into one
+    layer each (:mod:`qengine.integrations.fuse_projections`), so they quantize as ``to_qkv`` /
+    ``to_kv``.
+
     ``fused_kernels`` (default on) also swaps in qengine's fused GroupNorm and FLUX q/k
     norm + rotary kernels, and folds the low-rank branch of FP8 layers on CUDA into their GEMM's K
     (:func:`qengine.nn.enable_fused_kernels`); they run on CUDA 16-bit activations and leave
@@ -107,6 +112,8 @@ def quantize(obj: Any, config: QuantConfig | str | None = None, *, backend: str 
     model, _ = find_denoiser(obj)
     if is_quantized(model):
         raise ValueError("this model is already quantized by qengine; quantize a float model")
+    if config.fuse_qkv:
+        fuse_qkv_projections(model)
     layers = plan(model, config)
     todo = [p for p in layers if p.config is not None]
     state = QuantState(config, kept={p.name: p.reason for p in layers if p.config is None})

@@ -28,6 +28,7 @@ from .config import ConfigError, LayerQuantConfig, QuantConfig
 from .formats import FORMAT_VERSION
 from .formats.w4a8_layout import LAYOUT_NAME as W4A8_WEIGHT_LAYOUT
 from .integrations.diffusers import find_denoiser
+from .integrations.fuse_projections import fuse_qkv_projections, unfuse_qkv_projections
 
 CHECKPOINT_FORMAT = "qengine-checkpoint"
 CONFIG_NAME = "config.json"
@@ -172,27 +173,10 @@ def _check_model(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
                                       f"{spec.get(d)} in the checkpoint")
 
 
-def load(obj: Any, path: str | os.PathLike, *, device: str | torch.device | None = None, backend: str = "auto",
-         verify_hash: bool = True, fused_kernels: bool = True) -> Any:
-    """Swap in the quantized layers saved at ``path`` and load every tensor; returns ``obj``.
-
-    ``obj`` is a float model (or a pipeline holding one) of the same architecture and config;
-    it may live on the meta device. Tensors go to ``device`` (default: where the model's
-    parameters are; CPU for a meta model). On any error the model is left unchanged.
-    """
+def _read_checked(model: nn.Module, meta: dict[str, Any], path: Path, device, backend: str, verify_hash: bool):
+    """Every tensor of the checkpoint, checked against the model as it will be (changes nothing)."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    model, _ = find_denoiser(obj)
-    if is_quantized(model):
-        raise CheckpointError("this model is already quantized; load a checkpoint into a float model")
-    meta = read_config(path)
-    _check_model(model, meta, path)
-    try:
-        quant_config = QuantConfig.from_dict(meta["quant_config"])
-        layer_cfgs = {n: LayerQuantConfig(s["scheme"], s["group_size"], s["rank"]) for n, s in meta["layers"].items()}
-    except (ConfigError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: invalid quantization config: {e}") from None
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None and first.device.type != "meta" else torch.device("cpu")
@@ -240,6 +224,38 @@ def load(obj: Any, path: str | os.PathLike, *, device: str | torch.device | None
                 tensors[k] = t
     except SafetensorError as e:
         raise CheckpointError(f"{tfile} is corrupt or truncated: {e}") from None
+
+    return tensors, new_layers
+
+
+def load(obj: Any, path: str | os.PathLike, *, device: str | torch.device | None = None, backend: str = "auto",
+         verify_hash: bool = True, fused_kernels: bool = True) -> Any:
+    """Swap in the quantized layers saved at ``path`` and load every tensor; returns ``obj``.
+
+    ``obj`` is a float model (or a pipeline holding one) of the same architecture and config;
+    it may live on the meta device. Tensors go to ``device`` (default: where the model's
+    parameters are; CPU for a meta model). On any error the model is left unchanged.
+    """
+    path = Path(path)
+    model, _ = find_denoiser(obj)
+    if is_quantized(model):
+        raise CheckpointError("this model is already quantized; load a checkpoint into a float model")
+    meta = read_config(path)
+    try:
+        quant_config = QuantConfig.from_dict(meta["quant_config"])
+        for s in meta["layers"].values():
+            LayerQuantConfig(s["scheme"], s["group_size"], s["rank"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid quantization config: {e}") from None
+    # A checkpoint of fused projections (quant_config.fuse_qkv) holds to_qkv / to_kv: fuse the
+    # float model the same way first, and undo that if any check below fails.
+    fused = fuse_qkv_projections(model) if quant_config.fuse_qkv else []
+    try:
+        _check_model(model, meta, path)
+        tensors, new_layers = _read_checked(model, meta, path, device, backend, verify_hash)
+    except BaseException:
+        unfuse_qkv_projections(fused)
+        raise
 
     # Everything checked: now change the model.
     for qname, layer in new_layers.items():

@@ -74,6 +74,11 @@ class QuantConfig:
     keep_defaults: bool = True
     skip: list[str] = field(default_factory=list)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Fuse each attention's q/k/v (self-attention) or k/v (cross-attention) projections into one
+    #: layer before quantizing (qengine/integrations/fuse_projections.py): the input is quantized
+    #: once and one wider GEMM runs. Layer names become ``to_qkv`` / ``to_kv``; configs written
+    #: before this field existed read as False.
+    fuse_qkv: bool = False
     filter_fn: Callable[[str, Any], bool] | None = field(default=None, compare=False, repr=False)
     version: int = CONFIG_VERSION
 
@@ -82,6 +87,8 @@ class QuantConfig:
             raise ConfigError(f"config version {self.version} is not supported (this qengine reads {CONFIG_VERSION})")
         if self.scheme not in _PRESETS:
             raise ConfigError(f"unknown scheme {self.scheme!r}; known schemes: {', '.join(_PRESETS)}")
+        if not isinstance(self.fuse_qkv, bool):
+            raise ConfigError(f"fuse_qkv must be true or false, got {self.fuse_qkv!r}")
         if self.conv_scheme not in (*CONV_SCHEMES, "none"):
             raise ConfigError(f"conv_scheme must be one of {CONV_SCHEMES} or 'none', got {self.conv_scheme!r}")
         self.linear_config()  # validates scheme/group_size/rank together

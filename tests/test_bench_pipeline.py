@@ -145,3 +145,21 @@ def test_torchao_modes_choose_torchaos_inductor_config(monkeypatch, mode, tuned)
 def test_unknown_torchao_mode_names_the_choices():
     with pytest.raises(SystemExit, match="torchao-fp8-notune"):
         bench_pipeline.Mode.parse("torchao-fp9")
+
+
+def test_qkv_modes_fuse_in_every_mode_family_and_compare_like_for_like(tmp_path):
+    m = bench_pipeline.Mode.parse("fp8-qkv+compile+graph")
+    assert (m.base, m.fuse_qkv, m.compile, m.graph) == ("fp8", True, True, True)
+    assert m.like("bf16") == "bf16-qkv+compile+graph" and not bench_pipeline.Mode.parse("fp8").fuse_qkv
+    cpu = torch.device("cpu")
+    for mode in ("bf16-qkv", "fp8-qkv"):
+        model = bench_pipeline.build_model("sd15", True, cpu, torch.float32)
+        bench_pipeline.apply_mode(model, "sd15", bench_pipeline.Mode.parse(mode), cpu)
+        names = [n for n, _ in model.named_modules()]
+        assert any(n.endswith("attn1.to_qkv") for n in names) and not any(n.endswith("attn1.to_q") for n in names)
+    rows = [{"model": "sd15", "mode": x, "ms_median": t, "weights_MiB": 1.0}
+            for x, t in (("bf16", 8.0), ("bf16-qkv+graph", 4.0), ("fp8-qkv+graph", 2.0), ("fp8+graph", 3.0))]
+    bench_pipeline.add_ratios(rows)
+    by = {r["mode"]: r for r in rows}
+    assert by["fp8-qkv+graph"]["speedup_vs_bf16_like"] == 2.0 and by["fp8-qkv+graph"]["speedup_vs_bf16"] == 4.0
+    assert "speedup_vs_bf16_like" not in by["fp8+graph"]  # no unfused bf16+graph row to compare with

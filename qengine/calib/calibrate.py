@@ -27,6 +27,7 @@ from torch import nn
 from ..api import calibrated_layer, plan, set_submodule
 from ..config import LayerQuantConfig, QuantConfig
 from ..formats import get_scheme
+from ..integrations.fuse_projections import fuse_qkv_projections
 from .observers import collect, skip_concat_splits
 from .result import CalibrationError, CalibrationResult
 from .search import SearchOptions, search_conv, search_linear
@@ -85,6 +86,9 @@ def calibrate(model: nn.Module, config: QuantConfig | str, run_pipeline: Callabl
               log: Callable[[str], None] = print) -> CalibrationResult:
     """Calibrate ``config`` for ``model`` (full precision, left unchanged) on ``run_pipeline()``'s trajectory.
 
+    With ``config.fuse_qkv`` the model's attention projections are fused in place first (the same
+    function, computed by fewer, wider layers), so the statistics are those of the fused layers.
+
     ``run_pipeline`` runs the real sampling loop with ``model`` as its denoiser; every call of
     ``model`` is one step (``steps_per_trajectory`` folds several trajectories onto the same
     step indices in the statistics). ``budget``: fraction of the quantized weight parameters
@@ -97,6 +101,8 @@ def calibrate(model: nn.Module, config: QuantConfig | str, run_pipeline: Callabl
     if not opts.lowrank and config.rank:
         config = dataclasses.replace(config, rank=0)
     t0 = time.perf_counter()
+    if config.fuse_qkv:
+        fuse_qkv_projections(model)
     targets = [p for p in plan(model, config) if p.config is not None]
     if not targets:
         raise CalibrationError("the config quantizes no layer of this model: nothing to calibrate")
