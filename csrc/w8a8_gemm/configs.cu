@@ -31,6 +31,9 @@ Entry lowrank_entry(W8A8TileConfig c, QuantType t) {
     case W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2:
       return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c1x2_lowrank)
                  : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c1x2_lowrank);
+    case W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_64x160x128_pingpong_c1x1_lowrank)
+                 : QENGINE_ENTRY(sm90, int8_sm90_64x160x128_pingpong_c1x1_lowrank);
 #endif
     default:
       break;
@@ -53,6 +56,9 @@ Entry entry(W8A8TileConfig c, QuantType t) {
     case W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2:
       return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_128x128x128_pingpong_c1x2)
                  : QENGINE_ENTRY(sm90, int8_sm90_128x128x128_pingpong_c1x2);
+    case W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1:
+      return fp8 ? QENGINE_ENTRY(sm90, fp8_sm90_64x160x128_pingpong_c1x1)
+                 : QENGINE_ENTRY(sm90, int8_sm90_64x160x128_pingpong_c1x1);
 #endif
     case W8A8TileConfig::kSm80_32x64x128:
 #ifdef QENGINE_HAS_SM89_FP8
@@ -88,13 +94,14 @@ const char* tile_config_name(W8A8TileConfig c) {
     case W8A8TileConfig::kSm80_32x64x128: return "sm80_32x64x128";
     case W8A8TileConfig::kSm80_128x128x64: return "sm80_128x128x64";
     case W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2: return "sm90_128x128x128_pingpong_c1x2";
+    case W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1: return "sm90_64x160x128_pingpong_c1x1";
     default: return "unknown";
   }
 }
 
 bool tile_config_is_sm90(W8A8TileConfig c) {
   return c == W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4 || c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C2x1 ||
-         c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2;
+         c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2 || c == W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1;
 }
 
 void choose_schedule(int M, int N, int K, W8A8TileConfig c, QuantType t, int* raster, int* swizzle) {
@@ -106,6 +113,10 @@ void choose_schedule(int M, int N, int K, W8A8TileConfig c, QuantType t, int* ra
   *raster = c == W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2 ? 1 : 0;
   *swizzle = 1;
 }
+
+// SMs the heuristic plans waves for: H100 SXM and H200 (an H100 PCIe has 114; its plans are
+// then a little off, never wrong).
+constexpr int64_t kSms = 132;
 
 W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90) {
   if (!sm90) return M <= 64 ? W8A8TileConfig::kSm80_32x64x128 : W8A8TileConfig::kSm80_128x128x64;
@@ -119,6 +130,17 @@ W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90) {
   // Few tokens, or under half a wave of 128x128 tiles: 64x64 tiles spread the work over 4x as
   // many SMs (SD1.5/SDXL text and low-resolution layers, SD3 text stream).
   if (M <= 64 || tiles_128 < 66) return W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4;
+  // 64x160 tiles where 128x128 ones leave much of their last wave idle and 64x160 ones do not
+  // (SDXL M = 1024 x N = 1280: 80 tiles keep 61% of 132 SMs busy, 128 tiles of 64x160 97%;
+  // SD1.5 4096 x 320 likewise). The share of SM time doing useful work, tile padding included:
+  const auto busy = [&](int64_t tm, int64_t tn) {
+    const int64_t tiles = ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
+    const int64_t waves = (tiles + kSms - 1) / kSms;
+    return static_cast<double>(M) * N / (static_cast<double>(waves) * kSms * tm * tn);
+  };
+  if (busy(64, 160) > busy(128, 128) + 0.2 &&
+      tile_config_compiled(W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1, t))
+    return W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1;
   // Everything else: 128x128 ping-pong (the two consumer warpgroups overlap one tile's epilogue
   // with the other's mainloop). FLUX image stream: 1300-1400 TOPS. The cluster along N (two CTAs
   // of one M block share its A tile by TMA multicast, as cuBLAS's FP8 kernel does), walked along

@@ -21,6 +21,8 @@ QENGINE_DECLARE_GEMM(int8_sm90_64x64x128_pingpong_c1x4)
 QENGINE_DECLARE_GEMM(int8_sm90_128x128x128_pingpong_c2x1)
 QENGINE_DECLARE_GEMM(fp8_sm90_128x128x128_pingpong_c1x2)
 QENGINE_DECLARE_GEMM(int8_sm90_128x128x128_pingpong_c1x2)
+QENGINE_DECLARE_GEMM(fp8_sm90_64x160x128_pingpong_c1x1)
+QENGINE_DECLARE_GEMM(int8_sm90_64x160x128_pingpong_c1x1)
 // The same configs with the fused low-rank epilogue (sm90/*_lowrank.cu).
 QENGINE_DECLARE_GEMM(fp8_sm90_64x64x128_pingpong_c1x4_lowrank)
 QENGINE_DECLARE_GEMM(fp8_sm90_128x128x128_pingpong_c2x1_lowrank)
@@ -28,6 +30,8 @@ QENGINE_DECLARE_GEMM(int8_sm90_64x64x128_pingpong_c1x4_lowrank)
 QENGINE_DECLARE_GEMM(int8_sm90_128x128x128_pingpong_c2x1_lowrank)
 QENGINE_DECLARE_GEMM(fp8_sm90_128x128x128_pingpong_c1x2_lowrank)
 QENGINE_DECLARE_GEMM(int8_sm90_128x128x128_pingpong_c1x2_lowrank)
+QENGINE_DECLARE_GEMM(fp8_sm90_64x160x128_pingpong_c1x1_lowrank)
+QENGINE_DECLARE_GEMM(int8_sm90_64x160x128_pingpong_c1x1_lowrank)
 }  // namespace qengine::sm90
 
 namespace qengine::sm80 {

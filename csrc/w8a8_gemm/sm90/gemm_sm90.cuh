@@ -161,6 +161,13 @@ template <typename ElementAB>
 struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_128x128x128_Pingpong_C1x2>
     : PingpongConfig<ElementAB, Shape<_128, _128, _128>, Shape<_1, _2, _1>> {};
 
+// 64x160: SDXL's M = 1024 layers with N = 1280 are 8 x 10 = 80 tiles of 128x128 on 132 SMs (61%
+// of one wave busy); 64x160 cuts them into 16 x 8 = 128 (97%). One consumer warpgroup per tile,
+// as the 128x128 ping-pong runs when each CTA has a single tile.
+template <typename ElementAB>
+struct ConfigOf<ElementAB, W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1>
+    : PingpongConfig<ElementAB, Shape<_64, _160, _128>, Shape<_1, _1, _1>> {};
+
 template <typename ElementAB, typename ElementOut, W8A8TileConfig C, bool kLowRank>
 using GemmFor = ScaledGemm<ElementAB, ElementOut, typename ConfigOf<ElementAB, C>::Tile,
                            typename ConfigOf<ElementAB, C>::Cluster, typename ConfigOf<ElementAB, C>::Kernel,
