@@ -131,14 +131,17 @@ W8A8TileConfig choose_tile_config(int M, int N, int K, QuantType t, bool sm90) {
   // many SMs (SD1.5/SDXL text and low-resolution layers, SD3 text stream).
   if (M <= 64 || tiles_128 < 66) return W8A8TileConfig::kSm90_64x64x128_Pingpong_C1x4;
   // 64x160 tiles where 128x128 ones leave much of their last wave idle and 64x160 ones do not
-  // (SDXL M = 1024 x N = 1280: 80 tiles keep 61% of 132 SMs busy, 128 tiles of 64x160 97%;
-  // SD1.5 4096 x 320 likewise). The share of SM time doing useful work, tile padding included:
+  // (SDXL M = 1024 x N = 1280: 80 tiles keep 61% of 132 SMs busy, 128 tiles of 64x160 97%), and
+  // only for deep K: the H100 sweep (notes/h100_2026-11-23b, call 4) had 64x160 2-10% faster at
+  // K = 2560-5120 (1024x5120->1280: 16.9 vs 17.3 us; 4096x2560->640: 16.3 vs 18.1) but up to 10%
+  // slower at K <= 1280, where the few k-steps per tile leave it latency-bound (1024x1280->1280:
+  // 8.1 vs 7.8 us; SD1.5 4096x320->320: 6.4 vs 5.8). The share of SM time doing useful work:
   const auto busy = [&](int64_t tm, int64_t tn) {
     const int64_t tiles = ((M + tm - 1) / tm) * ((N + tn - 1) / tn);
     const int64_t waves = (tiles + kSms - 1) / kSms;
     return static_cast<double>(M) * N / (static_cast<double>(waves) * kSms * tm * tn);
   };
-  if (busy(64, 160) > busy(128, 128) + 0.2 &&
+  if (K >= 2048 && busy(64, 160) > busy(128, 128) + 0.2 &&
       tile_config_compiled(W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1, t))
     return W8A8TileConfig::kSm90_64x160x128_Pingpong_C1x1;
   // Everything else: 128x128 ping-pong (the two consumer warpgroups overlap one tile's epilogue

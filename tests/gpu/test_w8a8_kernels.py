@@ -266,11 +266,11 @@ def test_heuristic_names():
         for m, n, k in ((1, 3072, 3072), (512, 3072, 3072), (4096, 3072, 3072), (4608, 12288, 3072)):
             assert EXT.gemm_heuristic(m, n, k, name) in EXT.gemm_configs()
     if DEV.type == "cuda" and torch.cuda.get_device_capability(DEV) == (9, 0):
-        # 64x160 tiles where 128x128 ones fill 61% of one wave (SDXL M=1024, N=1280; args are m, n, k),
-        # not where the 128x128 waves are full (FLUX image stream, SDXL's fused q/k/v)
-        assert EXT.gemm_heuristic(1024, 1280, 1280, "float8_e4m3fn") == "sm90_64x160x128_pingpong_c1x1"
-        assert EXT.gemm_heuristic(1024, 1280, 5120, "int8") == "sm90_64x160x128_pingpong_c1x1"
-        for m, n, k in ((4096, 3072, 3072), (1024, 3840, 1280), (1024, 10240, 1280)):
+        # 64x160 tiles where 128x128 ones fill 61% of one wave and K is deep (SDXL M=1024, N=1280,
+        # K=5120; args are m, n, k), not at short K nor where the 128x128 waves are full
+        assert EXT.gemm_heuristic(1024, 1280, 5120, "float8_e4m3fn") == "sm90_64x160x128_pingpong_c1x1"
+        assert EXT.gemm_heuristic(4096, 640, 2560, "int8") == "sm90_64x160x128_pingpong_c1x1"
+        for m, n, k in ((4096, 3072, 3072), (1024, 3840, 1280), (1024, 10240, 1280), (1024, 1280, 1280)):
             assert "64x160" not in EXT.gemm_heuristic(m, n, k, "float8_e4m3fn")
 
 
