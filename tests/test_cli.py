@@ -48,6 +48,12 @@ def test_quantize_a_pipeline_folder(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "pipe"), "--preset", "w4a8", "--quiet",
                  "--out", str(tmp_path / "ckpt")]) == 0
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["architecture"] == "UNet2DConditionModel"
+    # --fuse-qkv: the checkpoint holds the fused projections and says so
+    assert main(["quantize", str(tmp_path / "pipe"), "--preset", "w8a8-fp8", "--fuse-qkv", "--quiet",
+                 "--out", str(tmp_path / "fused")]) == 0
+    meta = json.loads((tmp_path / "fused" / "config.json").read_text())
+    assert meta["quant_config"]["fuse_qkv"] is True
+    assert any(n.endswith("attn1.to_qkv") for n in meta["layers"]) and not any(n.endswith("attn1.to_q") for n in meta["layers"])
 
 
 def test_quantize_errors_name_the_problem(tmp_path):
