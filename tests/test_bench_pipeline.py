@@ -163,3 +163,18 @@ def test_qkv_modes_fuse_in_every_mode_family_and_compare_like_for_like(tmp_path)
     by = {r["mode"]: r for r in rows}
     assert by["fp8-qkv+graph"]["speedup_vs_bf16_like"] == 2.0 and by["fp8-qkv+graph"]["speedup_vs_bf16"] == 4.0
     assert "speedup_vs_bf16_like" not in by["fp8+graph"]  # no unfused bf16+graph row to compare with
+
+
+def test_profile_step_sorts_kernels_into_categories():
+    import profile_step
+
+    cat = profile_step.kernel_category
+    assert cat("_ZN7cutlass13device_kernelIN7qengine9conv_sm908Sm90OnlyINS2_10SplitKConvIJNS_14QuantizedAct") == "qengine conv"
+    assert cat("void qengine::(anonymous namespace)::quantize_rows_kernel<__nv_bfloat16>") == "qengine quantize"
+    assert cat("_ZN7cutlass13device_kernelIN7qengine4sm908Sm90OnlyINS_4gemm6kernel13GemmUniversal") == "qengine gemm"
+    assert cat("void qengine::(anonymous namespace)::gn_apply_kernel<__nv_bfloat16, 8>") == "qengine norm"
+    assert cat("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN") == "cuBLAS / other GEMM"
+    assert cat("triton_red_fused_add_native_layer_norm_3") == "triton (inductor)"
+    assert cat("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert profile_step.is_annotation("## Call CompiledFxGraph fz6al3 ##")
+    assert not profile_step.is_annotation("triton_poi_fused_gelu_mul_7")
