@@ -61,7 +61,7 @@ enum class W8A8TileConfig : int {
   kSm80_32x64x128 = 2,                   // mma.sync, small M; on sm90 also tiny INT8 problems
   kSm80_128x128x64 = 3,                  // mma.sync, large M
   kSm90_128x128x128_Pingpong_C1x2 = 4,   // same tile, cluster along N (A multicast): INT8, wide FP8
-  kSm90_64x160x128_Pingpong_C1x1 = 5,    // where 128x128 tiles leave much of the last wave idle
+  kSm90_64x160x128_Pingpong_C1x1 = 5,    // deep K where 128x128 tiles leave much of the last wave idle
   kCount = 6,
 };
 
