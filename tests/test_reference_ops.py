@@ -232,6 +232,8 @@ def sample_args():
         "quantize_act_fp8_lowrank_cat_from": (x, smooth, randn(8, 16), randn(16).abs() * 1e-2),
         "quantize_act_int8_gelu_cat": (x[:, :16].contiguous(), x[:, 16:].contiguous(), smooth),
         "quantize_act_fp8_gelu_cat": (None, x, None),
+        "quantize_act_int8_geglu": (x, smooth[:32].contiguous()),
+        "quantize_act_fp8_geglu": (x, None),
     }
     for name, scheme in (("w8a8_int8_gemm", "int8"), ("w8a8_fp8_gemm", "fp8"), ("w4a8_gemm", "w4a8"),
                          ("w4a4_gemm", "w4a4")):

@@ -1,4 +1,4 @@
-// torch binding of quantize_act_{int8,fp8} and their low-rank-cat / gelu-cat variants: checks, arch
+// torch binding of quantize_act_{int8,fp8} and their low-rank-cat / gelu-cat / GEGLU variants: checks, arch
 // dispatch, launcher call.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -225,6 +225,50 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_gelu_cat(const std::optional
   return quantize_gelu_cat("quantize_act_fp8_gelu_cat", QuantType::kFP8E4M3, x, gelu_x, smooth);
 }
 
+// GEGLU input (quantize_act.h): proj [M, 2K] = [h | gate]; the row h * gelu_erf(gate) is quantized
+// without being written out.
+std::tuple<at::Tensor, at::Tensor> quantize_geglu(const char* op, QuantType qt, const at::Tensor& proj,
+                                                  const std::optional<at::Tensor>& smooth) {
+  check_tensor(op, "proj", proj, proj.device(), {at::kBFloat16, at::kHalf}, {-1, -1});
+  const int64_t M = proj.size(0), K2 = proj.size(1);
+  QENGINE_CHECK(op, K2 > 0 && K2 % 32 == 0, "proj has ", K2, " columns: GEGLU input needs a positive multiple "
+                "of 32 (two halves of a multiple of 16)");
+  const int64_t K = K2 / 2;
+  const at::Tensor smooth_t = checked_smooth(op, smooth, K, proj);
+  check_arch(op, proj.device());
+
+  c10::cuda::CUDAGuard guard(proj.device());
+  const at::Tensor g = reinterpret_cast<uintptr_t>(proj.data_ptr()) % 16 ? proj.clone() : proj;
+  auto q = at::empty({M, K}, proj.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
+  auto scale = at::empty({M}, proj.options().dtype(at::kFloat));
+  QuantizeActParams p{};
+  p.x = nullptr;
+  p.ldx = 0;
+  p.x_type = float_type(op, "proj", g.scalar_type());
+  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
+  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
+  p.q = q.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.M = M;
+  p.K = K;
+  p.q_type = qt;
+  p.sm_count = device_arch(g.device()).sm_count;
+  p.gelu_x = g.data_ptr();
+  p.ld_gelu = K2;
+  p.K_gelu = K;
+  p.geglu = true;
+  launch(op, p);
+  return {q, scale};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_act_int8_geglu(const at::Tensor& proj, const std::optional<at::Tensor>& smooth) {
+  return quantize_geglu("quantize_act_int8_geglu", QuantType::kInt8, proj, smooth);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_geglu(const at::Tensor& proj, const std::optional<at::Tensor>& smooth) {
+  return quantize_geglu("quantize_act_fp8_geglu", QuantType::kFP8E4M3, proj, smooth);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_int8(const at::Tensor& x, const std::optional<at::Tensor>& smooth,
                                                                  const std::optional<at::Tensor>& lora_down) {
   return quantize_act("quantize_act_int8", QuantType::kInt8, x, smooth, lora_down);
@@ -245,4 +289,6 @@ TORCH_LIBRARY_IMPL(qengine, CUDA, m) {
   m.impl("quantize_act_fp8_lowrank_cat_from", &qengine::bindings::quantize_act_fp8_lowrank_cat_from);
   m.impl("quantize_act_int8_gelu_cat", &qengine::bindings::quantize_act_int8_gelu_cat);
   m.impl("quantize_act_fp8_gelu_cat", &qengine::bindings::quantize_act_fp8_gelu_cat);
+  m.impl("quantize_act_int8_geglu", &qengine::bindings::quantize_act_int8_geglu);
+  m.impl("quantize_act_fp8_geglu", &qengine::bindings::quantize_act_fp8_geglu);
 }

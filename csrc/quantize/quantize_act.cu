@@ -171,13 +171,25 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { retur
 template <> __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ float from_float(float v) { return v; }
 
-// Where the row kernel reads a row (quantize_act.h): x, or with kGelu [x | gelu_tanh(gelu_x)]; the
-// gelu part starts at vector nvec_plain (a 16-byte vector never straddles the two).
+// PyTorch's CUDA gelu(approximate="none") (GeluCUDAKernelImpl): x * 0.5 * (1 + erf(x * sqrt(1/2)))
+// in fp32, the same operations in the same order, so GEGLU quantization is bit-exact with
+// quantizing diffusers' GEGLU output (h * F.gelu(gate), both roundings to x_type included).
+__device__ __forceinline__ float gelu_erf(float x) {
+  constexpr float kAlpha = static_cast<float>(0.70710678118654752440);
+  return x * 0.5f * (1.0f + erff(x * kAlpha));
+}
+
+// Which row the row kernel quantizes (quantize_act.h): kActNone x; kActGeluCat [x | gelu_tanh(gelu_x)]
+// (the gelu part starts at vector nvec_plain: a 16-byte vector never straddles the two);
+// kActGeglu h * gelu_erf(gate), h and gate the two halves of a gelu_x row (gate at vector `gate`).
+constexpr int kActNone = 0, kActGeluCat = 1, kActGeglu = 2;
+
 template <typename T>
 struct RowSource {
   const T* gelu_x;
   int64_t ld_gelu;
   int nvec_plain;
+  int gate;  // kActGeglu: the gate's first vector in a gelu_x row (= K / vector width)
 };
 
 template <typename T>
@@ -186,14 +198,28 @@ __device__ __forceinline__ void gelu_in_place(Vec<T>& g) {
   for (int j = 0; j < Vec<T>::kN; ++j) g.v[j] = from_float<T>(gelu_tanh(to_float(g.v[j])));
 }
 
-template <typename T, bool kGelu>
-__device__ __forceinline__ Vec<T> load_vec(const Vec<T>* xr, const Vec<T>* gr, int nvec_plain, int vi) {
-  if constexpr (kGelu) {
-    if (vi >= nvec_plain) {
-      Vec<T> g = gr[vi - nvec_plain];
+// h <- h * gelu_erf(gate), with torch's two roundings: the GELU to T, then the product to T.
+template <typename T>
+__device__ __forceinline__ void geglu_in_place(Vec<T>& h, const Vec<T>& gate) {
+#pragma unroll
+  for (int j = 0; j < Vec<T>::kN; ++j) {
+    const float g = to_float(from_float<T>(gelu_erf(to_float(gate.v[j]))));
+    h.v[j] = from_float<T>(__fmul_rn(to_float(h.v[j]), g));
+  }
+}
+
+template <typename T, int kAct>
+__device__ __forceinline__ Vec<T> load_vec(const Vec<T>* xr, const Vec<T>* gr, const RowSource<T>& src, int vi) {
+  if constexpr (kAct == kActGeluCat) {
+    if (vi >= src.nvec_plain) {
+      Vec<T> g = gr[vi - src.nvec_plain];
       gelu_in_place(g);
       return g;
     }
+  } else if constexpr (kAct == kActGeglu) {
+    Vec<T> h = gr[vi];
+    geglu_in_place(h, gr[vi + src.gate]);
+    return h;
   }
   return xr[vi];
 }
@@ -253,12 +279,12 @@ struct CatArgs {
 // else a block per row (blockDim.x threads, a multiple of 32). Thread t of a row owns vectors
 // t, t + G, ..., t + (kVecs - 1) G in registers; rows longer than kVecs * G vectors re-read the
 // rest from L2 in the second pass.
-template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat, bool kGelu>
+template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat, int kAct>
 __global__ void __launch_bounds__(1024)
 quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth, uint8_t* __restrict__ q,
                      float* __restrict__ scale_out, int64_t M, int64_t K, CatArgs cat, RowSource<T> src) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
-  static_assert(!(kCat && kGelu), "gelu-cat input has no low-rank branch");
+  static_assert(!(kCat && kAct != kActNone), "gelu-cat and GEGLU input have no low-rank branch");
   const int64_t ldq = kCat ? K + cat.width : K;
   using V = Vec<T>;
   constexpr int kN = V::kN;
@@ -274,25 +300,36 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + (kWarpRows ? threadIdx.x / 32 : 0); row < M;
        row += static_cast<int64_t>(gridDim.x) * rows_per_block) {
     const V* xr = reinterpret_cast<const V*>(x + row * ldx);
-    const V* gr = kGelu ? reinterpret_cast<const V*>(src.gelu_x + row * src.ld_gelu) : nullptr;
-    const auto load = [&](int vi) { return load_vec<T, kGelu>(xr, gr, src.nvec_plain, vi); };
-    // All loads first: kVecs independent 16-byte requests per thread in flight at once.
+    const V* gr = kAct != kActNone ? reinterpret_cast<const V*>(src.gelu_x + row * src.ld_gelu) : nullptr;
+    const auto load = [&](int vi) { return load_vec<T, kAct>(xr, gr, src, vi); };
+    // All loads first: kVecs independent 16-byte requests per thread in flight at once (the GELU
+    // after all of them are issued).
     V regs[kVecs];
+    V gates[kAct == kActGeglu ? kVecs : 1];
 #pragma unroll
     for (int i = 0; i < kVecs; ++i) {
       const int vi = t + i * G;
-      if constexpr (kGelu) {  // the raw loads first, gelu after all of them are issued
+      if constexpr (kAct == kActGeluCat) {
         if (vi < nvec) regs[i] = vi < src.nvec_plain ? xr[vi] : gr[vi - src.nvec_plain];
+      } else if constexpr (kAct == kActGeglu) {
+        if (vi < nvec) {
+          regs[i] = gr[vi];
+          gates[i] = gr[vi + src.gate];
+        }
       } else {
         if (vi < nvec) regs[i] = xr[vi];
       }
     }
-    if constexpr (kGelu) {
+    if constexpr (kAct == kActGeluCat) {
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) {
         const int vi = t + i * G;
         if (vi < nvec && vi >= src.nvec_plain) gelu_in_place(regs[i]);
       }
+    } else if constexpr (kAct == kActGeglu) {
+#pragma unroll
+      for (int i = 0; i < kVecs; ++i)
+        if (t + i * G < nvec) geglu_in_place(regs[i], gates[i]);
     }
     float amax;
     if constexpr (kSmooth) {
@@ -377,7 +414,7 @@ struct Config {
   bool warp_rows;
 };
 
-template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat, bool kGelu>
+template <typename T, typename S, QuantType Q, int kVecs, bool kWarpRows, bool kCat, int kAct>
 cudaError_t launch(const QuantizeActParams& p, int threads, cudaStream_t stream) {
   const int block = kWarpRows ? 128 : threads;
   const int64_t rows_per_block = kWarpRows ? 4 : 1;
@@ -387,21 +424,22 @@ cudaError_t launch(const QuantizeActParams& p, int threads, cudaStream_t stream)
   const unsigned blocks = static_cast<unsigned>(needed < INT_MAX ? needed : INT_MAX);
   const CatArgs cat{p.lowrank_in, p.lowrank_inv_c, p.rank, kCat ? lowrank_cat_width(p.rank) : 0,
                     kCat ? lowrank_cat_terms(p.rank) : 0};
-  const RowSource<T> src{static_cast<const T*>(p.gelu_x), p.ld_gelu, static_cast<int>((p.K - p.K_gelu) / Vec<T>::kN)};
-  quantize_rows_kernel<T, S, Q, kVecs, kWarpRows, kCat, kGelu><<<blocks, block, 0, stream>>>(
+  const RowSource<T> src{static_cast<const T*>(p.gelu_x), p.ld_gelu, static_cast<int>((p.K - p.K_gelu) / Vec<T>::kN),
+                         static_cast<int>(p.K / Vec<T>::kN)};
+  quantize_rows_kernel<T, S, Q, kVecs, kWarpRows, kCat, kAct><<<blocks, block, 0, stream>>>(
       static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth), static_cast<uint8_t*>(p.q), p.scale, p.M, p.K,
       cat, src);
   return cudaGetLastError();
 }
 
-template <typename T, typename S, QuantType Q, bool kCat = false, bool kGelu = false>
+template <typename T, typename S, QuantType Q, bool kCat = false, int kAct = kActNone>
 cudaError_t launch_config(const QuantizeActParams& p, Config c, cudaStream_t stream) {
-  if (c.warp_rows) return launch<T, S, Q, 2, true, kCat, kGelu>(p, 32, stream);
+  if (c.warp_rows) return launch<T, S, Q, 2, true, kCat, kAct>(p, 32, stream);
   switch (c.vecs) {
-    case 1: return launch<T, S, Q, 1, false, kCat, kGelu>(p, c.threads, stream);
-    case 2: return launch<T, S, Q, 2, false, kCat, kGelu>(p, c.threads, stream);
-    case 4: return launch<T, S, Q, 4, false, kCat, kGelu>(p, c.threads, stream);
-    case 8: return launch<T, S, Q, 8, false, kCat, kGelu>(p, c.threads, stream);
+    case 1: return launch<T, S, Q, 1, false, kCat, kAct>(p, c.threads, stream);
+    case 2: return launch<T, S, Q, 2, false, kCat, kAct>(p, c.threads, stream);
+    case 4: return launch<T, S, Q, 4, false, kCat, kAct>(p, c.threads, stream);
+    case 8: return launch<T, S, Q, 8, false, kCat, kAct>(p, c.threads, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -718,9 +756,12 @@ cudaError_t dispatch_shape(const QuantizeActParams& p, cudaStream_t stream) {
     if (p.lowrank_in != nullptr)
       return launch_config<T, S, Q, true>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
   }
-  if (p.K_gelu > 0) {  // [x | gelu(gelu_x)] (16-bit input only; valid() checked the rest)
-    if constexpr (!std::is_same_v<T, float>)
-      return launch_config<T, S, Q, false, true>(p, choose_config(p.M, p.K / Vec<T>::kN, p.sm_count), stream);
+  if (p.K_gelu > 0) {  // [x | gelu(gelu_x)] or GEGLU (16-bit input only; valid() checked the rest)
+    if constexpr (!std::is_same_v<T, float>) {
+      const Config c = choose_config(p.M, p.K / Vec<T>::kN, p.sm_count);
+      return p.geglu ? launch_config<T, S, Q, false, kActGeglu>(p, c, stream)
+                     : launch_config<T, S, Q, false, kActGeluCat>(p, c, stream);
+    }
     return cudaErrorInvalidValue;
   }
   if (p.rank > 0) return launch_lowrank<T, S, Q>(p, stream);
@@ -748,7 +789,8 @@ cudaError_t dispatch_input(const QuantizeActParams& p, cudaStream_t stream) {
 }
 
 bool valid_gelu(const QuantizeActParams& p) {
-  if (p.K_gelu == 0) return p.gelu_x == nullptr;
+  if (p.K_gelu == 0) return p.gelu_x == nullptr && !p.geglu;
+  if (p.geglu && (p.x != nullptr || p.K_gelu != p.K || p.ld_gelu < 2 * p.K)) return false;
   return p.x_type != FloatType::kFP32 && p.K_gelu > 0 && p.K_gelu <= p.K && p.K_gelu % 16 == 0 &&
          p.gelu_x != nullptr && reinterpret_cast<uintptr_t>(p.gelu_x) % 16 == 0 && p.ld_gelu >= p.K_gelu &&
          (p.ld_gelu * 2) % 16 == 0 && (p.x != nullptr || p.K_gelu == p.K) && p.rank == 0 &&

@@ -1,4 +1,4 @@
-"""GELU MLPs whose activation quantization reads the GELU's input in place.
+"""GELU and GEGLU MLPs whose activation quantization reads the GELU's input in place.
 
 In FLUX a quantized linear often takes GELU output: a ``FeedForward``'s ``net[2]`` takes
 ``gelu_tanh(net[0].proj(x))``, and a single block's ``proj_out`` takes
@@ -11,6 +11,10 @@ FLUX step on an H100: ``notes/h100_2026-11-22e``).
 :func:`swap_gelu_cat_forwards` gives those modules a forward that calls
 :meth:`QLinear.forward_gelu_cat` instead: the quantize kernel reads the attention output and the
 pre-GELU activations where they are and applies the GELU itself, bit-exact with the stock path.
+SD/SDXL feed-forwards are GEGLU (``h * gelu(gate)``, ``[h | gate]`` the projection's output): there
+the output layer's :meth:`QLinear.forward_geglu` reads the projection's output in place (in the
+compiled SDXL step the GEGLU pass and the quantize pass that read it took ~1 ms on an H100,
+``notes/h100_2026-11-23b``).
 The forward is replaced on the instance (the class, so its name, stays diffusers': regional
 compilation and ``_repeated_blocks`` find blocks by class name), and it falls back to the class's
 own forward wherever the fused path does not apply (no CUDA kernel for the device, fp32, a layer
@@ -30,10 +34,10 @@ from .linear import QLinear
 _MARK = "_qengine_gelu_cat"  # instance attribute: the gelu-cat forward is installed (and kernel built)
 
 
-def _gelu_cat_op_built(linear: QLinear) -> bool:
+def _gelu_cat_op_built(linear: QLinear, kind: str = "gelu_cat") -> bool:
     from . import fused
 
-    op = "quantize_act_fp8_gelu_cat" if linear.scheme.name == "w8a8-fp8" else "quantize_act_int8_gelu_cat"
+    op = f"quantize_act_{'fp8' if linear.scheme.name == 'w8a8-fp8' else 'int8'}_{kind}"
     return fused._has_cuda_kernel(op)
 
 
@@ -108,26 +112,53 @@ def _is_gelu_feed_forward(mod: nn.Module) -> bool:
             and isinstance(net[1], nn.Dropout))
 
 
+# ---------------------------------------------------------------- GEGLU feed-forward (SD, SDXL)
+
+
+def _geglu_feed_forward(self, hidden_states, *args, **kwargs):
+    """diffusers' ``FeedForward.forward`` (net = [GEGLU(proj), Dropout, Linear, ...]) with the GEGLU
+    applied by the output QLinear's quantize kernel."""
+    net = self.net
+    if args or kwargs or (self.training and net[1].p > 0) or not _applies(self, net[2], hidden_states):
+        return type(self).forward(self, hidden_states, *args, **kwargs)
+    hidden_states = net[2].forward_geglu(net[0].proj(hidden_states))
+    for module in net[3:]:
+        hidden_states = module(hidden_states)
+    return hidden_states
+
+
+def _is_geglu_feed_forward(mod: nn.Module) -> bool:
+    if type(mod).__name__ != "FeedForward" or not isinstance(getattr(mod, "net", None), nn.ModuleList):
+        return False
+    net = mod.net
+    # diffusers' own GEGLU only (exact GELU, [h | gate] order); subclasses may change either.
+    return (len(net) >= 3 and type(net[0]).__name__ == "GEGLU" and type(net[0]).__module__.startswith("diffusers.")
+            and isinstance(getattr(net[0], "proj", None), nn.Module) and isinstance(net[1], nn.Dropout))
+
+
 # ---------------------------------------------------------------- the swap
 
 
 def swap_gelu_cat_forwards(model: nn.Module) -> int:
-    """Install the gelu-cat forward on every FLUX single block and GELU(tanh) feed-forward of
-    ``model`` whose output layer is a :class:`QLinear` that supports it. Returns how many modules
-    it changed; calling it again changes none."""
+    """Install the gelu-cat forward on every FLUX single block and GELU(tanh) feed-forward, and the
+    GEGLU forward on every GEGLU feed-forward, of ``model`` whose output layer is a :class:`QLinear`
+    that supports it. Returns how many modules it changed; calling it again changes none."""
     n = 0
     for mod in model.modules():
         if hasattr(mod, _MARK):
             continue
+        kind = "gelu_cat"
         if _is_flux_single_block(mod):
             linear, forward = mod.proj_out, _flux_single_block_forward
         elif _is_gelu_feed_forward(mod):
             linear, forward = mod.net[2], _feed_forward
+        elif _is_geglu_feed_forward(mod):
+            linear, forward, kind = mod.net[2], _geglu_feed_forward, "geglu"
         else:
             continue
         if not (isinstance(linear, QLinear) and linear.supports_gelu_cat()):
             continue
-        setattr(mod, _MARK, _gelu_cat_op_built(linear))
+        setattr(mod, _MARK, _gelu_cat_op_built(linear, kind))
         # A partial of a module-level function, not a bound method: it pickles (torch.save of the
         # whole model) and deep-copies onto the copy.
         mod.forward = functools.partial(forward, mod)

@@ -26,6 +26,8 @@ _QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8", "w8a8-fp8": "quantize_act_fp8"
 # Schemes whose activations are quantized per token by the 8-bit row kernel (gelu-cat input too).
 _GELU_CAT_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8_gelu_cat", "w8a8-fp8": "quantize_act_fp8_gelu_cat",
                          "w4a8": "quantize_act_int8_gelu_cat"}
+_GEGLU_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8_geglu", "w8a8-fp8": "quantize_act_fp8_geglu",
+                      "w4a8": "quantize_act_int8_geglu"}
 _GEMM_OP = {"w8a8-int8": "w8a8_int8_gemm", "w8a8-fp8": "w8a8_fp8_gemm", "w4a8": "w4a8_gemm", "w4a4": "w4a4_gemm"}
 _CONV_OP = {"w8a8-int8": "w8a8_int8_conv2d", "w8a8-fp8": "w8a8_fp8_conv2d"}
 
@@ -57,6 +59,17 @@ def quantize_act_gelu_cat(x: torch.Tensor | None, gelu_x: torch.Tensor, scheme: 
         raise OpInputError(f"quantize_act_gelu_cat: scheme {scheme.name} has no gelu-cat quantization "
                            f"(supported: {', '.join(_GELU_CAT_QUANTIZE_OP)})")
     return _resolve(_GELU_CAT_QUANTIZE_OP[scheme.name], backend)(x, gelu_x, smooth)
+
+
+def quantize_act_geglu(proj: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = None,
+                       backend: str = "auto"):
+    """Quantize the rows ``h * gelu(gate)`` (``[h | gate] = proj [M, 2K]``, diffusers' GEGLU) for
+    ``scheme`` without forming them: ``(q [M, K], scale [M])``, equal to :func:`quantize_act` of
+    the GEGLU output. Serves the schemes of :func:`supports_gelu_cat`."""
+    if scheme.name not in _GEGLU_QUANTIZE_OP:
+        raise OpInputError(f"quantize_act_geglu: scheme {scheme.name} has no GEGLU quantization "
+                           f"(supported: {', '.join(_GEGLU_QUANTIZE_OP)})")
+    return _resolve(_GEGLU_QUANTIZE_OP[scheme.name], backend)(proj, smooth)
 
 
 def quantize_act_lowrank_cat(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor,

@@ -30,6 +30,8 @@ SCHEMAS: dict[str, str] = {
     "quantize_act_fp8_lowrank_cat_from": "(Tensor x, Tensor? smooth, Tensor lowrank, Tensor inv_c) -> (Tensor, Tensor)",
     "quantize_act_int8_gelu_cat": "(Tensor? x, Tensor gelu_x, Tensor? smooth) -> (Tensor, Tensor)",
     "quantize_act_fp8_gelu_cat": "(Tensor? x, Tensor gelu_x, Tensor? smooth) -> (Tensor, Tensor)",
+    "quantize_act_int8_geglu": "(Tensor proj, Tensor? smooth) -> (Tensor, Tensor)",
+    "quantize_act_fp8_geglu": "(Tensor proj, Tensor? smooth) -> (Tensor, Tensor)",
     "w8a8_int8_gemm": "(" + _GEMM_ARGS,
     "w8a8_fp8_gemm": "(" + _GEMM_ARGS,
     "w4a8_gemm": "(" + _GEMM_ARGS,
@@ -111,6 +113,17 @@ def _fake_quantize_gelu_cat(op, q_dtype):
 
 for _name, _qdtype in (("quantize_act_int8_gelu_cat", torch.int8), ("quantize_act_fp8_gelu_cat", torch.float8_e4m3fn)):
     torch.library.register_fake(f"qengine::{_name}", _fake_quantize_gelu_cat(_name, _qdtype), lib=_lib)
+
+
+def _fake_quantize_geglu(op, q_dtype):
+    def fake(proj, smooth=None):
+        m, k = ref.check_quantize_geglu_args(op, proj, smooth)
+        return proj.new_empty(m, k, dtype=q_dtype), proj.new_empty(m, dtype=torch.float32)
+    return fake
+
+
+for _name, _qdtype in (("quantize_act_int8_geglu", torch.int8), ("quantize_act_fp8_geglu", torch.float8_e4m3fn)):
+    torch.library.register_fake(f"qengine::{_name}", _fake_quantize_geglu(_name, _qdtype), lib=_lib)
 for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
     torch.library.register_fake(f"qengine::{_name}", _fake_gemm(_name), lib=_lib)
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)

@@ -17,6 +17,9 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
   quantize_act_{int8,fp8}_gelu_cat(x [M,Kx]?, gelu_x [M,Kg], smooth [Kx+Kg]?)
       -> q [M,Kx+Kg], scale [M]: quantize_act_* of cat([x, gelu_tanh(gelu_x)]) (16-bit inputs; the
          CUDA kernel reads both in place, e.g. FLUX's attention output and proj_mlp's pre-activation)
+  quantize_act_{int8,fp8}_geglu(proj [M,2K], smooth [K]?)
+      -> q [M,K], scale [M]: quantize_act_* of h * gelu(gate), [h | gate] = proj (diffusers' GEGLU,
+         erf GELU, each step rounded to proj's 16-bit dtype; the CUDA kernel never writes it out)
   quantize_act_int4(x [M,K], smooth?, lora_down?)
       -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
   w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
@@ -126,6 +129,34 @@ def quantize_act_int8_gelu_cat(x, gelu_x, smooth=None):
 def quantize_act_fp8_gelu_cat(x, gelu_x, smooth=None):
     check_quantize_gelu_cat_args("quantize_act_fp8_gelu_cat", x, gelu_x, smooth)
     return quantize_rows(_smoothed(gelu_cat_input(x, gelu_x), smooth), Format.FP8_E4M3)
+
+
+def check_quantize_geglu_args(op, proj, smooth):
+    """Validate a GEGLU quantization's operands (metadata only); returns ``(M, K)``, proj [M, 2K]."""
+    checks.check_tensor(op, "proj", proj, dtypes=(torch.bfloat16, torch.float16), shape=(None, None))
+    m, k2 = proj.shape
+    if k2 <= 0 or k2 % 32:
+        checks._fail(op, f"proj has {k2} columns: GEGLU input needs a positive multiple of 32 (two halves of a "
+                         "multiple of 16)")
+    checks.check_smooth_and_down(op, k2 // 2, smooth, None, proj.device)
+    return m, k2 // 2
+
+
+def geglu_input(proj):
+    """The rows the GEGLU ops quantize: diffusers' ``GEGLU`` after its projection,
+    ``h * F.gelu(gate)`` with ``h, gate = proj.chunk(2, -1)``, in proj's dtype."""
+    h, gate = proj.chunk(2, dim=-1)
+    return h * F.gelu(gate)
+
+
+def quantize_act_int8_geglu(proj, smooth=None):
+    check_quantize_geglu_args("quantize_act_int8_geglu", proj, smooth)
+    return quantize_rows(_smoothed(geglu_input(proj), smooth), Format.INT8)
+
+
+def quantize_act_fp8_geglu(proj, smooth=None):
+    check_quantize_geglu_args("quantize_act_fp8_geglu", proj, smooth)
+    return quantize_rows(_smoothed(geglu_input(proj), smooth), Format.FP8_E4M3)
 
 
 def check_quantize_lowrank_cat_args(op, x, smooth, lora_down, inv_c):

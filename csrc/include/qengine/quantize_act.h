@@ -37,6 +37,13 @@
 // to x_type, so the result is bit-exact with quantizing torch.cat([x, F.gelu(g, "tanh")], -1).
 // FLUX's single blocks feed proj_out with cat(attention output, gelu(proj_mlp(.))): this reads
 // both once instead of writing and re-reading the concatenation.
+//
+// GEGLU input (geglu = true; 16-bit, no low-rank): the row quantized is
+//   h[m, k] * gelu_erf(gate[m, k]),   h = gelu_x[m, :K], gate = gelu_x[m, K:2K]
+// with gelu_erf computed as PyTorch's CUDA gelu(approximate="none") does (fp32:
+// x * 0.5 * (1 + erf(x * sqrt(1/2)))) and rounded to x_type, then the product rounded to x_type:
+// bit-exact with quantizing diffusers' GEGLU output (h * F.gelu(gate)). SD/SDXL feed-forwards
+// feed their output linear from it; the [M, K] product is never written.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +83,9 @@ struct QuantizeActParams {
   const void* gelu_x = nullptr;
   int64_t ld_gelu = 0;
   int64_t K_gelu = 0;
+  // GEGLU input (see above): with K_gelu == K and x == nullptr, a gelu_x row holds [h | gate]
+  // (2K columns, ld_gelu >= 2K) and the row quantized is h * gelu_erf(gate).
+  bool geglu = false;
 };
 
 // Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.
