@@ -234,6 +234,8 @@ def sample_args():
         "quantize_act_fp8_gelu_cat": (None, x, None),
         "quantize_act_int8_geglu": (x, smooth[:32].contiguous()),
         "quantize_act_fp8_geglu": (x, None),
+        "layer_norm_quant_int8": (x, smooth, randn(64, dtype=torch.bfloat16), 1e-5, smooth),
+        "layer_norm_quant_fp8": (x, None, None, 1e-6, None),
     }
     for name, scheme in (("w8a8_int8_gemm", "int8"), ("w8a8_fp8_gemm", "fp8"), ("w4a8_gemm", "w4a8"),
                          ("w4a4_gemm", "w4a4")):

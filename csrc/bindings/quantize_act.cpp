@@ -1,4 +1,5 @@
-// torch binding of quantize_act_{int8,fp8} and their low-rank-cat / gelu-cat / GEGLU variants: checks, arch
+// torch binding of quantize_act_{int8,fp8}, their low-rank-cat / gelu-cat / GEGLU variants and
+// layer_norm_quant_{int8,fp8}: checks, arch
 // dispatch, launcher call.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,6 +9,7 @@
 #include <tuple>
 
 #include "common.h"
+#include "qengine/layer_norm_quant.h"
 #include "qengine/quantize_act.h"
 
 namespace qengine::bindings {
@@ -269,6 +271,59 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_geglu(const at::Tensor& proj
   return quantize_geglu("quantize_act_fp8_geglu", QuantType::kFP8E4M3, proj, smooth);
 }
 
+// LayerNorm + quantization (layer_norm_quant.h): q and scale of LayerNorm(x), which is not written.
+std::tuple<at::Tensor, at::Tensor> layer_norm_quant(const char* op, QuantType qt, const at::Tensor& x,
+                                                    const std::optional<at::Tensor>& weight,
+                                                    const std::optional<at::Tensor>& bias, double eps,
+                                                    const std::optional<at::Tensor>& smooth) {
+  check_tensor(op, "x", x, x.device(), {at::kBFloat16, at::kHalf}, {-1, -1});
+  const int64_t M = x.size(0), C = x.size(1);
+  QENGINE_CHECK(op, C > 0 && C % 16 == 0 && C <= kLayerNormQuantMaxC, "C=", C, " is not supported: the normalized "
+                "dimension must be a positive multiple of 16, at most ", kLayerNormQuantMaxC);
+  QENGINE_CHECK(op, eps >= 0, "eps must be >= 0, got ", eps);
+  if (weight.has_value()) check_tensor(op, "weight", *weight, x.device(), {x.scalar_type()}, {C});
+  if (bias.has_value()) check_tensor(op, "bias", *bias, x.device(), {x.scalar_type()}, {C});
+  const at::Tensor smooth_t = checked_smooth(op, smooth, C, x);
+  check_arch(op, x.device());
+
+  c10::cuda::CUDAGuard guard(x.device());
+  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 ? t.clone() : t; };
+  const at::Tensor xa = aligned(x);
+  const at::Tensor w = weight.has_value() ? aligned(*weight) : at::Tensor();
+  const at::Tensor b = bias.has_value() ? aligned(*bias) : at::Tensor();
+  auto q = at::empty({M, C}, x.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
+  auto scale = at::empty({M}, x.options().dtype(at::kFloat));
+  LayerNormQuantParams p{};
+  p.x = xa.data_ptr();
+  p.x_type = float_type(op, "x", xa.scalar_type());
+  p.weight = w.defined() ? w.data_ptr() : nullptr;
+  p.bias = b.defined() ? b.data_ptr() : nullptr;
+  p.eps = static_cast<float>(eps);
+  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
+  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
+  p.q = q.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.M = M;
+  p.C = C;
+  p.q_type = qt;
+  const cudaError_t err = qengine::layer_norm_quant(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel launch failed for M=", M, " C=", C, ": ",
+                                      cudaGetErrorString(err)));
+  return {q, scale};
+}
+
+std::tuple<at::Tensor, at::Tensor> layer_norm_quant_int8(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                                         const std::optional<at::Tensor>& bias, double eps,
+                                                         const std::optional<at::Tensor>& smooth) {
+  return layer_norm_quant("layer_norm_quant_int8", QuantType::kInt8, x, weight, bias, eps, smooth);
+}
+
+std::tuple<at::Tensor, at::Tensor> layer_norm_quant_fp8(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                                        const std::optional<at::Tensor>& bias, double eps,
+                                                        const std::optional<at::Tensor>& smooth) {
+  return layer_norm_quant("layer_norm_quant_fp8", QuantType::kFP8E4M3, x, weight, bias, eps, smooth);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_int8(const at::Tensor& x, const std::optional<at::Tensor>& smooth,
                                                                  const std::optional<at::Tensor>& lora_down) {
   return quantize_act("quantize_act_int8", QuantType::kInt8, x, smooth, lora_down);
@@ -291,4 +346,6 @@ TORCH_LIBRARY_IMPL(qengine, CUDA, m) {
   m.impl("quantize_act_fp8_gelu_cat", &qengine::bindings::quantize_act_fp8_gelu_cat);
   m.impl("quantize_act_int8_geglu", &qengine::bindings::quantize_act_int8_geglu);
   m.impl("quantize_act_fp8_geglu", &qengine::bindings::quantize_act_fp8_geglu);
+  m.impl("layer_norm_quant_int8", &qengine::bindings::layer_norm_quant_int8);
+  m.impl("layer_norm_quant_fp8", &qengine::bindings::layer_norm_quant_fp8);
 }

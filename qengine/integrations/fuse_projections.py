@@ -111,11 +111,14 @@ def fuse_qkv_projections(model: nn.Module) -> list[FusedAttention]:
 
 
 def unfuse_qkv_projections(records: list[FusedAttention]) -> None:
+    from ..nn.fused_norm_quant import unfold_layer_norm
+
     """Undo :func:`fuse_qkv_projections` (its returned records): the original modules come back."""
     for r in reversed(records):
         attn = r.module
         for fused_name in ("to_qkv", "to_kv"):
             if fused_name in attn._modules:
+                unfold_layer_norm(attn._modules[fused_name])  # its norm computes in its own forward again
                 delattr(attn, fused_name)
         for n, m in r.removed.items():
             setattr(attn, n, m)

@@ -19,6 +19,8 @@ q and k per block) take ~30 ms of a ~150 ms step on an H100; in an SDXL UNet, to
   the branch folded into the GEMM's K (``QLinear.enable_lowrank_cat``,
   :mod:`qengine.formats.lowrank_cat`): one FP8 GEMM with ~3r more K instead of a low-rank epilogue.
   Only for modules already on CUDA: on the CPU the epilogue path's numbers stay as they were.
+- every transformer block's LayerNorm that feeds exactly one QLinear -> folded into that QLinear,
+  which then normalizes and quantizes in one kernel (:mod:`qengine.nn.fused_norm_quant`).
 
 Each falls back to the stock computation wherever its kernel does not apply (CPU, fp32, shapes
 the kernel does not take), so the swap never changes what runs on the CPU. On the CPU the ops'
@@ -192,10 +194,11 @@ def enable_fused_kernels(obj) -> dict[str, int]:
     apply. Calling it again swaps nothing more."""
     from ..integrations.diffusers import find_denoiser
     from .fused_mlp import swap_gelu_cat_forwards
+    from .fused_norm_quant import fold_layer_norms
     from .linear import QLinear
 
     model, _ = find_denoiser(obj)
-    counts = {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0, "gelu_cat": 0}
+    counts = {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0, "gelu_cat": 0, "layer_norm_quant": 0}
     cat_built = _has_cuda_kernel("quantize_act_fp8_lowrank_cat")
     flux_cls = fused_flux_processor_class()
     flux_base = _flux_processor_base()
@@ -214,4 +217,5 @@ def enable_fused_kernels(obj) -> dict[str, int]:
                 and cat_built and mod.enable_lowrank_cat()):
             counts["lowrank_cat"] += 1
     counts["gelu_cat"] = swap_gelu_cat_forwards(model)
+    counts["layer_norm_quant"] = fold_layer_norms(model)
     return counts

@@ -36,6 +36,10 @@ class QLinear(nn.Module):
     #: compiled FLUX step was no faster with "inductor" (105.2 vs 104.4 ms,
     #: notes/h100_2026-11-22e/README.md), hence not the default.
     compiled_quantize: str = "op"
+    #: A LayerNorm applied to the input first (qengine.nn.fused_norm_quant.fold_layer_norms; set on
+    #: the instance, not a submodule), and whether its fused CUDA kernel was built.
+    _pre_norm: nn.LayerNorm | None = None
+    _pre_norm_built: bool = False
 
     def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,
                  smooth: bool = False, dtype: torch.dtype = torch.bfloat16, device=None, backend: str = "auto"):
@@ -100,6 +104,13 @@ class QLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
+        norm = self._pre_norm
+        if norm is not None:
+            from .fused import _FUSED_DTYPES, _kernel_device
+
+            if x.dtype in _FUSED_DTYPES and _kernel_device(x, self._pre_norm_built):
+                return self._forward_layer_norm(x, norm)
+            x = type(norm).forward(norm, x)  # the norm's own computation, then the plain path
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()
         qbackend = self._quantize_backend()
@@ -117,6 +128,16 @@ class QLinear(nn.Module):
             if up is None:
                 lowrank_act = None
         y = ops.gemm(self.scheme, q, scale, w, self.weight_scale, self.bias, lowrank_act, up, out_dtype=x.dtype,
+                     backend=self.backend)
+        return y.reshape(*lead, self.out_features)
+
+    def _forward_layer_norm(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """``self(norm(x))`` with the LayerNorm and the activation quantization in one kernel."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).contiguous()
+        q, scale = ops.layer_norm_quant(x2, self.scheme, norm.weight, norm.bias, norm.eps, self.smooth,
+                                        backend=self._quantize_backend())
+        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None, out_dtype=x.dtype,
                      backend=self.backend)
         return y.reshape(*lead, self.out_features)
 
@@ -241,7 +262,8 @@ class QLinear(nn.Module):
         c = self.layer_config
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={c.scheme}, "
                 f"group_size={c.group_size or 'per-channel'}, rank={c.rank}, smooth={self.smooth is not None}, "
-                f"bias={self.bias is not None}, backend={self.backend}" + (", lowrank_cat=True" if self.lowrank_cat else ""))
+                f"bias={self.bias is not None}, backend={self.backend}" + (", lowrank_cat=True" if self.lowrank_cat else "")
+                + (", layer_norm_folded=True" if self._pre_norm is not None else ""))
 
 
 def check_linear_shape(in_features: int, out_features: int, layer_config: LayerQuantConfig) -> None:

@@ -28,6 +28,8 @@ _GELU_CAT_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8_gelu_cat", "w8a8-fp8": 
                          "w4a8": "quantize_act_int8_gelu_cat"}
 _GEGLU_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8_geglu", "w8a8-fp8": "quantize_act_fp8_geglu",
                       "w4a8": "quantize_act_int8_geglu"}
+_LAYER_NORM_QUANT_OP = {"w8a8-int8": "layer_norm_quant_int8", "w8a8-fp8": "layer_norm_quant_fp8",
+                        "w4a8": "layer_norm_quant_int8"}
 _GEMM_OP = {"w8a8-int8": "w8a8_int8_gemm", "w8a8-fp8": "w8a8_fp8_gemm", "w4a8": "w4a8_gemm", "w4a4": "w4a4_gemm"}
 _CONV_OP = {"w8a8-int8": "w8a8_int8_conv2d", "w8a8-fp8": "w8a8_fp8_conv2d"}
 
@@ -70,6 +72,16 @@ def quantize_act_geglu(proj: torch.Tensor, scheme: Scheme, smooth: torch.Tensor 
         raise OpInputError(f"quantize_act_geglu: scheme {scheme.name} has no GEGLU quantization "
                            f"(supported: {', '.join(_GEGLU_QUANTIZE_OP)})")
     return _resolve(_GEGLU_QUANTIZE_OP[scheme.name], backend)(proj, smooth)
+
+
+def layer_norm_quant(x: torch.Tensor, scheme: Scheme, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     eps: float, smooth: torch.Tensor | None = None, backend: str = "auto"):
+    """Quantize the rows of ``F.layer_norm(x [M, C], (C,), weight, bias, eps)`` for ``scheme``
+    without writing them: ``(q [M, C], scale [M])``. Serves the schemes of :func:`supports_gelu_cat`."""
+    if scheme.name not in _LAYER_NORM_QUANT_OP:
+        raise OpInputError(f"layer_norm_quant: scheme {scheme.name} has no LayerNorm quantization "
+                           f"(supported: {', '.join(_LAYER_NORM_QUANT_OP)})")
+    return _resolve(_LAYER_NORM_QUANT_OP[scheme.name], backend)(x, weight, bias, eps, smooth)
 
 
 def quantize_act_lowrank_cat(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor,

@@ -32,6 +32,8 @@ SCHEMAS: dict[str, str] = {
     "quantize_act_fp8_gelu_cat": "(Tensor? x, Tensor gelu_x, Tensor? smooth) -> (Tensor, Tensor)",
     "quantize_act_int8_geglu": "(Tensor proj, Tensor? smooth) -> (Tensor, Tensor)",
     "quantize_act_fp8_geglu": "(Tensor proj, Tensor? smooth) -> (Tensor, Tensor)",
+    "layer_norm_quant_int8": "(Tensor x, Tensor? weight, Tensor? bias, float eps, Tensor? smooth) -> (Tensor, Tensor)",
+    "layer_norm_quant_fp8": "(Tensor x, Tensor? weight, Tensor? bias, float eps, Tensor? smooth) -> (Tensor, Tensor)",
     "w8a8_int8_gemm": "(" + _GEMM_ARGS,
     "w8a8_fp8_gemm": "(" + _GEMM_ARGS,
     "w4a8_gemm": "(" + _GEMM_ARGS,
@@ -124,6 +126,17 @@ def _fake_quantize_geglu(op, q_dtype):
 
 for _name, _qdtype in (("quantize_act_int8_geglu", torch.int8), ("quantize_act_fp8_geglu", torch.float8_e4m3fn)):
     torch.library.register_fake(f"qengine::{_name}", _fake_quantize_geglu(_name, _qdtype), lib=_lib)
+
+
+def _fake_layer_norm_quant(op, q_dtype):
+    def fake(x, weight, bias, eps, smooth=None):
+        m, c = ref.check_layer_norm_quant_args(op, x, weight, bias, eps, smooth)
+        return x.new_empty(m, c, dtype=q_dtype), x.new_empty(m, dtype=torch.float32)
+    return fake
+
+
+for _name, _qdtype in (("layer_norm_quant_int8", torch.int8), ("layer_norm_quant_fp8", torch.float8_e4m3fn)):
+    torch.library.register_fake(f"qengine::{_name}", _fake_layer_norm_quant(_name, _qdtype), lib=_lib)
 for _name in ("w8a8_int8_gemm", "w8a8_fp8_gemm", "w4a8_gemm", "w4a4_gemm"):
     torch.library.register_fake(f"qengine::{_name}", _fake_gemm(_name), lib=_lib)
 torch.library.register_fake("qengine::w8a8_int8_conv2d", _fake_conv("w8a8_int8_conv2d", torch.int8), lib=_lib)

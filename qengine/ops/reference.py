@@ -20,6 +20,10 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
   quantize_act_{int8,fp8}_geglu(proj [M,2K], smooth [K]?)
       -> q [M,K], scale [M]: quantize_act_* of h * gelu(gate), [h | gate] = proj (diffusers' GEGLU,
          erf GELU, each step rounded to proj's 16-bit dtype; the CUDA kernel never writes it out)
+  layer_norm_quant_{int8,fp8}(x [M,C], weight [C]?, bias [C]?, eps, smooth [C]?)
+      -> q [M,C], scale [M]: quantize_act_* of F.layer_norm(x) in x's dtype (16-bit x, C <= 4096; the
+         CUDA kernel never writes the normalized rows, and its mean / rstd round differently from
+         torch's: an element may differ by one unit in the last place of x's dtype)
   quantize_act_int4(x [M,K], smooth?, lora_down?)
       -> q [M,K/2] uint8 (packed), scale [M,K/64] f32, lowrank_act [M,r] f32
   w8a8_{int8,fp8}_gemm(a [M,K], a_scale [M], w [N,K], w_scale [N], bias [N]?,
@@ -157,6 +161,35 @@ def quantize_act_int8_geglu(proj, smooth=None):
 def quantize_act_fp8_geglu(proj, smooth=None):
     check_quantize_geglu_args("quantize_act_fp8_geglu", proj, smooth)
     return quantize_rows(_smoothed(geglu_input(proj), smooth), Format.FP8_E4M3)
+
+
+LAYER_NORM_QUANT_MAX_C = 4096  # csrc/include/qengine/layer_norm_quant.h: a row in one warp's registers
+
+
+def check_layer_norm_quant_args(op, x, weight, bias, eps, smooth):
+    """Validate a LayerNorm + quantization's operands (metadata only); returns ``(M, C)``."""
+    checks.check_tensor(op, "x", x, dtypes=(torch.bfloat16, torch.float16), shape=(None, None))
+    m, c = x.shape
+    if c <= 0 or c % 16 or c > LAYER_NORM_QUANT_MAX_C:
+        checks._fail(op, f"C={c} is not supported: the normalized dimension must be a positive multiple of 16, at "
+                         f"most {LAYER_NORM_QUANT_MAX_C}")
+    if not eps >= 0:
+        checks._fail(op, f"eps must be >= 0, got {eps}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            checks.check_tensor(op, name, t, dtypes=(x.dtype,), shape=(c,), device=x.device)
+    checks.check_smooth_and_down(op, c, smooth, None, x.device)
+    return m, c
+
+
+def layer_norm_quant_int8(x, weight, bias, eps, smooth=None):
+    check_layer_norm_quant_args("layer_norm_quant_int8", x, weight, bias, eps, smooth)
+    return quantize_rows(_smoothed(F.layer_norm(x, (x.shape[1],), weight, bias, eps), smooth), Format.INT8)
+
+
+def layer_norm_quant_fp8(x, weight, bias, eps, smooth=None):
+    check_layer_norm_quant_args("layer_norm_quant_fp8", x, weight, bias, eps, smooth)
+    return quantize_rows(_smoothed(F.layer_norm(x, (x.shape[1],), weight, bias, eps), smooth), Format.FP8_E4M3)
 
 
 def check_quantize_lowrank_cat_args(op, x, smooth, lora_down, inv_c):
