@@ -8,7 +8,7 @@ R=/tmp/r2; mkdir -p $R
 t0=$SECONDS
 BUILD_TEMP=/tmp/qe-build ARCHS=90a OUT=$R/gc tools/gpu_check.sh build pack > $R/build.log 2>&1; echo "build rc=$? at $((SECONDS-t0))s"; grep -E "build rc|pack|error" $R/build.log | head
 cp $R/gc/so/* $OUT/ 2>/dev/null
-timeout 200 python3 -m pytest -q tests/gpu/test_layer_norm_quant.py tests/gpu/test_geglu_kernels.py tests/gpu/test_gelu_cat_kernels.py tests/gpu/test_lowrank_cat_kernels.py tests/gpu/test_fused_norms.py > $R/tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s"; grep -E "passed|failed|FAILED|Error" $R/tests.log | tail -12
+timeout 130 python3 -m pytest -q tests/gpu/test_layer_norm_quant.py tests/gpu/test_geglu_kernels.py tests/gpu/test_gelu_cat_kernels.py tests/gpu/test_lowrank_cat_kernels.py > $R/tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s"; grep -E "passed|failed|FAILED|Error" $R/tests.log | tail -12
 timeout $((590 - SECONDS)) python3 benchmarks/bench_pipeline.py --models sdxl --compile-scope model --reps 20 --mode-timeout 230 --out-dir $R/sdxl \
   --modes fp8-qkv+compile+graph fp8-nofold-qkv+compile+graph > $R/sdxl.log 2>&1; echo "sdxl rc=$? at $((SECONDS-t0))s"
 grep '^{' $R/sdxl.log | python3 -c "
