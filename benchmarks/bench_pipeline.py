@@ -32,7 +32,7 @@ the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph
 ``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
 ``+compile+graph`` does both: the blocks are compiled during the graph's warm-up calls, then the
 whole compiled step is captured (the host's launch gaps between compiled regions go away).
-``-nofold`` after a qengine base name (``fp8-nofold-qkv+compile+graph``) leaves out the producer
+``-fold`` after a qengine base name (``fp8-fold-qkv+compile+graph``) adds the opt-in producer
 fusions (LayerNorm + quantize in one kernel, the GEGLU product quantized in place), to measure them.
 ``-qkv`` after any base name (``fp8-qkv+compile+graph``, ``bf16-qkv+compile``) first fuses each
 attention's q/k/v (k/v) projections into one layer (``QuantConfig.fuse_qkv``), so fused and
@@ -97,10 +97,10 @@ class Mode:
     #: first (qengine.integrations.fuse_projections; QuantConfig.fuse_qkv for qengine modes)
     fuse_qkv: bool = False
     suffix: str = ""  # "", "+compile", "+graph" or "+compile+graph"
-    #: "-nofold" (qengine modes, before any -qkv): without the producer fusions, i.e. the LayerNorms
-    #: stay apart from the QLinears they feed and GEGLU feed-forwards write their product, to
-    #: measure what those fusions buy in one run
-    nofold: bool = False
+    #: "-fold" (qengine modes, before any -qkv): with the opt-in producer fusions
+    #: (enable_fused_kernels(producer_fusions=True): LayerNorms folded into the QLinears they feed,
+    #: GEGLU products quantized in place), to measure them against the default in one run
+    fold: bool = False
 
     @classmethod
     def parse(cls, name: str) -> "Mode":
@@ -109,15 +109,15 @@ class Mode:
             raise SystemExit(f"mode {name!r}: the suffixes are '+compile', '+graph' and '+compile+graph'")
         fuse_qkv = base.endswith("-qkv")
         base = base.removesuffix("-qkv")
-        nofold = base.endswith("-nofold")
-        base = base.removesuffix("-nofold")
-        if nofold and base not in QENGINE_MODES:
-            raise SystemExit(f"mode {name!r}: -nofold applies to the qengine modes only")
+        fold = base.endswith("-fold")
+        base = base.removesuffix("-fold")
+        if fold and base not in QENGINE_MODES:
+            raise SystemExit(f"mode {name!r}: -fold applies to the qengine modes only")
         if base not in ("bf16", "bf16-fused", *TORCHAO_MODES, *QENGINE_MODES):
             raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, {', '.join(TORCHAO_MODES)}, "
                              f"{', '.join(QENGINE_MODES)} (each optionally with -qkv, then +compile, +graph "
                              "or +compile+graph)")
-        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"), fuse_qkv, plus + rest, nofold)
+        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"), fuse_qkv, plus + rest, fold)
 
     def like(self, base: str) -> str:
         """The mode ``base`` run the same way as this one (same -qkv and suffix)."""
@@ -213,14 +213,8 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: s
         cfg = qengine.QuantConfig.preset(scheme, rank=rank, conv_scheme=conv, overrides=overrides,
                                          fuse_qkv=mode.fuse_qkv)
         qengine.quantize(model, cfg)  # also swaps in the fused norm kernels (fused_kernels=True)
-        if mode.nofold:
-            from qengine.nn.fused_norm_quant import unfold_layer_norms
-
-            unfold_layer_norms(model)
-            for mod in model.modules():  # the GEGLU feed-forwards' own forward again
-                if hasattr(mod, "_qengine_gelu_cat") and type(mod.net[0]).__name__ == "GEGLU":
-                    del mod.forward
-                    delattr(mod, "_qengine_gelu_cat")
+        if mode.fold:
+            qengine.enable_fused_kernels(model, producer_fusions=True)
     elif mode.base == "bf16-fused":
         # bf16 weights with only qengine's fused GroupNorm / q-k norm + rotary kernels: how much of
         # a quantized mode's gain comes from those rather than from the low-bit layers.

@@ -165,13 +165,13 @@ def test_qkv_modes_fuse_in_every_mode_family_and_compare_like_for_like(tmp_path)
     assert "speedup_vs_bf16_like" not in by["fp8+graph"]  # no unfused bf16+graph row to compare with
 
 
-def test_nofold_modes_leave_the_producer_fusions_out():
-    m = bench_pipeline.Mode.parse("fp8-nofold-qkv+compile+graph")
-    assert (m.base, m.nofold, m.fuse_qkv, m.compile, m.graph) == ("fp8", True, True, True, True)
+def test_fold_modes_add_the_producer_fusions():
+    m = bench_pipeline.Mode.parse("fp8-fold-qkv+compile+graph")
+    assert (m.base, m.fold, m.fuse_qkv, m.compile, m.graph) == ("fp8", True, True, True, True)
     with pytest.raises(SystemExit, match="qengine modes only"):
-        bench_pipeline.Mode.parse("bf16-nofold")
+        bench_pipeline.Mode.parse("bf16-fold")
     cpu = torch.device("cpu")
-    for mode, folded in (("fp8-qkv", True), ("fp8-nofold-qkv", False)):
+    for mode, folded in (("fp8-qkv", False), ("fp8-fold-qkv", True)):
         model = bench_pipeline.build_model("sdxl", True, cpu, torch.float32)
         bench_pipeline.apply_mode(model, "sdxl", bench_pipeline.Mode.parse(mode), cpu)
         assert any(getattr(x, "_pre_norm", None) is not None for x in model.modules()) == folded

@@ -119,11 +119,13 @@ def test_unet_geglu_forwards_give_the_stock_output(monkeypatch, scheme):
     monkeypatch.setattr(fused, "_kernel_device", lambda t, built: True)  # the fused path on CPU (reference ops)
     model = _unet()
     qengine.quantize(model, scheme)
+    assert not any(hasattr(m, "_qengine_gelu_cat") for m in model.modules())  # opt-in
+    qengine.enable_fused_kernels(model, producer_fusions=True)
     swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
     n_ff = sum(type(m).__name__ == "FeedForward" for m in model.modules())
     assert n_ff > 0 and len(swapped) == n_ff
     assert all(type(m.net[0]).__name__ == "GEGLU" for m in swapped)
-    assert qengine.enable_fused_kernels(model)["gelu_cat"] == 0  # idempotent
+    assert qengine.enable_fused_kernels(model, producer_fusions=True)["gelu_cat"] == 0  # idempotent
     sample, t, text = _unet_inputs(model, 3)
     op = "quantize_act_fp8_geglu" if scheme == "w8a8-fp8" else "quantize_act_int8_geglu"
     calls = []
@@ -143,6 +145,7 @@ def test_unet_geglu_forwards_fall_back_off_the_kernel_device():
     pytest.importorskip("diffusers")
     model = _unet()
     qengine.quantize(model, "w8a8-fp8")
+    qengine.enable_fused_kernels(model, producer_fusions=True)
     assert any(hasattr(m, "_qengine_gelu_cat") for m in model.modules())
     sample, t, text = _unet_inputs(model, 4)
     with torch.no_grad(), mock.patch.object(Q, "quantize_act_fp8_geglu", side_effect=AssertionError("fused op called")):
@@ -165,4 +168,5 @@ def test_a_geglu_subclass_keeps_its_forward():
     ff.net[0] = GEGLU(32, 128)
     ff.net[0].proj = proj
     qengine.quantize(ff, "w8a8-fp8")
+    qengine.enable_fused_kernels(ff, producer_fusions=True)
     assert not hasattr(ff, "_qengine_gelu_cat")

@@ -95,6 +95,8 @@ def test_unet_folded_norms_give_the_stock_output(monkeypatch, scheme, fuse_qkv):
     keys = list(qengine.quantize(copy.deepcopy(model), QuantConfig.preset(scheme, fuse_qkv=fuse_qkv),
                                  fused_kernels=False).state_dict())
     qengine.quantize(model, QuantConfig.preset(scheme, fuse_qkv=fuse_qkv))
+    assert not any(getattr(m, "_pre_norm", None) is not None for m in model.modules())  # opt-in
+    qengine.enable_fused_kernels(model, producer_fusions=True)
     blocks = _blocks(model)
     per_block = 3 if fuse_qkv else 2  # norm1 feeds to_q, to_k and to_v unless they are fused
     folded = [lin for lin in model.modules() if getattr(lin, "_pre_norm", None) is not None]
@@ -102,7 +104,7 @@ def test_unet_folded_norms_give_the_stock_output(monkeypatch, scheme, fuse_qkv):
     assert all(hasattr(b.norm2, "_qengine_norm_folded") and hasattr(b.norm3, "_qengine_norm_folded") for b in blocks)
     assert all(hasattr(b.norm1, "_qengine_norm_folded") == fuse_qkv for b in blocks)
     assert list(model.state_dict()) == keys  # the norms stay where they were, nothing is held twice
-    assert qengine.enable_fused_kernels(model)["layer_norm_quant"] == 0  # idempotent
+    assert qengine.enable_fused_kernels(model, producer_fusions=True)["layer_norm_quant"] == 0  # idempotent
     sample, t, text = _unet_inputs(model, 3)
     op = f"layer_norm_quant_{'fp8' if scheme == 'w8a8-fp8' else 'int8'}"
     calls = []
@@ -121,6 +123,7 @@ def test_folded_norms_fall_back_off_the_kernel_device():
     """CPU tensors, no compiled kernel: each QLinear applies its norm's own forward first."""
     model = _unet()
     qengine.quantize(model, QuantConfig.preset("w8a8-fp8", fuse_qkv=True))
+    qengine.enable_fused_kernels(model, producer_fusions=True)
     sample, t, text = _unet_inputs(model, 4)
     with torch.no_grad():
         with mock.patch.object(Q, "layer_norm_quant_fp8", side_effect=AssertionError("fused op called")):
@@ -134,6 +137,7 @@ def test_what_is_not_folded():
     """Low-rank layers, non-layer_norm blocks, residual-connection attention: the norm keeps computing."""
     model = _unet()
     qengine.quantize(model, QuantConfig.preset("w8a8-fp8", rank=16, fuse_qkv=True))
+    qengine.enable_fused_kernels(model, producer_fusions=True)
     assert not any(getattr(m, "_pre_norm", None) is not None for m in model.modules())
 
     model = _unet()
@@ -150,6 +154,7 @@ def test_what_is_not_folded():
 def test_folded_model_deepcopies_and_saves_with_its_own_norms():
     model = _unet()
     qengine.quantize(model, QuantConfig.preset("w8a8-fp8", fuse_qkv=True))
+    qengine.enable_fused_kernels(model, producer_fusions=True)
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
@@ -169,6 +174,7 @@ def test_unfusing_qkv_unfolds_norm1():
     model = _unet()
     records = fuse_qkv_projections(model)
     qengine.quantize(model, "w8a8-fp8")
+    qengine.enable_fused_kernels(model, producer_fusions=True)
     block = _blocks(model)[0]
     to_qkv = block.attn1.to_qkv
     assert to_qkv._pre_norm is block.norm1

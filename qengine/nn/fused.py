@@ -19,8 +19,12 @@ q and k per block) take ~30 ms of a ~150 ms step on an H100; in an SDXL UNet, to
   the branch folded into the GEMM's K (``QLinear.enable_lowrank_cat``,
   :mod:`qengine.formats.lowrank_cat`): one FP8 GEMM with ~3r more K instead of a low-rank epilogue.
   Only for modules already on CUDA: on the CPU the epilogue path's numbers stay as they were.
-- every transformer block's LayerNorm that feeds exactly one QLinear -> folded into that QLinear,
-  which then normalizes and quantizes in one kernel (:mod:`qengine.nn.fused_norm_quant`).
+- with ``producer_fusions=True`` (opt-in): every GEGLU feed-forward -> a forward whose output
+  QLinear quantizes ``h * gelu(gate)`` in place, and every transformer block's LayerNorm that feeds
+  exactly one QLinear -> folded into that QLinear, which then normalizes and quantizes in one
+  kernel (:mod:`qengine.nn.fused_norm_quant`). Opt-in because the compiled, graphed SDXL step on
+  an H100 was slower with them (20.4 vs 18.7 ms: inductor's own fused add + LayerNorm and GEGLU
+  kernels beat the opaque ops; notes/h100_2026-11-23c); eager runs are not measured yet.
 
 Each falls back to the stock computation wherever its kernel does not apply (CPU, fp32, shapes
 the kernel does not take), so the swap never changes what runs on the CPU. On the CPU the ops'
@@ -186,7 +190,7 @@ def fused_flux_processor_class():
     return _FLUX_PROCESSOR_CLASS
 
 
-def enable_fused_kernels(obj) -> dict[str, int]:
+def enable_fused_kernels(obj, producer_fusions: bool = False) -> dict[str, int]:
     """Swap qengine's fused norm kernels into ``obj`` in place: an ``nn.Module`` (all of it), or a
     diffusers pipeline (its denoiser), and fold FP8 QLinears' low-rank branches into their GEMM's K
     where they are on CUDA. Returns how many modules of each kind were changed. Safe
@@ -216,6 +220,7 @@ def enable_fused_kernels(obj) -> dict[str, int]:
         if (isinstance(mod, QLinear) and not mod.lowrank_cat and mod.backend == "auto" and mod.weight.is_cuda
                 and cat_built and mod.enable_lowrank_cat()):
             counts["lowrank_cat"] += 1
-    counts["gelu_cat"] = swap_gelu_cat_forwards(model)
-    counts["layer_norm_quant"] = fold_layer_norms(model)
+    counts["gelu_cat"] = swap_gelu_cat_forwards(model, geglu=producer_fusions)
+    if producer_fusions:
+        counts["layer_norm_quant"] = fold_layer_norms(model)
     return counts

@@ -139,10 +139,12 @@ def _is_geglu_feed_forward(mod: nn.Module) -> bool:
 # ---------------------------------------------------------------- the swap
 
 
-def swap_gelu_cat_forwards(model: nn.Module) -> int:
-    """Install the gelu-cat forward on every FLUX single block and GELU(tanh) feed-forward, and the
-    GEGLU forward on every GEGLU feed-forward, of ``model`` whose output layer is a :class:`QLinear`
-    that supports it. Returns how many modules it changed; calling it again changes none."""
+def swap_gelu_cat_forwards(model: nn.Module, geglu: bool = False) -> int:
+    """Install the gelu-cat forward on every FLUX single block and GELU(tanh) feed-forward, and with
+    ``geglu`` the GEGLU forward on every GEGLU feed-forward, of ``model`` whose output layer is a
+    :class:`QLinear` that supports it. Returns how many modules it changed; calling it again changes
+    none. (GEGLU is opt-in: in the compiled, graphed SDXL step on an H100 it and the folded
+    LayerNorms together were slower, 20.4 vs 18.7 ms, notes/h100_2026-11-23c.)"""
     n = 0
     for mod in model.modules():
         if hasattr(mod, _MARK):
@@ -152,7 +154,7 @@ def swap_gelu_cat_forwards(model: nn.Module) -> int:
             linear, forward = mod.proj_out, _flux_single_block_forward
         elif _is_gelu_feed_forward(mod):
             linear, forward = mod.net[2], _feed_forward
-        elif _is_geglu_feed_forward(mod):
+        elif geglu and _is_geglu_feed_forward(mod):
             linear, forward, kind = mod.net[2], _geglu_feed_forward, "geglu"
         else:
             continue

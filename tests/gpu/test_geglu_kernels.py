@@ -149,6 +149,7 @@ def test_unet_transformer_blocks_fused_equal_stock():
         cross_attention_dim=64, attention_head_dim=10, transformer_layers_per_block=2,
         use_linear_projection=True).to(DEV, torch.bfloat16).eval()
     qengine.quantize(model, "w8a8-fp8")
+    qengine.enable_fused_kernels(model, producer_fusions=True)  # opt-in
     swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
     n_ff = sum(type(m).__name__ == "FeedForward" for m in model.modules())
     assert n_ff > 0 and len(swapped) == n_ff
