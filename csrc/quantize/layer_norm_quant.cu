@@ -31,15 +31,6 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-template <typename T, typename S>
-__device__ __forceinline__ float smoothed_value(T y, const S* smooth, int64_t k) {
-  if constexpr (std::is_void_v<S>) {
-    return to_float(y);
-  } else {
-    return __fdiv_rn(to_float(y), to_float(smooth[k]));
-  }
-}
-
 template <typename T, typename S, QuantType Q, int kVecs>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 layer_norm_quant_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias, float eps,
@@ -97,7 +88,7 @@ layer_norm_quant_kernel(const T* __restrict__ x, const T* __restrict__ weight, c
         if (weight != nullptr) y *= to_float(wv.v[j]);
         if (bias != nullptr) y += to_float(bv.v[j]);
         regs[i].v[j] = from_float<T>(y);
-        amax = fmaxf(amax, fabsf(smoothed_value<T, S>(regs[i].v[j], smooth, int64_t(vi) * kN + j)));
+        amax = fmaxf(amax, fabsf(smoothed<T, S>(regs[i].v[j], smooth, int64_t(vi) * kN + j)));
       }
     }
   }
