@@ -46,11 +46,14 @@ Input checked_input(const char* op, const at::Tensor& x, const std::optional<at:
   return {x, checked_smooth(op, smooth, K, x), M, K};
 }
 
+// t itself, or an aligned copy where a view starts at an odd offset (the kernels' vector loads
+// need 16-byte aligned rows).
+at::Tensor aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 ? t.clone() : t; }
+
 // Launcher parameters for `in` quantized into q [M, ldq] (ldq = K, or K + the cat width) and scale [M].
 // Call under the device guard: the aligned copy of x is made here.
 QuantizeActParams base_params(const char* op, Input& in, QuantType qt, const at::Tensor& q, const at::Tensor& scale) {
-  // Vector loads need 16-byte aligned rows; a view at an odd offset gets an aligned copy.
-  if (reinterpret_cast<uintptr_t>(in.x.data_ptr()) % 16) in.x = in.x.clone();
+  in.x = aligned16(in.x);
   QuantizeActParams p{};
   p.x = in.x.data_ptr();
   p.ldx = in.K;
@@ -175,6 +178,37 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_lowrank_cat_from(const at::T
   return quantize_cat("quantize_act_fp8_lowrank_cat_from", x, smooth, std::nullopt, lowrank, inv_c);
 }
 
+// The row kernel on producer input (quantize_act.h), operands checked: [x | gelu_tanh(g)] (x may be
+// undefined), or with geglu the GEGLU of g's [h | gate] rows. Returns q [M, K] and scale [M].
+std::tuple<at::Tensor, at::Tensor> quantize_producer(const char* op, QuantType qt, const at::Tensor& x, int64_t K_plain,
+                                                     const at::Tensor& g_in, int64_t ld_gelu, int64_t K_gelu,
+                                                     const at::Tensor& smooth_t, bool geglu) {
+  c10::cuda::CUDAGuard guard(g_in.device());
+  const at::Tensor g = aligned16(g_in);
+  const at::Tensor xp = x.defined() ? aligned16(x) : at::Tensor();
+  const int64_t M = g.size(0), K = K_plain + K_gelu;
+  auto q = at::empty({M, K}, g.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
+  auto scale = at::empty({M}, g.options().dtype(at::kFloat));
+  QuantizeActParams p{};
+  p.x = xp.defined() ? xp.data_ptr() : nullptr;
+  p.ldx = K_plain;
+  p.x_type = float_type(op, geglu ? "proj" : "gelu_x", g.scalar_type());
+  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
+  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
+  p.q = q.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.M = M;
+  p.K = K;
+  p.q_type = qt;
+  p.sm_count = device_arch(g.device()).sm_count;
+  p.gelu_x = g.data_ptr();
+  p.ld_gelu = ld_gelu;
+  p.K_gelu = K_gelu;
+  p.geglu = geglu;
+  launch(op, p);
+  return {q, scale};
+}
+
 // Gelu-cat input (quantize_act.h): the row [x | gelu_tanh(gelu_x)] quantized without being
 // concatenated in memory; x may be absent (the whole row is the gelu part).
 std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType qt, const std::optional<at::Tensor>& x,
@@ -192,29 +226,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType q
   const at::Tensor smooth_t = checked_smooth(op, smooth, K, gelu_x);
   check_arch(op, gelu_x.device());
 
-  c10::cuda::CUDAGuard guard(gelu_x.device());
-  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 ? t.clone() : t; };
-  const at::Tensor g = aligned(gelu_x);
-  const at::Tensor xp = x.has_value() && K_plain > 0 ? aligned(*x) : at::Tensor();
-  auto q = at::empty({M, K}, gelu_x.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
-  auto scale = at::empty({M}, gelu_x.options().dtype(at::kFloat));
-  QuantizeActParams p{};
-  p.x = xp.defined() ? xp.data_ptr() : nullptr;
-  p.ldx = K_plain;
-  p.x_type = float_type(op, "gelu_x", g.scalar_type());
-  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
-  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
-  p.q = q.data_ptr();
-  p.scale = scale.data_ptr<float>();
-  p.M = M;
-  p.K = K;
-  p.q_type = qt;
-  p.sm_count = device_arch(g.device()).sm_count;
-  p.gelu_x = g.data_ptr();
-  p.ld_gelu = K_gelu;
-  p.K_gelu = K_gelu;
-  launch(op, p);
-  return {q, scale};
+  return quantize_producer(op, qt, x.has_value() && K_plain > 0 ? *x : at::Tensor(), K_plain, gelu_x, K_gelu, K_gelu,
+                           smooth_t, false);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_act_int8_gelu_cat(const std::optional<at::Tensor>& x, const at::Tensor& gelu_x,
@@ -232,35 +245,14 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_gelu_cat(const std::optional
 std::tuple<at::Tensor, at::Tensor> quantize_geglu(const char* op, QuantType qt, const at::Tensor& proj,
                                                   const std::optional<at::Tensor>& smooth) {
   check_tensor(op, "proj", proj, proj.device(), {at::kBFloat16, at::kHalf}, {-1, -1});
-  const int64_t M = proj.size(0), K2 = proj.size(1);
+  const int64_t K2 = proj.size(1);
   QENGINE_CHECK(op, K2 > 0 && K2 % 32 == 0, "proj has ", K2, " columns: GEGLU input needs a positive multiple "
                 "of 32 (two halves of a multiple of 16)");
   const int64_t K = K2 / 2;
   const at::Tensor smooth_t = checked_smooth(op, smooth, K, proj);
   check_arch(op, proj.device());
 
-  c10::cuda::CUDAGuard guard(proj.device());
-  const at::Tensor g = reinterpret_cast<uintptr_t>(proj.data_ptr()) % 16 ? proj.clone() : proj;
-  auto q = at::empty({M, K}, proj.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
-  auto scale = at::empty({M}, proj.options().dtype(at::kFloat));
-  QuantizeActParams p{};
-  p.x = nullptr;
-  p.ldx = 0;
-  p.x_type = float_type(op, "proj", g.scalar_type());
-  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
-  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
-  p.q = q.data_ptr();
-  p.scale = scale.data_ptr<float>();
-  p.M = M;
-  p.K = K;
-  p.q_type = qt;
-  p.sm_count = device_arch(g.device()).sm_count;
-  p.gelu_x = g.data_ptr();
-  p.ld_gelu = K2;
-  p.K_gelu = K;
-  p.geglu = true;
-  launch(op, p);
-  return {q, scale};
+  return quantize_producer(op, qt, at::Tensor(), 0, proj, K2, K, smooth_t, true);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_act_int8_geglu(const at::Tensor& proj, const std::optional<at::Tensor>& smooth) {
@@ -287,10 +279,9 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_quant(const char* op, QuantType qt
   check_arch(op, x.device());
 
   c10::cuda::CUDAGuard guard(x.device());
-  auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 ? t.clone() : t; };
-  const at::Tensor xa = aligned(x);
-  const at::Tensor w = weight.has_value() ? aligned(*weight) : at::Tensor();
-  const at::Tensor b = bias.has_value() ? aligned(*bias) : at::Tensor();
+  const at::Tensor xa = aligned16(x);
+  const at::Tensor w = weight.has_value() ? aligned16(*weight) : at::Tensor();
+  const at::Tensor b = bias.has_value() ? aligned16(*bias) : at::Tensor();
   auto q = at::empty({M, C}, x.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
   auto scale = at::empty({M}, x.options().dtype(at::kFloat));
   LayerNormQuantParams p{};
