@@ -17,6 +17,7 @@ from qengine.config import LayerQuantConfig
 from qengine.formats import get_scheme
 from qengine.nn import QLinear, fused
 from qengine.ops import OpInputError
+from unet_helpers import tiny_unet, tiny_unet_inputs
 
 Q = torch.ops.qengine
 
@@ -98,26 +99,11 @@ def test_qlinear_forward_geglu_checks_its_input():
     assert torch.equal(q.forward_geglu(pf), q(_geglu(pf)))
 
 
-def _unet():
-    from qengine.integrations.tiny_models import build_tiny
-
-    model, _ = build_tiny("unet2d_condition")
-    return model.to(torch.bfloat16).eval()
-
-
-def _unet_inputs(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    sample = torch.randn(1, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen).bfloat16()
-    text = torch.randn(1, 7, cfg.cross_attention_dim, generator=gen).bfloat16()
-    return sample, torch.tensor([500.0]), text
-
-
 @pytest.mark.parametrize("scheme", ["w8a8-fp8", "w8a8-int8"])
 def test_unet_geglu_forwards_give_the_stock_output(monkeypatch, scheme):
     pytest.importorskip("diffusers")
     monkeypatch.setattr(fused, "_kernel_device", lambda t, built: True)  # the fused path on CPU (reference ops)
-    model = _unet()
+    model = tiny_unet()
     qengine.quantize(model, scheme)
     assert not any(hasattr(m, "_qengine_gelu_cat") for m in model.modules())  # opt-in
     qengine.enable_fused_kernels(model, producer_fusions=True)
@@ -126,7 +112,7 @@ def test_unet_geglu_forwards_give_the_stock_output(monkeypatch, scheme):
     assert n_ff > 0 and len(swapped) == n_ff
     assert all(type(m.net[0]).__name__ == "GEGLU" for m in swapped)
     assert qengine.enable_fused_kernels(model, producer_fusions=True)["gelu_cat"] == 0  # idempotent
-    sample, t, text = _unet_inputs(model, 3)
+    sample, t, text = tiny_unet_inputs(model, 3)
     op = "quantize_act_fp8_geglu" if scheme == "w8a8-fp8" else "quantize_act_int8_geglu"
     calls = []
     real = getattr(Q, op)
@@ -143,11 +129,11 @@ def test_unet_geglu_forwards_give_the_stock_output(monkeypatch, scheme):
 def test_unet_geglu_forwards_fall_back_off_the_kernel_device():
     """On CPU tensors with no compiled kernel the swapped modules run their class's forward."""
     pytest.importorskip("diffusers")
-    model = _unet()
+    model = tiny_unet()
     qengine.quantize(model, "w8a8-fp8")
     qengine.enable_fused_kernels(model, producer_fusions=True)
     assert any(hasattr(m, "_qengine_gelu_cat") for m in model.modules())
-    sample, t, text = _unet_inputs(model, 4)
+    sample, t, text = tiny_unet_inputs(model, 4)
     with torch.no_grad(), mock.patch.object(Q, "quantize_act_fp8_geglu", side_effect=AssertionError("fused op called")):
         model(sample, t, text)
 

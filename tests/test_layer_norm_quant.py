@@ -20,6 +20,7 @@ from qengine.formats import get_scheme
 from qengine.nn import fused
 from qengine.nn.fused_norm_quant import foldable_pairs, unfold_layer_norms
 from qengine.ops import OpInputError
+from unet_helpers import tiny_unet, tiny_unet_inputs
 
 Q = torch.ops.qengine
 
@@ -68,21 +69,6 @@ def test_fake_gives_the_shapes():
     assert q.shape == (6, 64) and q.dtype == torch.int8 and s.shape == (6,) and s.dtype == torch.float32
 
 
-def _unet():
-    from qengine.integrations.tiny_models import build_tiny
-
-    model, _ = build_tiny("unet2d_condition")
-    return model.to(torch.bfloat16).eval()
-
-
-def _unet_inputs(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    sample = torch.randn(1, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen).bfloat16()
-    text = torch.randn(1, 7, cfg.cross_attention_dim, generator=gen).bfloat16()
-    return sample, torch.tensor([500.0]), text
-
-
 def _blocks(model):
     return [m for m in model.modules() if type(m).__name__ == "BasicTransformerBlock"]
 
@@ -91,7 +77,7 @@ def _blocks(model):
 @pytest.mark.parametrize("fuse_qkv", [True, False])
 def test_unet_folded_norms_give_the_stock_output(monkeypatch, scheme, fuse_qkv):
     monkeypatch.setattr(fused, "_kernel_device", lambda t, built: True)  # the fused path on CPU (reference ops)
-    model = _unet()
+    model = tiny_unet()
     keys = list(qengine.quantize(copy.deepcopy(model), QuantConfig.preset(scheme, fuse_qkv=fuse_qkv),
                                  fused_kernels=False).state_dict())
     qengine.quantize(model, QuantConfig.preset(scheme, fuse_qkv=fuse_qkv))
@@ -105,7 +91,7 @@ def test_unet_folded_norms_give_the_stock_output(monkeypatch, scheme, fuse_qkv):
     assert all(hasattr(b.norm1, "_qengine_norm_folded") == fuse_qkv for b in blocks)
     assert list(model.state_dict()) == keys  # the norms stay where they were, nothing is held twice
     assert qengine.enable_fused_kernels(model, producer_fusions=True)["layer_norm_quant"] == 0  # idempotent
-    sample, t, text = _unet_inputs(model, 3)
+    sample, t, text = tiny_unet_inputs(model, 3)
     op = f"layer_norm_quant_{'fp8' if scheme == 'w8a8-fp8' else 'int8'}"
     calls = []
     real = getattr(Q, op)
@@ -121,10 +107,10 @@ def test_unet_folded_norms_give_the_stock_output(monkeypatch, scheme, fuse_qkv):
 
 def test_folded_norms_fall_back_off_the_kernel_device():
     """CPU tensors, no compiled kernel: each QLinear applies its norm's own forward first."""
-    model = _unet()
+    model = tiny_unet()
     qengine.quantize(model, QuantConfig.preset("w8a8-fp8", fuse_qkv=True))
     qengine.enable_fused_kernels(model, producer_fusions=True)
-    sample, t, text = _unet_inputs(model, 4)
+    sample, t, text = tiny_unet_inputs(model, 4)
     with torch.no_grad():
         with mock.patch.object(Q, "layer_norm_quant_fp8", side_effect=AssertionError("fused op called")):
             out = model(sample, t, text).sample
@@ -135,12 +121,12 @@ def test_folded_norms_fall_back_off_the_kernel_device():
 
 def test_what_is_not_folded():
     """Low-rank layers, non-layer_norm blocks, residual-connection attention: the norm keeps computing."""
-    model = _unet()
+    model = tiny_unet()
     qengine.quantize(model, QuantConfig.preset("w8a8-fp8", rank=16, fuse_qkv=True))
     qengine.enable_fused_kernels(model, producer_fusions=True)
     assert not any(getattr(m, "_pre_norm", None) is not None for m in model.modules())
 
-    model = _unet()
+    model = tiny_unet()
     qengine.quantize(model, QuantConfig.preset("w8a8-fp8", fuse_qkv=True), fused_kernels=False)
     block = _blocks(model)[0]
     assert len(foldable_pairs(block)) == 3
@@ -152,7 +138,7 @@ def test_what_is_not_folded():
 
 
 def test_folded_model_deepcopies_and_saves_with_its_own_norms():
-    model = _unet()
+    model = tiny_unet()
     qengine.quantize(model, QuantConfig.preset("w8a8-fp8", fuse_qkv=True))
     qengine.enable_fused_kernels(model, producer_fusions=True)
     buf = io.BytesIO()
@@ -162,7 +148,7 @@ def test_folded_model_deepcopies_and_saves_with_its_own_norms():
         blocks = _blocks(clone)
         assert blocks[0].attn1.to_qkv._pre_norm is blocks[0].norm1
         assert blocks[0].ff.net[0].proj._pre_norm is blocks[0].norm3
-        sample, t, text = _unet_inputs(clone, 5)
+        sample, t, text = tiny_unet_inputs(clone, 5)
         with torch.no_grad():
             assert torch.equal(clone(sample, t, text).sample, model(sample, t, text).sample)
 
@@ -171,7 +157,7 @@ def test_unfusing_qkv_unfolds_norm1():
     """A failed fused load undoes the q/k/v fusion; the norm folded into to_qkv computes again."""
     from qengine.integrations.fuse_projections import fuse_qkv_projections, unfuse_qkv_projections
 
-    model = _unet()
+    model = tiny_unet()
     records = fuse_qkv_projections(model)
     qengine.quantize(model, "w8a8-fp8")
     qengine.enable_fused_kernels(model, producer_fusions=True)

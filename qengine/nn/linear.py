@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from . import fused
 from ..config import LayerQuantConfig
 from ..formats import get_scheme
 from ..formats.lowrank_cat import LOWRANK_CAT_MAX_RANK, lowrank_cat_weight
@@ -106,9 +107,7 @@ class QLinear(nn.Module):
             raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
         norm = self._pre_norm
         if norm is not None:
-            from .fused import _FUSED_DTYPES, _kernel_device
-
-            if x.dtype in _FUSED_DTYPES and _kernel_device(x, self._pre_norm_built):
+            if x.dtype in fused._FUSED_DTYPES and fused._kernel_device(x, self._pre_norm_built):
                 return self._forward_layer_norm(x, norm)
             x = type(norm).forward(norm, x)  # the norm's own computation, then the plain path
         lead = x.shape[:-1]
@@ -137,7 +136,12 @@ class QLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features).contiguous()
         q, scale = ops.layer_norm_quant(x2, self.scheme, norm.weight, norm.bias, norm.eps, self.smooth,
                                         backend=self._quantize_backend())
-        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None, out_dtype=x.dtype,
+        return self._gemm_quantized(q, scale, lead, x.dtype)
+
+    def _gemm_quantized(self, q: torch.Tensor, scale: torch.Tensor, lead, out_dtype: torch.dtype) -> torch.Tensor:
+        """The GEMM of activations a producer-fused quantize op already quantized (no low-rank
+        branch), reshaped to ``[*lead, out_features]``."""
+        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None, out_dtype=out_dtype,
                      backend=self.backend)
         return y.reshape(*lead, self.out_features)
 
@@ -168,7 +172,7 @@ class QLinear(nn.Module):
         if x is not None and (x.dtype != gelu_x.dtype or x.shape[:-1] != gelu_x.shape[:-1]):
             raise ValueError(f"QLinear.forward_gelu_cat: x {tuple(x.shape)} {x.dtype} and gelu_x "
                              f"{tuple(gelu_x.shape)} {gelu_x.dtype} must share leading dims and dtype")
-        if not (self.supports_gelu_cat() and gelu_x.dtype in (torch.bfloat16, torch.float16)
+        if not (self.supports_gelu_cat() and gelu_x.dtype in fused._FUSED_DTYPES
                 and kx % 16 == 0 and gelu_x.shape[-1] % 16 == 0):
             g = torch.nn.functional.gelu(gelu_x, approximate="tanh")
             return self(g if x is None else torch.cat([x, g], dim=-1))
@@ -176,9 +180,7 @@ class QLinear(nn.Module):
         g2 = gelu_x.reshape(-1, gelu_x.shape[-1]).contiguous()
         x2 = None if x is None else x.reshape(-1, kx).contiguous()
         q, scale = ops.quantize_act_gelu_cat(x2, g2, self.scheme, self.smooth, backend=self._quantize_backend())
-        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None,
-                     out_dtype=gelu_x.dtype, backend=self.backend)
-        return y.reshape(*lead, self.out_features)
+        return self._gemm_quantized(q, scale, lead, gelu_x.dtype)
 
     def forward_geglu(self, proj: torch.Tensor) -> torch.Tensor:
         """``self(h * F.gelu(gate))`` with ``h, gate = proj.chunk(2, -1)`` (diffusers' ``GEGLU``
@@ -188,15 +190,13 @@ class QLinear(nn.Module):
         if proj.shape[-1] != 2 * self.in_features:
             raise ValueError(f"QLinear.forward_geglu: proj must have 2 * in_features = {2 * self.in_features} columns, "
                              f"got shape {tuple(proj.shape)}")
-        if not (self.supports_gelu_cat() and proj.dtype in (torch.bfloat16, torch.float16)):
+        if not (self.supports_gelu_cat() and proj.dtype in fused._FUSED_DTYPES):
             h, gate = proj.chunk(2, dim=-1)
             return self(h * torch.nn.functional.gelu(gate))
         lead = proj.shape[:-1]
         p2 = proj.reshape(-1, proj.shape[-1]).contiguous()
         q, scale = ops.quantize_act_geglu(p2, self.scheme, self.smooth, backend=self._quantize_backend())
-        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None,
-                     out_dtype=proj.dtype, backend=self.backend)
-        return y.reshape(*lead, self.out_features)
+        return self._gemm_quantized(q, scale, lead, proj.dtype)
 
     # ------------------------------------------------------------ low-rank branch in the GEMM's K
 

@@ -72,3 +72,21 @@ def outlier_activations(m: int, k: int, dtype: torch.dtype = torch.bfloat16, see
     if m > 2:
         x[1] = 0
     return x.to(dtype)
+
+
+def sdxl_style_unet(device: str = "cuda"):
+    """A small UNet2DConditionModel with SDXL's transformer blocks (640 channels, two layers per
+    attention, linear projections, GEGLU feed-forwards), bf16, deterministic weights; and its
+    inputs (sample, timestep, text). Needs diffusers (the caller skips without it)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    model = diffusers.UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(320, 640), layers_per_block=1,
+        cross_attention_dim=64, attention_head_dim=10, transformer_layers_per_block=2,
+        use_linear_projection=True).to(device, torch.bfloat16).eval()
+    gen = torch.Generator(device=device).manual_seed(1)
+    sample = torch.randn(1, 4, 16, 16, device=device, generator=gen).bfloat16()
+    text = torch.randn(1, 7, 64, device=device, generator=gen).bfloat16()
+    return model, (sample, torch.tensor([500.0], device=device), text)

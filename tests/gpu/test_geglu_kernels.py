@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import assert_replays_equal_eager, outlier_activations, require_extension  # noqa: E402
+from gpu_helpers import (assert_replays_equal_eager, outlier_activations, require_extension,  # noqa: E402
+                         sdxl_style_unet)
 
 EXT = require_extension()
 
@@ -137,26 +138,17 @@ def test_torch_compile():
 
 def test_unet_transformer_blocks_fused_equal_stock():
     """A small SDXL-style UNet (transformer blocks with GEGLU feed-forwards, 640 channels) quantized
-    on CUDA: the GEGLU forwards (installed by qengine.quantize) give the same output as the
-    feed-forwards' own forwards."""
-    diffusers = pytest.importorskip("diffusers")
+    on CUDA: the GEGLU forwards (installed by enable_fused_kernels(producer_fusions=True)) give
+    the same output as the feed-forwards' own forwards."""
+    pytest.importorskip("diffusers")
     import qengine
 
-    torch.manual_seed(0)
-    model = diffusers.UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(320, 640), layers_per_block=1,
-        cross_attention_dim=64, attention_head_dim=10, transformer_layers_per_block=2,
-        use_linear_projection=True).to(DEV, torch.bfloat16).eval()
+    model, (sample, t, text) = sdxl_style_unet()
     qengine.quantize(model, "w8a8-fp8")
     qengine.enable_fused_kernels(model, producer_fusions=True)  # opt-in
     swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
     n_ff = sum(type(m).__name__ == "FeedForward" for m in model.modules())
     assert n_ff > 0 and len(swapped) == n_ff
-    gen = torch.Generator(device=DEV).manual_seed(1)
-    sample = torch.randn(1, 4, 16, 16, device=DEV, generator=gen).bfloat16()
-    text = torch.randn(1, 7, 64, device=DEV, generator=gen).bfloat16()
-    t = torch.tensor([500.0], device=DEV)
     calls = []
     real = Q.quantize_act_fp8_geglu
     with torch.no_grad():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 pytestmark = pytest.mark.gpu
 
-from gpu_helpers import assert_replays_equal_eager, require_extension, sqnr_db  # noqa: E402
+from gpu_helpers import assert_replays_equal_eager, require_extension, sdxl_style_unet, sqnr_db  # noqa: E402
 
 EXT = require_extension()
 
@@ -135,21 +135,12 @@ def test_torch_compile():
 @pytest.mark.parametrize("scheme", ["w8a8-fp8", "w8a8-int8"])
 def test_unet_folded_close_to_unfolded(scheme):
     """A small SDXL-style UNet (640-channel transformer blocks, fused q/k/v) quantized on CUDA."""
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    model = diffusers.UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(320, 640), layers_per_block=1,
-        cross_attention_dim=64, attention_head_dim=10, transformer_layers_per_block=2,
-        use_linear_projection=True).to(DEV, torch.bfloat16).eval()
+    pytest.importorskip("diffusers")
+    model, (sample, t, text) = sdxl_style_unet()
     qengine.quantize(model, QuantConfig.preset(scheme, fuse_qkv=True))
     qengine.enable_fused_kernels(model, producer_fusions=True)  # opt-in
     n_blocks = sum(type(m).__name__ == "BasicTransformerBlock" for m in model.modules())
     op = OPS["fp8" if scheme == "w8a8-fp8" else "int8"]
-    gen = torch.Generator(device=DEV).manual_seed(1)
-    sample = torch.randn(1, 4, 16, 16, device=DEV, generator=gen).bfloat16()
-    text = torch.randn(1, 7, 64, device=DEV, generator=gen).bfloat16()
-    t = torch.tensor([500.0], device=DEV)
     calls = []
     real = getattr(Q, op)
     with torch.no_grad():
