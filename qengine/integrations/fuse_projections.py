@@ -111,9 +111,9 @@ def fuse_qkv_projections(model: nn.Module) -> list[FusedAttention]:
 
 
 def unfuse_qkv_projections(records: list[FusedAttention]) -> None:
+    """Undo :func:`fuse_qkv_projections` (its returned records): the original modules come back."""
     from ..nn.fused_norm_quant import unfold_layer_norm
 
-    """Undo :func:`fuse_qkv_projections` (its returned records): the original modules come back."""
     for r in reversed(records):
         attn = r.module
         for fused_name in ("to_qkv", "to_kv"):

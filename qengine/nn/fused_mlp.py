@@ -35,10 +35,10 @@ _MARK = "_qengine_gelu_cat"  # instance attribute: the gelu-cat forward is insta
 
 
 def _gelu_cat_op_built(linear: QLinear, kind: str = "gelu_cat") -> bool:
+    from .. import ops
     from . import fused
 
-    op = f"quantize_act_{'fp8' if linear.scheme.name == 'w8a8-fp8' else 'int8'}_{kind}"
-    return fused._has_cuda_kernel(op)
+    return fused._has_cuda_kernel(ops.producer_quantize_op(linear.scheme, kind))
 
 
 def _applies(module: nn.Module, linear: nn.Module, t: torch.Tensor) -> bool:

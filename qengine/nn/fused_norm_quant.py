@@ -27,6 +27,7 @@ import functools
 
 from torch import nn
 
+from .. import ops
 from ..ops.reference import LAYER_NORM_QUANT_MAX_C
 from .linear import QLinear
 
@@ -75,7 +76,7 @@ def fold_layer_norms(model: nn.Module) -> int:
     n = 0
     for block in model.modules():
         for norm, lin in foldable_pairs(block):
-            op = f"layer_norm_quant_{'fp8' if lin.scheme.name == 'w8a8-fp8' else 'int8'}"
+            op = ops.producer_quantize_op(lin.scheme, "layer_norm")
             # Plain attributes, not submodules: the norm stays registered in its block only (no
             # second state_dict entry); a partial of a module-level function pickles and deep-copies.
             lin.__dict__["_pre_norm"] = norm

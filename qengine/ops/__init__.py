@@ -23,13 +23,9 @@ MISSING_CUDA_KERNELS = library.register_missing_cuda_kernels(", ".join(_extensio
 
 _QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8", "w8a8-fp8": "quantize_act_fp8", "w4a8": "quantize_act_int8",
                 "w4a4": "quantize_act_int4"}
-# Schemes whose activations are quantized per token by the 8-bit row kernel (gelu-cat input too).
-_GELU_CAT_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8_gelu_cat", "w8a8-fp8": "quantize_act_fp8_gelu_cat",
-                         "w4a8": "quantize_act_int8_gelu_cat"}
-_GEGLU_QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8_geglu", "w8a8-fp8": "quantize_act_fp8_geglu",
-                      "w4a8": "quantize_act_int8_geglu"}
-_LAYER_NORM_QUANT_OP = {"w8a8-int8": "layer_norm_quant_int8", "w8a8-fp8": "layer_norm_quant_fp8",
-                        "w4a8": "layer_norm_quant_int8"}
+# Schemes whose activations are quantized per token by the 8-bit row kernel, and its output format:
+# they also take producer-fused input (gelu-cat, GEGLU, LayerNorm; see producer_quantize_op).
+_ROW_QUANT_FORMAT = {"w8a8-int8": "int8", "w8a8-fp8": "fp8", "w4a8": "int8"}
 _GEMM_OP = {"w8a8-int8": "w8a8_int8_gemm", "w8a8-fp8": "w8a8_fp8_gemm", "w4a8": "w4a8_gemm", "w4a4": "w4a4_gemm"}
 _CONV_OP = {"w8a8-int8": "w8a8_int8_conv2d", "w8a8-fp8": "w8a8_fp8_conv2d"}
 
@@ -49,18 +45,28 @@ def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = 
 
 
 def supports_gelu_cat(scheme: Scheme) -> bool:
-    """Whether :func:`quantize_act_gelu_cat` serves ``scheme`` (8-bit per-token activations)."""
-    return scheme.name in _GELU_CAT_QUANTIZE_OP
+    """Whether :func:`quantize_act_gelu_cat` serves ``scheme`` (8-bit per-token activations); the
+    GEGLU and LayerNorm quantizations serve the same schemes."""
+    return scheme.name in _ROW_QUANT_FORMAT
+
+
+def producer_quantize_op(scheme: Scheme, kind: str, caller: str = "producer_quantize_op") -> str:
+    """The op of ``kind`` ("gelu_cat", "geglu", "layer_norm") for ``scheme``, e.g.
+    ``quantize_act_fp8_geglu``; raises OpInputError naming ``caller`` for other schemes."""
+    fmt = _ROW_QUANT_FORMAT.get(scheme.name)
+    if fmt is None:
+        what = {"gelu_cat": "gelu-cat", "geglu": "GEGLU", "layer_norm": "LayerNorm"}[kind]
+        raise OpInputError(f"{caller}: scheme {scheme.name} has no {what} quantization "
+                           f"(supported: {', '.join(_ROW_QUANT_FORMAT)})")
+    return f"layer_norm_quant_{fmt}" if kind == "layer_norm" else f"quantize_act_{fmt}_{kind}"
 
 
 def quantize_act_gelu_cat(x: torch.Tensor | None, gelu_x: torch.Tensor, scheme: Scheme,
                           smooth: torch.Tensor | None = None, backend: str = "auto"):
     """Quantize the rows ``cat([x, gelu_tanh(gelu_x)], 1)`` for ``scheme`` without forming them:
     ``(q [M, Kx + Kg], scale [M])``, equal to :func:`quantize_act` of the concatenation."""
-    if scheme.name not in _GELU_CAT_QUANTIZE_OP:
-        raise OpInputError(f"quantize_act_gelu_cat: scheme {scheme.name} has no gelu-cat quantization "
-                           f"(supported: {', '.join(_GELU_CAT_QUANTIZE_OP)})")
-    return _resolve(_GELU_CAT_QUANTIZE_OP[scheme.name], backend)(x, gelu_x, smooth)
+    op = producer_quantize_op(scheme, "gelu_cat", "quantize_act_gelu_cat")
+    return _resolve(op, backend)(x, gelu_x, smooth)
 
 
 def quantize_act_geglu(proj: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = None,
@@ -68,20 +74,15 @@ def quantize_act_geglu(proj: torch.Tensor, scheme: Scheme, smooth: torch.Tensor 
     """Quantize the rows ``h * gelu(gate)`` (``[h | gate] = proj [M, 2K]``, diffusers' GEGLU) for
     ``scheme`` without forming them: ``(q [M, K], scale [M])``, equal to :func:`quantize_act` of
     the GEGLU output. Serves the schemes of :func:`supports_gelu_cat`."""
-    if scheme.name not in _GEGLU_QUANTIZE_OP:
-        raise OpInputError(f"quantize_act_geglu: scheme {scheme.name} has no GEGLU quantization "
-                           f"(supported: {', '.join(_GEGLU_QUANTIZE_OP)})")
-    return _resolve(_GEGLU_QUANTIZE_OP[scheme.name], backend)(proj, smooth)
+    return _resolve(producer_quantize_op(scheme, "geglu", "quantize_act_geglu"), backend)(proj, smooth)
 
 
 def layer_norm_quant(x: torch.Tensor, scheme: Scheme, weight: torch.Tensor | None, bias: torch.Tensor | None,
                      eps: float, smooth: torch.Tensor | None = None, backend: str = "auto"):
     """Quantize the rows of ``F.layer_norm(x [M, C], (C,), weight, bias, eps)`` for ``scheme``
     without writing them: ``(q [M, C], scale [M])``. Serves the schemes of :func:`supports_gelu_cat`."""
-    if scheme.name not in _LAYER_NORM_QUANT_OP:
-        raise OpInputError(f"layer_norm_quant: scheme {scheme.name} has no LayerNorm quantization "
-                           f"(supported: {', '.join(_LAYER_NORM_QUANT_OP)})")
-    return _resolve(_LAYER_NORM_QUANT_OP[scheme.name], backend)(x, weight, bias, eps, smooth)
+    op = producer_quantize_op(scheme, "layer_norm", "layer_norm_quant")
+    return _resolve(op, backend)(x, weight, bias, eps, smooth)
 
 
 def quantize_act_lowrank_cat(x: torch.Tensor, smooth: torch.Tensor | None, lora_down: torch.Tensor,
