@@ -45,7 +45,8 @@ __device__ __forceinline__ float gelu_erf(float x) {
 
 // Which row the row kernel quantizes (quantize_act.h): kActNone x; kActGeluCat [x | gelu_tanh(gelu_x)]
 // (the gelu part starts at vector nvec_plain: a 16-byte vector never straddles the two);
-// kActGeglu h * gelu_erf(gate), h and gate the two halves of a gelu_x row (gate at vector `gate`).
+// kActGeglu h * gelu_erf(gate), h and gate the two halves of a gelu_x row (the gate starts at
+// vector nvec, the row's width in vectors).
 constexpr int kActNone = 0, kActGeluCat = 1, kActGeglu = 2;
 
 template <typename T>
@@ -53,7 +54,6 @@ struct RowSource {
   const T* gelu_x;
   int64_t ld_gelu;
   int nvec_plain;
-  int gate;  // kActGeglu: the gate's first vector in a gelu_x row (= K / vector width)
 };
 
 template <typename T>
@@ -73,7 +73,8 @@ __device__ __forceinline__ void geglu_in_place(Vec<T>& h, const Vec<T>& gate) {
 }
 
 template <typename T, int kAct>
-__device__ __forceinline__ Vec<T> load_vec(const Vec<T>* xr, const Vec<T>* gr, const RowSource<T>& src, int vi) {
+__device__ __forceinline__ Vec<T> load_vec(const Vec<T>* xr, const Vec<T>* gr, const RowSource<T>& src, int nvec,
+                                           int vi) {
   if constexpr (kAct == kActGeluCat) {
     if (vi >= src.nvec_plain) {
       Vec<T> g = gr[vi - src.nvec_plain];
@@ -82,7 +83,7 @@ __device__ __forceinline__ Vec<T> load_vec(const Vec<T>* xr, const Vec<T>* gr, c
     }
   } else if constexpr (kAct == kActGeglu) {
     Vec<T> h = gr[vi];
-    geglu_in_place(h, gr[vi + src.gate]);
+    geglu_in_place(h, gr[vi + nvec]);
     return h;
   }
   return xr[vi];
@@ -165,7 +166,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
        row += static_cast<int64_t>(gridDim.x) * rows_per_block) {
     const V* xr = reinterpret_cast<const V*>(x + row * ldx);
     const V* gr = kAct != kActNone ? reinterpret_cast<const V*>(src.gelu_x + row * src.ld_gelu) : nullptr;
-    const auto load = [&](int vi) { return load_vec<T, kAct>(xr, gr, src, vi); };
+    const auto load = [&](int vi) { return load_vec<T, kAct>(xr, gr, src, nvec, vi); };
     // All loads first: kVecs independent 16-byte requests per thread in flight at once (the GELU
     // after all of them are issued).
     V regs[kVecs];
@@ -178,7 +179,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__
       } else if constexpr (kAct == kActGeglu) {
         if (vi < nvec) {
           regs[i] = gr[vi];
-          gates[i] = gr[vi + src.gate];
+          gates[i] = gr[vi + nvec];
         }
       } else {
         if (vi < nvec) regs[i] = xr[vi];
@@ -288,8 +289,7 @@ cudaError_t launch(const QuantizeActParams& p, int threads, cudaStream_t stream)
   const unsigned blocks = static_cast<unsigned>(needed < INT_MAX ? needed : INT_MAX);
   const CatArgs cat{p.lowrank_in, p.lowrank_inv_c, p.rank, kCat ? lowrank_cat_width(p.rank) : 0,
                     kCat ? lowrank_cat_terms(p.rank) : 0};
-  const RowSource<T> src{static_cast<const T*>(p.gelu_x), p.ld_gelu, static_cast<int>((p.K - p.K_gelu) / Vec<T>::kN),
-                         static_cast<int>(p.K / Vec<T>::kN)};
+  const RowSource<T> src{static_cast<const T*>(p.gelu_x), p.ld_gelu, static_cast<int>((p.K - p.K_gelu) / Vec<T>::kN)};
   quantize_rows_kernel<T, S, Q, kVecs, kWarpRows, kCat, kAct><<<blocks, block, 0, stream>>>(
       static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth), static_cast<uint8_t*>(p.q), p.scale, p.M, p.K,
       cat, src);
