@@ -32,7 +32,10 @@ the whole step as one CUDA graph (``qengine.CUDAGraphModule``; e.g. ``bf16+graph
 ``fp8+graph``): batch-1 UNet steps are bound by host launch cost, which a graph removes.
 ``+compile+graph`` does both: the blocks are compiled during the graph's warm-up calls, then the
 whole compiled step is captured (the host's launch gaps between compiled regions go away).
-``-fold`` after a qengine base name (``fp8-fold-qkv+compile+graph``) adds the opt-in producer
+``-static`` after an 8-bit qengine base name (``fp8-static-qkv+compile+graph``) calibrates static
+activation scales for every linear and conv on two steps of other inputs first
+(``qengine.calib.calibrate_static_scales``): the quantization then fuses into its producers under
+compile, and the convs skip their absmax pre-pass. ``-fold`` after a qengine base name (``fp8-fold-qkv+compile+graph``) adds the opt-in producer
 fusions (LayerNorm + quantize in one kernel, the GEGLU product quantized in place), to measure them.
 ``-qkv`` after any base name (``fp8-qkv+compile+graph``, ``bf16-qkv+compile``) first fuses each
 attention's q/k/v (k/v) projections into one layer (``QuantConfig.fuse_qkv``), so fused and
@@ -101,6 +104,10 @@ class Mode:
     #: (enable_fused_kernels(producer_fusions=True): LayerNorms folded into the QLinears they feed,
     #: GEGLU products quantized in place), to measure them against the default in one run
     fold: bool = False
+    #: "-static" (qengine 8-bit modes, before any -qkv): static activation scales, calibrated on
+    #: two steps of other inputs (seed, diffusion time) than the timed one
+    #: (qengine.calib.calibrate_static_scales), for linears and convs
+    static: bool = False
 
     @classmethod
     def parse(cls, name: str) -> "Mode":
@@ -109,15 +116,22 @@ class Mode:
             raise SystemExit(f"mode {name!r}: the suffixes are '+compile', '+graph' and '+compile+graph'")
         fuse_qkv = base.endswith("-qkv")
         base = base.removesuffix("-qkv")
+        static = base.endswith("-static")
+        base = base.removesuffix("-static")
         fold = base.endswith("-fold")
         base = base.removesuffix("-fold")
         if fold and base not in QENGINE_MODES:
             raise SystemExit(f"mode {name!r}: -fold applies to the qengine modes only")
+        if static and (base not in QENGINE_MODES or QENGINE_MODES[base][1] or not base.startswith(("fp8", "int8"))):
+            raise SystemExit(f"mode {name!r}: -static applies to the 8-bit qengine modes without a low-rank branch")
+        if static and fold:
+            raise SystemExit(f"mode {name!r}: -fold and -static exclude each other (static scales leave the fusing "
+                             "to torch.compile)")
         if base not in ("bf16", "bf16-fused", *TORCHAO_MODES, *QENGINE_MODES):
             raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, {', '.join(TORCHAO_MODES)}, "
                              f"{', '.join(QENGINE_MODES)} (each optionally with -qkv, then +compile, +graph "
                              "or +compile+graph)")
-        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"), fuse_qkv, plus + rest, fold)
+        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"), fuse_qkv, plus + rest, fold, static)
 
     def like(self, base: str) -> str:
         """The mode ``base`` run the same way as this one (same -qkv and suffix)."""
@@ -151,8 +165,11 @@ def build_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype,
     return model.eval()
 
 
-def make_inputs(name: str, model: nn.Module, tiny: bool, device, dtype, batch: int = 1) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(1234)
+def make_inputs(name: str, model: nn.Module, tiny: bool, device, dtype, batch: int = 1, seed: int = 1234,
+                t: float = 0.7) -> dict:
+    """Real-shaped inputs of one step at diffusion time ``t`` in (0, 1] (FLUX/SD3 take it as is or
+    x1000, UNets as a DDPM timestep x1000)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
 
     def randn(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
@@ -167,7 +184,7 @@ def make_inputs(name: str, model: nn.Module, tiny: bool, device, dtype, batch: i
         img_ids[:, 1] = torch.arange(side).repeat_interleave(side)
         img_ids[:, 2] = torch.arange(side).repeat(side)
         inputs = dict(hidden_states=randn(batch, n_img, cfg.in_channels), encoder_hidden_states=randn(batch, text, cfg.joint_attention_dim),
-                      pooled_projections=randn(batch, cfg.pooled_projection_dim), timestep=torch.full((batch,), 0.7, device=device, dtype=dtype),
+                      pooled_projections=randn(batch, cfg.pooled_projection_dim), timestep=torch.full((batch,), t, device=device, dtype=dtype),
                       img_ids=img_ids.to(device), txt_ids=torch.zeros(text, 3, device=device))
         if cfg.guidance_embeds:
             inputs["guidance"] = torch.full((batch,), 3.5, device=device, dtype=torch.float32)
@@ -175,17 +192,24 @@ def make_inputs(name: str, model: nn.Module, tiny: bool, device, dtype, batch: i
     side = cfg.sample_size if tiny else res // 8
     if name == "sd3-medium":
         return dict(hidden_states=randn(batch, cfg.in_channels, side, side), encoder_hidden_states=randn(batch, text, cfg.joint_attention_dim),
-                    pooled_projections=randn(batch, cfg.pooled_projection_dim), timestep=torch.full((batch,), 700.0, device=device))
+                    pooled_projections=randn(batch, cfg.pooled_projection_dim), timestep=torch.full((batch,), 1000.0 * t, device=device))
     sample = randn(batch, cfg.in_channels, side, side)
     if not tiny:
         sample = sample.contiguous(memory_format=torch.channels_last)
-    inputs = dict(sample=sample, timestep=torch.full((batch,), 700.0, device=device),
+    inputs = dict(sample=sample, timestep=torch.full((batch,), 1000.0 * t, device=device),
                   encoder_hidden_states=randn(batch, text, cfg.cross_attention_dim))
     if getattr(cfg, "addition_embed_type", None) == "text_time":  # SDXL
         text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
         inputs["added_cond_kwargs"] = dict(text_embeds=randn(batch, text_dim),
                                            time_ids=torch.tensor([[res, res, 0, 0, res, res]] * batch, device=device, dtype=dtype))
     return inputs
+
+
+def calibration_inputs(name: str, model: nn.Module, mode: Mode, args, device, dtype) -> list[dict] | None:
+    """A -static mode's calibration steps: other noise and diffusion times than the timed step's."""
+    if not mode.static:
+        return None
+    return [make_inputs(name, model, args.tiny, device, dtype, seed=4321 + i, t=t) for i, t in enumerate((0.9, 0.3))]
 
 
 def is_unet(name: str) -> bool:
@@ -195,7 +219,9 @@ def is_unet(name: str) -> bool:
 # ----------------------------------------------------------------------------- modes
 
 
-def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: str = "blocks") -> nn.Module:
+def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: str = "blocks",
+               calib_inputs: list[dict] | None = None) -> nn.Module:
+    """``calib_inputs``: the calibration steps' inputs of a -static mode."""
     import qengine
 
     if mode.fuse_qkv and mode.base not in QENGINE_MODES:  # qengine modes fuse through their config
@@ -215,6 +241,19 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: s
         qengine.quantize(model, cfg)  # also swaps in the fused norm kernels (fused_kernels=True)
         if mode.fold:
             qengine.enable_fused_kernels(model, producer_fusions=True)
+        if mode.static:
+            from qengine.calib import calibrate_static_scales
+
+            if not calib_inputs:
+                raise SystemExit(f"mode {mode.name}: -static needs calibration inputs")
+
+            def run():
+                with torch.inference_mode():
+                    for kw in calib_inputs:
+                        model(**kw)
+            report = calibrate_static_scales(model, run)
+            n_static = sum("scale" in r for r in report.values())
+            print(f"{name} {mode.name}: static scales on {n_static} of {len(report)} layers", file=sys.stderr)
     elif mode.base == "bf16-fused":
         # bf16 weights with only qengine's fused GroupNorm / q-k norm + rotary kernels: how much of
         # a quantized mode's gain comes from those rather than from the low-bit layers.
@@ -320,7 +359,7 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
             torch.compiler.load_cache_artifacts(cache_file.read_bytes())
             print(f"loaded compile caches from {cache_file}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    model = apply_mode(model, name, mode, device, args.compile_scope)
+    model = apply_mode(model, name, mode, device, args.compile_scope, calibration_inputs(name, model, mode, args, device, dtype))
     if cuda:
         torch.cuda.synchronize(device)
     quant_s = time.perf_counter() - t0
@@ -377,7 +416,7 @@ def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> d
         raise SystemExit("--denoise-memory takes no +graph mode (the temporal cache looks timesteps up on the host)")
     reset()
     model = build_model(name, args.tiny, device, dtype)
-    apply_mode(model, name, mode, device, args.compile_scope)
+    apply_mode(model, name, mode, device, args.compile_scope, calibration_inputs(name, model, mode, args, device, dtype))
     inputs = make_inputs(name, model, args.tiny, device, dtype)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     sched.set_timesteps(args.steps, device=device)

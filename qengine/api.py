@@ -68,7 +68,7 @@ def layer_spec(q: nn.Module) -> dict[str, Any]:
     spec: dict[str, Any] = {**q.layer_config.to_dict(), "bias": q.bias is not None}
     if isinstance(q, QLinear):
         spec.update(kind="linear", in_features=q.in_features, out_features=q.out_features,
-                    smooth=q.smooth is not None)
+                    smooth=q.smooth is not None, static_input_scale=q.input_scale is not None)
     else:
         spec.update(kind="conv2d", in_channels=q.in_channels, out_channels=q.out_channels,
                     kernel_size=list(q.kernel_size), stride=list(q.stride), padding=list(q.padding),
@@ -152,7 +152,8 @@ def calibrated_layer(mod: nn.Module, cfg: LayerQuantConfig, lc: dict[str, Any], 
 
     ``lc`` keys (all optional): ``smooth`` [K] (Linear), ``lora_down`` [r, K] / ``lora_up`` [N, r]
     (Linear), ``clip`` (ratio of each weight row's or group's absmax kept before rounding; 1 = none),
-    ``input_scale`` [1] (Conv2d static activation scale), ``split_at`` + ``split_input_scale`` [2]
+    ``input_scale`` [1] (static activation scale: Conv2d, and 8-bit Linear without a low-rank
+    branch), ``split_at`` + ``split_input_scale`` [2]
     (a Conv2d fed by a skip concatenation: one static scale per half), and ``weight`` + ``weight_scale``: a
     GPTQ-rounded weight (of the smoothed low-rank residual) in the module's stored layout, which
     replaces the module's own round-to-nearest one.
@@ -169,7 +170,8 @@ def calibrated_layer(mod: nn.Module, cfg: LayerQuantConfig, lc: dict[str, Any], 
         lowrank = None
         if cfg.rank and lc.get("lora_down") is not None:
             lowrank = (lc["lora_down"], lc["lora_up"])
-        q = QLinear.from_float(mod, cfg, smooth=lc.get("smooth"), lowrank=lowrank, clip=clip, backend=backend)
+        q = QLinear.from_float(mod, cfg, smooth=lc.get("smooth"), lowrank=lowrank, clip=clip,
+                               input_scale=lc.get("input_scale"), backend=backend)
     if lc.get("weight") is not None:
         # The buffers are the stored layout itself (no re-rounding): shapes and dtypes must match.
         for key in ("weight", "weight_scale"):
@@ -186,7 +188,8 @@ def build_empty_layer(spec: dict[str, Any], dtype: torch.dtype, device, backend:
     cfg = LayerQuantConfig(spec["scheme"], spec["group_size"], spec["rank"])
     if spec["kind"] == "linear":
         return QLinear(spec["in_features"], spec["out_features"], cfg, bias=spec["bias"], smooth=spec["smooth"],
-                       dtype=dtype, device=device, backend=backend)
+                       static_input_scale=spec.get("static_input_scale", False), dtype=dtype, device=device,
+                       backend=backend)
     return QConv2d(spec["in_channels"], spec["out_channels"], spec["kernel_size"], cfg, stride=spec["stride"],
                    padding=spec["padding"], dilation=spec["dilation"], bias=spec["bias"],
                    static_input_scale=spec["static_input_scale"], split=spec.get("split"), dtype=dtype,

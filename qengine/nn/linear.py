@@ -9,6 +9,14 @@ Buffers (all in the state dict; names are the checkpoint keys):
   bias         [N] 16-bit (optional)
   smooth       [K] 16-bit, divides the input per channel (optional; from calibration)
   lora_down    [r, K] and lora_up [N, r] 16-bit: the low-rank branch (rank r > 0)
+  input_scale  [1] float32 (optional; 8-bit schemes without a low-rank branch): one static activation
+               scale from calibration (qengine.calib.static_scales) instead of a dynamic one per token
+
+With ``input_scale`` the activation quantization is a few elementwise torch ops
+(``ops.quantize_act_static``), which torch.compile fuses into whatever kernel produces the input (a
+LayerNorm, the GEGLU product, a residual add), and the GEMM gets ones as token scales with the
+static scale folded into its weight scales. Eager, those ops run one by one: static scales are
+for compiled (and CUDA-graphed) runs.
 """
 from __future__ import annotations
 
@@ -43,10 +51,13 @@ class QLinear(nn.Module):
     _pre_norm_built: bool = False
 
     def __init__(self, in_features: int, out_features: int, layer_config: LayerQuantConfig, *, bias: bool = True,
-                 smooth: bool = False, dtype: torch.dtype = torch.bfloat16, device=None, backend: str = "auto"):
+                 smooth: bool = False, static_input_scale: bool = False, dtype: torch.dtype = torch.bfloat16,
+                 device=None, backend: str = "auto"):
         super().__init__()
         self.scheme = get_scheme(layer_config.scheme)
         check_linear_shape(in_features, out_features, layer_config)
+        if static_input_scale:
+            check_static_scale_config(layer_config)
         if backend not in ops.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
         self.in_features, self.out_features = in_features, out_features
@@ -61,6 +72,12 @@ class QLinear(nn.Module):
         self.register_buffer("smooth", torch.empty(in_features, dtype=dtype, device=device) if smooth else None)
         self.register_buffer("lora_down", torch.empty(r, in_features, dtype=dtype, device=device) if r else None)
         self.register_buffer("lora_up", torch.empty(out_features, r, dtype=dtype, device=device) if r else None)
+        self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32, device=device)
+                             if static_input_scale else None)
+        # weight_scale * input_scale: the GEMM's weight scales when the activations are static
+        self.register_buffer("_w_scale_static", None, persistent=False)
+        if static_input_scale:
+            self._refresh_static_scales()
         # FP8 + low-rank with the branch folded into the GEMM's K (enable_lowrank_cat): the weight
         # with its extra columns; `weight` is then a view of its first K columns (no copy).
         self.register_buffer("_w_cat", None, persistent=False)
@@ -71,13 +88,14 @@ class QLinear(nn.Module):
     @classmethod
     def from_float(cls, linear: nn.Linear, layer_config: LayerQuantConfig, *, smooth: torch.Tensor | None = None,
                    lowrank: tuple[torch.Tensor, torch.Tensor] | None = None, clip: float = 1.0,
-                   backend: str = "auto") -> QLinear:
+                   input_scale: torch.Tensor | float | None = None, backend: str = "auto") -> QLinear:
         """Quantize ``linear`` with round-to-nearest.
 
         ``smooth`` [K] divides activations (and multiplies weight columns); ``lowrank`` =
         ``(lora_down [r, K], lora_up [N, r])`` is the 16-bit branch; without it a rank-r
         truncated SVD of the (smoothed) weight is used when ``layer_config.rank > 0``. ``clip``
         < 1 clamps the residual's rows (or groups) to that fraction of their absmax before rounding.
+        ``input_scale``: a static activation scale (see :meth:`set_input_scale`).
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QLinear.from_float expects nn.Linear, got {type(linear).__name__}")
@@ -100,12 +118,47 @@ class QLinear(nn.Module):
         q.weight_scale.copy_(qs)
         if linear.bias is not None:
             q.bias.copy_(linear.bias.detach())
+        if input_scale is not None:
+            q.set_input_scale(input_scale)
         return q
+
+    # ------------------------------------------------------------ static activation scales
+
+    def set_input_scale(self, scale: torch.Tensor | float | None) -> None:
+        """Quantize activations with one static scale (``(x / smooth) / scale``, then round), or
+        with ``None`` dynamically per token again. The state dict gains (or loses) ``input_scale``."""
+        if scale is None:
+            self.input_scale = self._w_scale_static = None
+            return
+        check_static_scale_config(self.layer_config)
+        value = torch.as_tensor(scale, dtype=torch.float32).detach().reshape(-1)
+        if value.numel() != 1 or not bool(torch.isfinite(value).all()) or float(value[0]) <= 0:
+            raise ValueError(f"QLinear.set_input_scale: the scale must be one positive finite number, got {scale!r}")
+        self.input_scale = value.to(self.weight_scale.device)
+        self._refresh_static_scales()
+
+    def _refresh_static_scales(self) -> None:
+        with torch.no_grad():
+            self._w_scale_static = self.weight_scale.float().reshape(-1) * self.input_scale
+        if self.input_scale.device.type != "meta":
+            ops.ones_scales(1, self.input_scale.device)  # the token scales exist before any compile
+
+    def _forward_static(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).contiguous()
+        q = ops.quantize_act_static(x2, self.scheme, self.smooth, self.input_scale)
+        y = ops.gemm(self.scheme, q, ops.ones_scales(x2.shape[0], x2.device), self.weight, self._w_scale_static,
+                     self.bias, None, None, out_dtype=x.dtype, backend=self.backend)
+        return y.reshape(*lead, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
         norm = self._pre_norm
+        if norm is not None and self.input_scale is not None:  # inductor fuses norm + static quantize
+            return self._forward_static(type(norm).forward(norm, x))
+        if self.input_scale is not None:
+            return self._forward_static(x)
         if norm is not None:
             if x.dtype in fused._FUSED_DTYPES and fused._kernel_device(x, self._pre_norm_built):
                 return self._forward_layer_norm(x, norm)
@@ -157,8 +210,10 @@ class QLinear(nn.Module):
     def supports_gelu_cat(self) -> bool:
         """Whether :meth:`forward_gelu_cat` and :meth:`forward_geglu` run fused here: an
         8-bit-activation scheme without a low-rank branch (the branch's down-projection needs the
-        activation itself)."""
-        return ops.supports_gelu_cat(self.scheme) and self.lora_up is None and self._w_cat is None
+        activation itself), with dynamic activation scales (static ones leave the fusing to
+        torch.compile)."""
+        return (ops.supports_gelu_cat(self.scheme) and self.lora_up is None and self._w_cat is None
+                and self.input_scale is None)
 
     def forward_gelu_cat(self, x: torch.Tensor | None, gelu_x: torch.Tensor) -> torch.Tensor:
         """``self(torch.cat([x, gelu_tanh(gelu_x)], -1))`` (``x`` may be None: ``self(gelu(gelu_x))``)
@@ -257,13 +312,16 @@ class QLinear(nn.Module):
             if self.weight.data_ptr() != self._w_cat.data_ptr():  # assign=True: weight is the loaded tensor
                 self._w_cat = self._lowrank_inv_c = self._lora_down_s = None
             self.enable_lowrank_cat()
+        if self.input_scale is not None:
+            self._refresh_static_scales()
 
     def extra_repr(self) -> str:
         c = self.layer_config
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={c.scheme}, "
                 f"group_size={c.group_size or 'per-channel'}, rank={c.rank}, smooth={self.smooth is not None}, "
                 f"bias={self.bias is not None}, backend={self.backend}" + (", lowrank_cat=True" if self.lowrank_cat else "")
-                + (", layer_norm_folded=True" if self._pre_norm is not None else ""))
+                + (", layer_norm_folded=True" if self._pre_norm is not None else "")
+                + (", input_scale=static" if self.input_scale is not None else ""))
 
 
 def check_linear_shape(in_features: int, out_features: int, layer_config: LayerQuantConfig) -> None:
@@ -278,6 +336,16 @@ def check_linear_shape(in_features: int, out_features: int, layer_config: LayerQ
     if layer_config.rank > max_lowrank(in_features, out_features):
         raise ValueError(f"rank {layer_config.rank} is too large for a {in_features}->{out_features} layer "
                          f"(at most min(in, out) / 4 = {max_lowrank(in_features, out_features)})")
+
+
+def check_static_scale_config(layer_config: LayerQuantConfig) -> None:
+    """Raise ValueError unless ``layer_config`` can take a static activation scale."""
+    scheme = get_scheme(layer_config.scheme)
+    if not ops.supports_static(scheme):
+        raise ValueError(f"static activation scales need an 8-bit scheme (w8a8-int8, w8a8-fp8), not {scheme.name}")
+    if layer_config.rank:
+        raise ValueError(f"static activation scales do not support a low-rank branch (rank {layer_config.rank}): "
+                         "its down-projection comes from the dynamic quantize kernel")
 
 
 def max_lowrank(in_features: int, out_features: int) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _extension
-from ..formats import Scheme
+from ..formats import Format, Scheme
 from . import library, reference
 from .checks import OpInputError
 
@@ -26,6 +26,9 @@ _QUANTIZE_OP = {"w8a8-int8": "quantize_act_int8", "w8a8-fp8": "quantize_act_fp8"
 # Schemes whose activations are quantized per token by the 8-bit row kernel, and its output format:
 # they also take producer-fused input (gelu-cat, GEGLU, LayerNorm; see producer_quantize_op).
 _ROW_QUANT_FORMAT = {"w8a8-int8": "int8", "w8a8-fp8": "fp8", "w4a8": "int8"}
+# Schemes that take static (calibrated, per-tensor) activation scales, and their activation format.
+_STATIC_FORMAT = {"w8a8-int8": Format.INT8, "w8a8-fp8": Format.FP8_E4M3}
+_ONES: dict[torch.device, torch.Tensor] = {}  # ones_scales' cache
 _GEMM_OP = {"w8a8-int8": "w8a8_int8_gemm", "w8a8-fp8": "w8a8_fp8_gemm", "w4a8": "w4a8_gemm", "w4a4": "w4a4_gemm"}
 _CONV_OP = {"w8a8-int8": "w8a8_int8_conv2d", "w8a8-fp8": "w8a8_fp8_conv2d"}
 
@@ -42,6 +45,40 @@ def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = 
                  lora_down: torch.Tensor | None = None, backend: str = "auto"):
     """Quantize activations ``x [M, K]`` for ``scheme``: returns ``(q, scale, lowrank_act)``."""
     return _resolve(_QUANTIZE_OP[scheme.name], backend)(x, smooth, lora_down)
+
+
+def supports_static(scheme: Scheme) -> bool:
+    """Whether :func:`quantize_act_static` serves ``scheme`` (8-bit activations and weights)."""
+    return scheme.name in _STATIC_FORMAT
+
+
+def quantize_act_static(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None, scale: torch.Tensor):
+    """Quantize ``x [M, K]`` with one static (calibrated) scale ``scale [1]`` float32 for the whole
+    tensor: ``q [M, K]`` (see :func:`reference.quantize_act_static`). Torch ops on every device: in
+    a compiled graph inductor fuses them into the kernel producing ``x``, so the quantization
+    costs no pass of its own there."""
+    fmt = _STATIC_FORMAT.get(scheme.name)
+    if fmt is None:
+        raise OpInputError(f"quantize_act_static: scheme {scheme.name} has no static activation scales "
+                           f"(supported: {', '.join(_STATIC_FORMAT)})")
+    return reference.quantize_act_static(x, smooth, scale, fmt)
+
+
+def ones_scales(m: int, device: torch.device) -> torch.Tensor:
+    """A float32 ``[m]`` view of ones on ``device``: the per-token scale operand of a GEMM whose
+    activations carry one static scale (folded into the weight scales instead). Cached per device
+    and grown outside compilation and CUDA-graph capture, so a compiled or captured step reads a
+    slice of an existing tensor rather than launching a fill kernel."""
+    cached = _ONES.get(device)
+    if cached is not None and cached.numel() >= m:
+        return cached[:m]
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if torch.compiler.is_compiling() or capturing:
+        return torch.ones(m, dtype=torch.float32, device=device)
+    size = 1 << max(16, (m - 1).bit_length())  # 64K tokens and more: few models ever grow it
+    with torch.inference_mode(False):  # a plain tensor even when first asked for under inference_mode
+        _ONES[device] = torch.ones(size, dtype=torch.float32, device=device)
+    return _ONES[device][:m]
 
 
 def supports_gelu_cat(scheme: Scheme) -> bool:
@@ -124,4 +161,5 @@ def conv2d(scheme: Scheme, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tens
 
 
 __all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act",
-           "quantize_act_lowrank_cat", "quantize_act_lowrank_cat_from", "reference"]
+           "quantize_act_lowrank_cat", "quantize_act_lowrank_cat_from", "quantize_act_static", "reference",
+           "supports_static"]

@@ -65,6 +65,7 @@ from .checks import FLOAT_ACT_DTYPES
 
 _QUANT_K_MULTIPLE = {"quantize_act_int8": 16, "quantize_act_fp8": 16, "quantize_act_fp8_lowrank_cat": 16,
                      "quantize_act_fp8_lowrank_cat_from": 16,
+                     "quantize_act_int8_static": 16, "quantize_act_fp8_static": 16,
                      "quantize_act_int4": INT4_ACT_GROUP_SIZE}
 
 
@@ -102,6 +103,24 @@ def quantize_act_fp8(x, smooth=None, lora_down=None):
     xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down)
     q, scale = quantize_rows(xf, Format.FP8_E4M3)
     return q, scale, lowrank
+
+
+def check_quantize_static_args(op, x, smooth, scale):
+    """Validate a static-scale quantization's operands (metadata only); returns ``(M, K)``."""
+    m, k, _ = check_quantize_args(op, x, smooth, None)
+    checks.check_tensor(op, "scale", scale, dtypes=(torch.float32,), shape=(1,), device=x.device)
+    return m, k
+
+
+def quantize_act_static(x, smooth, scale, fmt: Format):
+    """``round_to_format((x / smooth) / scale)`` with one static (calibrated) ``scale [1]`` for the
+    whole tensor: ``q [M, K]``. Its dequantization scale is ``scale`` for every token. Pure torch
+    ops, so under torch.compile inductor fuses it into the kernel producing ``x``; the divisions
+    are by tensors (IEEE division on every backend), and qengine's calibrated FP8 scales are powers
+    of two (:func:`qengine.calib.static_scales.static_scale`), which makes the division exact."""
+    op = "quantize_act_int8_static" if fmt is Format.INT8 else "quantize_act_fp8_static"
+    check_quantize_static_args(op, x, smooth, scale)
+    return round_to_format(_smoothed(x, smooth) / scale, fmt)
 
 
 def check_quantize_gelu_cat_args(op, x, gelu_x, smooth):
