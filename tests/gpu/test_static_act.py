@@ -3,8 +3,9 @@
 - The static quantization on CUDA (torch ops) is bit-exact with the CPU reference, for FP8 with
   power-of-two scales and INT8 with arbitrary ones, with and without smoothing.
 - The layer on CUDA matches the reference backend (>= 40 dB on the same quantized operands).
-- torch.compile(fullgraph=True) of a static QLinear behind a LayerNorm (inductor fuses norm and
-  quantization) gives the eager output bit for bit; CUDA-graph replay equals eager.
+- torch.compile(fullgraph=True) of a static QLinear gives the eager output bit for bit, and stays
+  close to it behind a LayerNorm (which inductor fuses with the quantization, its output kept in
+  fp32); CUDA-graph replay equals eager.
 - calibrate_static_scales on an SDXL-style UNet (linears and convs): static layers everywhere they
   apply, and an output about as close to bf16 as the dynamic one.
 
@@ -76,15 +77,30 @@ def test_layer_matches_reference_backend(scheme, smooth):
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 @pytest.mark.parametrize("smooth", [False, True])
-def test_compiled_with_layer_norm_equals_eager(scheme, smooth):
+def test_compiled_equals_eager(scheme, smooth):
     q, x = make_layer(scheme, 640, 640, smooth)
-    norm = nn.LayerNorm(640).to(DEV, torch.bfloat16)
-    net = nn.Sequential(norm, q)
     with torch.no_grad():
+        eager = q(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(q, fullgraph=True)(x)
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_compiled_behind_a_layer_norm_stays_close(scheme):
+    """Inductor fuses the LayerNorm and the quantization and keeps the normalized rows in fp32
+    (eager rounds them to bf16 first), so a few elements round to the neighbouring step."""
+    q, x = make_layer(scheme, 640, 640, smooth=False)
+    norm = nn.LayerNorm(640).to(DEV, torch.bfloat16)
+    fmt = SCHEMES[scheme]
+    with torch.no_grad():
+        absmax = float(norm(x).float().abs().amax())
+        q.set_input_scale(static_scale(absmax, fmt, power_of_two=fmt is Format.FP8_E4M3))
+        net = nn.Sequential(norm, q)
         eager = net(x)
         torch._dynamo.reset()
         compiled = torch.compile(net, fullgraph=True)(x)
-    assert torch.equal(compiled, eager)
+    assert sqnr_db(compiled.float(), eager.float()) >= 30
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
