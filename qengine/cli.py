@@ -95,6 +95,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    if args.static_scales and not args.checkpoint:
+        raise SystemExit("qengine calibrate: --static-scales needs --checkpoint (the scales live in the checkpoint)")
     import torch
 
     import qengine
@@ -126,6 +128,14 @@ def _calibrate(args: argparse.Namespace) -> int:
           f"{m['wall_s']:.1f} s (trajectory {m['collect_s']:.1f} s). Written to {args.out}")
     if args.checkpoint:
         qengine.quantize(model, calibration=res)
+        if args.static_scales:
+            from qengine.calib import calibrate_static_scales
+
+            labels = ref.class_grid_labels(args.per_class)
+            report = calibrate_static_scales(
+                model, lambda: ref.sample(model, labels, seed=args.seed, steps=args.steps, batch_size=500))
+            print(f"static activation scales on {sum('scale' in r for r in report.values())} of {len(report)} "
+                  "quantized layers (the others stay dynamic)")
         print(f"quantized checkpoint written to {qengine.save(model, args.checkpoint)}")
     return 0
 
@@ -209,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", default="w8a8-int8", choices=qcfg.PRESETS, help="scheme to calibrate (default: %(default)s)")
     c.add_argument("--out", required=True, help="calibration file to write (.safetensors)")
     c.add_argument("--checkpoint", help="also quantize with the result and write a qengine checkpoint folder here")
+    c.add_argument("--static-scales", action="store_true",
+                   help="with --checkpoint: give the checkpoint's 8-bit layers static activation scales, from the "
+                        "quantized model's input ranges along the same trajectories (fastest under torch.compile; "
+                        "qengine.calib.calibrate_static_scales)")
     c.add_argument("--budget", type=float, default=0.1,
                    help="fraction of quantized weight parameters that may go one precision level up "
                         "(4-bit -> w8a8-int8, 8-bit -> 16-bit); 0 disables mixed precision (default: %(default)s)")

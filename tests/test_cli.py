@@ -62,3 +62,9 @@ def test_quantize_errors_name_the_problem(tmp_path):
     r = run_cli("quantize", str(tmp_path), "--preset", "int3", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "invalid choice: 'int3'" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_static_scales_need_a_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="--static-scales needs --checkpoint"):
+        main(["calibrate", "dit", "--static-scales", "--out", str(tmp_path / "c.safetensors")])
+    assert not (tmp_path / "c.safetensors").exists()
