@@ -251,7 +251,7 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: s
                 with torch.inference_mode():
                     for kw in calib_inputs:
                         model(**kw)
-            report = calibrate_static_scales(model, run)
+            report = calibrate_static_scales(model, run, int8_linears=True)  # int8-static asks for them
             n_static = sum("scale" in r for r in report.values())
             print(f"{name} {mode.name}: static scales on {n_static} of {len(report)} layers", file=sys.stderr)
     elif mode.base == "bf16-fused":

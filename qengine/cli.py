@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--static-scales", action="store_true",
                    help="with --checkpoint: give the checkpoint's 8-bit layers static activation scales, from the "
                         "quantized model's input ranges along the same trajectories (fastest under torch.compile; "
-                        "qengine.calib.calibrate_static_scales)")
+                        "qengine.calib.calibrate_static_scales). INT8 linears keep per-token scales, which "
+                        "matter to fixed point: use with an FP8 preset")
     c.add_argument("--budget", type=float, default=0.1,
                    help="fraction of quantized weight parameters that may go one precision level up "
                         "(4-bit -> w8a8-int8, 8-bit -> 16-bit); 0 disables mixed precision (default: %(default)s)")

@@ -145,6 +145,17 @@ def test_calibration_sets_scales_from_the_observed_absmax():
     assert report["fc"]["absmax"][0] <= math.sqrt(32)
 
 
+def test_int8_linears_stay_dynamic_unless_asked():
+    torch.manual_seed(0)
+    net = qengine.quantize(Net(), qengine.QuantConfig.preset("w8a8-int8", conv_scheme="w8a8-int8"))
+    calib = [torch.randn(1, 16, 6, 6)]
+    report = calibrate_static_scales(net, lambda: net(calib[0]))
+    assert "per-token" in report["fc"]["skipped"] and net.fc.input_scale is None
+    assert net.conv.input_scale is not None  # convs are per tensor either way
+    report = calibrate_static_scales(net, lambda: net(calib[0]), int8_linears=True)
+    assert "scale" in report["fc"] and float(net.fc.input_scale) == pytest.approx(report["fc"]["absmax"][0] / 127)
+
+
 def test_calibration_that_fails_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     net = qengine.quantize(Net(), qengine.QuantConfig.preset("w8a8-fp8", conv_scheme="w8a8-fp8"))
