@@ -205,11 +205,11 @@ def make_inputs(name: str, model: nn.Module, tiny: bool, device, dtype, batch: i
     return inputs
 
 
-def calibration_inputs(name: str, model: nn.Module, mode: Mode, args, device, dtype) -> list[dict] | None:
+def calibration_inputs(name: str, model: nn.Module, mode: Mode, tiny: bool, device, dtype) -> list[dict] | None:
     """A -static mode's calibration steps: other noise and diffusion times than the timed step's."""
     if not mode.static:
         return None
-    return [make_inputs(name, model, args.tiny, device, dtype, seed=4321 + i, t=t) for i, t in enumerate((0.9, 0.3))]
+    return [make_inputs(name, model, tiny, device, dtype, seed=4321 + i, t=t) for i, t in enumerate((0.9, 0.3))]
 
 
 def is_unet(name: str) -> bool:
@@ -359,7 +359,7 @@ def bench_one(name: str, mode: Mode, args, device, dtype, ref_out) -> tuple[dict
             torch.compiler.load_cache_artifacts(cache_file.read_bytes())
             print(f"loaded compile caches from {cache_file}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    model = apply_mode(model, name, mode, device, args.compile_scope, calibration_inputs(name, model, mode, args, device, dtype))
+    model = apply_mode(model, name, mode, device, args.compile_scope, calibration_inputs(name, model, mode, args.tiny, device, dtype))
     if cuda:
         torch.cuda.synchronize(device)
     quant_s = time.perf_counter() - t0
@@ -416,7 +416,7 @@ def denoise_memory(name: str, mode: Mode, cache: bool, args, device, dtype) -> d
         raise SystemExit("--denoise-memory takes no +graph mode (the temporal cache looks timesteps up on the host)")
     reset()
     model = build_model(name, args.tiny, device, dtype)
-    apply_mode(model, name, mode, device, args.compile_scope, calibration_inputs(name, model, mode, args, device, dtype))
+    apply_mode(model, name, mode, device, args.compile_scope, calibration_inputs(name, model, mode, args.tiny, device, dtype))
     inputs = make_inputs(name, model, args.tiny, device, dtype)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     sched.set_timesteps(args.steps, device=device)

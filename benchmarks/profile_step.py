@@ -89,10 +89,7 @@ def main(argv=None) -> int:
         QLinear.compiled_quantize = args.compiled_quantize
     mode = bp.Mode.parse(args.mode)
     model = bp.build_model(args.model, False, device, dtype)
-    calib = None
-    if mode.static:  # -static modes: calibrated on the same other inputs as in bench_pipeline
-        calib = [bp.make_inputs(args.model, model, False, device, dtype, seed=4321 + i, t=t)
-                 for i, t in enumerate((0.9, 0.3))]
+    calib = bp.calibration_inputs(args.model, model, mode, False, device, dtype)  # -static modes only
     model = bp.apply_mode(model, args.model, mode, device, args.compile_scope, calib)
     inputs = bp.make_inputs(args.model, model, False, device, dtype)
     with torch.inference_mode():

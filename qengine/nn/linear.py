@@ -147,17 +147,15 @@ class QLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).contiguous()
         q = ops.quantize_act_static(x2, self.scheme, self.smooth, self.input_scale)
-        y = ops.gemm(self.scheme, q, ops.ones_scales(x2.shape[0], x2.device), self.weight, self._w_scale_static,
-                     self.bias, None, None, out_dtype=x.dtype, backend=self.backend)
-        return y.reshape(*lead, self.out_features)
+        return self._gemm_quantized(q, ops.ones_scales(x2.shape[0], x2.device), lead, x.dtype, self._w_scale_static)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QLinear expects input with last dimension {self.in_features}, got shape {tuple(x.shape)}")
         norm = self._pre_norm
-        if norm is not None and self.input_scale is not None:  # inductor fuses norm + static quantize
-            return self._forward_static(type(norm).forward(norm, x))
         if self.input_scale is not None:
+            if norm is not None:  # the stock norm: under compile inductor fuses it with the quantization
+                x = type(norm).forward(norm, x)
             return self._forward_static(x)
         if norm is not None:
             if x.dtype in fused._FUSED_DTYPES and fused._kernel_device(x, self._pre_norm_built):
@@ -191,11 +189,12 @@ class QLinear(nn.Module):
                                         backend=self._quantize_backend())
         return self._gemm_quantized(q, scale, lead, x.dtype)
 
-    def _gemm_quantized(self, q: torch.Tensor, scale: torch.Tensor, lead, out_dtype: torch.dtype) -> torch.Tensor:
-        """The GEMM of activations a producer-fused quantize op already quantized (no low-rank
-        branch), reshaped to ``[*lead, out_features]``."""
-        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale, self.bias, None, None, out_dtype=out_dtype,
-                     backend=self.backend)
+    def _gemm_quantized(self, q: torch.Tensor, scale: torch.Tensor, lead, out_dtype: torch.dtype,
+                        w_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The GEMM of activations a producer-fused or static quantization already quantized (no
+        low-rank branch), reshaped to ``[*lead, out_features]``; ``w_scale`` defaults to the layer's."""
+        y = ops.gemm(self.scheme, q, scale, self.weight, self.weight_scale if w_scale is None else w_scale, self.bias,
+                     None, None, out_dtype=out_dtype, backend=self.backend)
         return y.reshape(*lead, self.out_features)
 
     def _quantize_backend(self) -> str:
