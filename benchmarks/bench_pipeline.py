@@ -35,7 +35,9 @@ whole compiled step is captured (the host's launch gaps between compiled regions
 ``-static`` after an 8-bit qengine base name (``fp8-static-qkv+compile+graph``) calibrates static
 activation scales for every linear and conv on two steps of other inputs first
 (``qengine.calib.calibrate_static_scales``): the quantization then fuses into its producers under
-compile, and the convs skip their absmax pre-pass. ``-fold`` after a qengine base name (``fp8-fold-qkv+compile+graph``) adds the opt-in producer
+compile, and the convs skip their absmax pre-pass; in UNets each resnet's GroupNorm + SiLU then
+writes its conv's 8-bit input (``qengine.nn.fused_resnet``; ``fp8-nores-static-...`` runs the
+resnets unfused, to measure that). ``-fold`` after a qengine base name (``fp8-fold-qkv+compile+graph``) adds the opt-in producer
 fusions (LayerNorm + quantize in one kernel, the GEGLU product quantized in place), to measure them.
 ``-qkv`` after any base name (``fp8-qkv+compile+graph``, ``bf16-qkv+compile``) first fuses each
 attention's q/k/v (k/v) projections into one layer (``QuantConfig.fuse_qkv``), so fused and
@@ -108,6 +110,9 @@ class Mode:
     #: two steps of other inputs (seed, diffusion time) than the timed one
     #: (qengine.calib.calibrate_static_scales), for linears and convs
     static: bool = False
+    #: "-nores" (qengine modes, before any -static): the UNet resnets run diffusers' forward, not
+    #: qengine's fused one (qengine.nn.fused_resnet), to measure that fusion in one run
+    nores: bool = False
 
     @classmethod
     def parse(cls, name: str) -> "Mode":
@@ -118,6 +123,10 @@ class Mode:
         base = base.removesuffix("-qkv")
         static = base.endswith("-static")
         base = base.removesuffix("-static")
+        nores = base.endswith("-nores")
+        base = base.removesuffix("-nores")
+        if nores and base not in QENGINE_MODES:
+            raise SystemExit(f"mode {name!r}: -nores applies to the qengine modes only")
         fold = base.endswith("-fold")
         base = base.removesuffix("-fold")
         if fold and base not in QENGINE_MODES:
@@ -131,7 +140,8 @@ class Mode:
             raise SystemExit(f"unknown mode {name!r}; modes: bf16, bf16-fused, {', '.join(TORCHAO_MODES)}, "
                              f"{', '.join(QENGINE_MODES)} (each optionally with -qkv, then +compile, +graph "
                              "or +compile+graph)")
-        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"), fuse_qkv, plus + rest, fold, static)
+        return cls(name, base, rest.startswith("compile"), rest.endswith("graph"), fuse_qkv, plus + rest, fold, static,
+                   nores)
 
     def like(self, base: str) -> str:
         """The mode ``base`` run the same way as this one (same -qkv and suffix)."""
@@ -241,6 +251,10 @@ def apply_mode(model: nn.Module, name: str, mode: Mode, device, compile_scope: s
         qengine.quantize(model, cfg)  # also swaps in the fused norm kernels (fused_kernels=True)
         if mode.fold:
             qengine.enable_fused_kernels(model, producer_fusions=True)
+        if mode.nores:
+            from qengine.nn.fused_resnet import restore_resnet_forwards
+
+            restore_resnet_forwards(model)
         if mode.static:
             from qengine.calib import calibrate_static_scales
 

@@ -178,6 +178,20 @@ def test_fold_modes_add_the_producer_fusions():
         assert any(hasattr(x, "_qengine_gelu_cat") for x in model.modules()) == folded
 
 
+def test_nores_modes_run_the_resnets_unfused():
+    m = bench_pipeline.Mode.parse("fp8-nores-static-qkv+compile+graph")
+    assert (m.base, m.nores, m.static, m.fuse_qkv) == ("fp8", True, True, True)
+    with pytest.raises(SystemExit, match="qengine modes only"):
+        bench_pipeline.Mode.parse("bf16-nores")
+    cpu = torch.device("cpu")
+    for mode, fused in (("fp8", True), ("fp8-nores", False)):
+        model = bench_pipeline.build_model("sdxl", True, cpu, torch.float32)
+        bench_pipeline.apply_mode(model, "sdxl", bench_pipeline.Mode.parse(mode), cpu)
+        resnets = [x for x in model.modules() if type(x).__name__ == "ResnetBlock2D"]
+        assert resnets and all(hasattr(x, "_qengine_resnet_fused") == fused for x in resnets)
+        assert all(("forward" in vars(x)) == fused for x in resnets)
+
+
 def test_profile_step_sorts_kernels_into_categories():
     import profile_step
 

@@ -137,7 +137,7 @@ def test_flux_fused_processor_gives_the_stock_output(fused_on_cpu):
         expect = model(**inputs)[0]
     counts = qengine.enable_fused_kernels(model)
     assert counts == {"group_norm": 0, "flux_attention": 2, "lowrank_cat": 0, "gelu_cat": 0,
-                      "layer_norm_quant": 0}
+                      "layer_norm_quant": 0, "resnet": 0}
     procs = {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor")}
     assert procs == {"FusedFluxAttnProcessor"}
     calls = []
@@ -185,7 +185,7 @@ def test_group_norm_swap_keeps_state_and_output(fused_on_cpu):
     counts = qengine.enable_fused_kernels(model)
     assert counts["group_norm"] == n_gn > 0
     assert qengine.enable_fused_kernels(model) == {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0,
-                                                 "gelu_cat": 0, "layer_norm_quant": 0}  # idempotent
+                                                 "gelu_cat": 0, "layer_norm_quant": 0, "resnet": 0}  # idempotent
     assert not any(type(m) is nn.GroupNorm for m in model.modules())
     assert list(model.state_dict()) == keys
     calls = []

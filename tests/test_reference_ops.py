@@ -250,8 +250,14 @@ def sample_args():
     cases["rmsnorm_rope"] = (randn(1, 6, 2, 64, dtype=torch.bfloat16), randn(64, dtype=torch.bfloat16),
                              randn(9, 64), randn(9, 64), 1e-6, randn(1, 3, 2, 64, dtype=torch.bfloat16),
                              randn(64, dtype=torch.bfloat16))
-    cases["group_norm_nhwc"] = (randn(2, 32, 5, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last),
-                                8, randn(32, dtype=torch.bfloat16), randn(32, dtype=torch.bfloat16), 1e-5, True)
+    xg = randn(2, 32, 5, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    cases["group_norm_nhwc"] = (xg, 8, randn(32, dtype=torch.bfloat16), randn(32, dtype=torch.bfloat16), 1e-5, True,
+                                randn(2, 32, dtype=torch.bfloat16))
+    # GroupNorm + SiLU writing a conv's 8-bit input (qengine/nn/fused_resnet.py)
+    cases["group_norm_quant_int8"] = (xg, 8, randn(32, dtype=torch.bfloat16), None, 1e-5, True,
+                                      randn(2, 32, dtype=torch.bfloat16), torch.tensor([0.02]))
+    cases["group_norm_quant_fp8"] = (xg, 4, None, randn(32, dtype=torch.bfloat16), 1e-6, False, None,
+                                     torch.tensor([0.004]))
     return cases
 
 

@@ -2,6 +2,10 @@
 // quantization of each input half), the arch dispatch of the conv family, and debug entry
 // points (qengine._C.qconv2d_with_config & co) to force a tile config.
 //
+// Pre-quantized input: x may already be 8-bit (the op's q dtype, contiguous NHWC), written by a
+// producer that applied the static scale x_scale itself (group_norm_quant_*); the pre-pass is
+// skipped and out_dtype names the output dtype.
+//
 // Split shortcut: with x2 the conv input is concat([x, x2], channels) but each half keeps its own
 // activation scale. A scale per input channel group does not factor out of one accumulator, so
 // the op runs one implicit GEMM per half over that half's weight channels (read in place, no
@@ -168,11 +172,25 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& x_scale, c10::IntArrayRef stride,
                     c10::IntArrayRef padding, c10::IntArrayRef dilation, const std::optional<at::Tensor>& x2,
                     const std::optional<at::Tensor>& x2_scale, const std::optional<at::Tensor>& residual,
-                    const QConvPlan* forced) {
+                    std::optional<at::ScalarType> out_dtype_arg, const QConvPlan* forced) {
   const char* op = g.name;
   const auto device = x.device();
-  QENGINE_CHECK(op, x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, "the CUDA kernel takes bfloat16 "
-                "or float16 activations, got x of dtype ", x.scalar_type(), " (float32 runs only with backend='reference')");
+  const bool prequant = x.scalar_type() == g.q_dtype;
+  QENGINE_CHECK(op, prequant || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, "the CUDA kernel "
+                "takes bfloat16 or float16 activations or pre-quantized ", g.q_dtype, " ones, got x of dtype ",
+                x.scalar_type(), " (float32 runs only with backend='reference')");
+  const at::ScalarType out_dtype = out_dtype_arg.has_value() ? *out_dtype_arg : x.scalar_type();
+  if (prequant) {
+    QENGINE_CHECK(op, x_scale.has_value(), "a pre-quantized x (dtype ", x.scalar_type(), ") needs its x_scale");
+    QENGINE_CHECK(op, out_dtype_arg.has_value() && (out_dtype == at::kBFloat16 || out_dtype == at::kHalf),
+                  "a pre-quantized x needs out_dtype bfloat16 or float16, got ",
+                  out_dtype_arg.has_value() ? c10::toString(out_dtype) : "none");
+    QENGINE_CHECK(op, !x2.has_value(), "x2 (split shortcut) is not supported with a pre-quantized x");
+    QENGINE_CHECK(op, x.is_contiguous(), "a pre-quantized x must be contiguous NHWC, got strides ", x.strides());
+  } else {
+    QENGINE_CHECK(op, out_dtype == x.scalar_type(), "out_dtype ", out_dtype, " differs from x's dtype ", x.scalar_type(),
+                  " (the output takes the activation dtype)");
+  }
   check_nhwc_rows(op, "x", x, device, x.scalar_type(), -1, -1, -1);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
@@ -202,7 +220,7 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
   d.Wo = (d.W + 2 * d.pw - d.dw * (d.kw - 1) - 1) / d.sw + 1;
   QENGINE_CHECK(op, d.Ho > 0 && d.Wo > 0, "input ", d.H, "x", d.W, " is too small for a ", d.kh, "x", d.kw,
                 " kernel with padding ", padding);
-  if (residual.has_value()) check_tensor(op, "residual", *residual, device, {x.scalar_type()}, {d.B, d.Ho, d.Wo, d.O});
+  if (residual.has_value()) check_tensor(op, "residual", *residual, device, {out_dtype}, {d.B, d.Ho, d.Wo, d.O});
   const int64_t M = d.B * d.Ho * d.Wo;
   QENGINE_CHECK(op, M <= INT32_MAX && d.B * d.H * d.W * d.C <= INT32_MAX * int64_t(16), "tensor too large: ", x.sizes());
   QENGINE_CHECK(op, reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0,
@@ -223,13 +241,12 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
 
   c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const at::ScalarType out_dtype = x.scalar_type();
-  auto out = at::empty({d.B, d.Ho, d.Wo, d.O}, x.options());
+  auto out = at::empty({d.B, d.Ho, d.Wo, d.O}, x.options().dtype(out_dtype));
   if (M == 0) return out;
   at::Tensor bias_t;
   if (bias.has_value()) bias_t = bias->scalar_type() == out_dtype ? *bias : bias->to(out_dtype);
 
-  auto [q1, s1] = quantize_half(g, x, x_scale, stream);
+  auto [q1, s1] = prequant ? std::make_pair(x, *x_scale) : quantize_half(g, x, x_scale, stream);
   at::Tensor q2, s2;
   if (x2.has_value()) std::tie(q2, s2) = quantize_half(g, *x2, x2_scale, stream);
 
@@ -254,7 +271,7 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
   p.dil_h = static_cast<int>(d.dh), p.dil_w = static_cast<int>(d.dw);
   p.Ho = static_cast<int>(d.Ho), p.Wo = static_cast<int>(d.Wo);
   p.in_type = g.q_type;
-  p.out_type = float_type(op, "x", out_dtype);
+  p.out_type = float_type(op, "out_dtype", out_dtype);
   p.sm_count = device_arch(device).sm_count;
   p.splits = plan.splits;
 
@@ -287,8 +304,10 @@ at::Tensor run_conv(const ConvOp& g, const at::Tensor& x, const at::Tensor& w, c
   at::Tensor NAME(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, \
                   const std::optional<at::Tensor>& x_scale, c10::IntArrayRef stride, c10::IntArrayRef padding,           \
                   c10::IntArrayRef dilation, const std::optional<at::Tensor>& x2,                                         \
-                  const std::optional<at::Tensor>& x2_scale, const std::optional<at::Tensor>& residual) {                 \
-    return run_conv(conv_op(QT), x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual, nullptr); \
+                  const std::optional<at::Tensor>& x2_scale, const std::optional<at::Tensor>& residual,                   \
+                  std::optional<at::ScalarType> out_dtype) {                                                              \
+    return run_conv(conv_op(QT), x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual,        \
+                    out_dtype, nullptr);                                                                                  \
   }
 QENGINE_CONV_ENTRY(w8a8_int8_conv2d, QuantType::kInt8)
 QENGINE_CONV_ENTRY(w8a8_fp8_conv2d, QuantType::kFP8E4M3)
@@ -346,18 +365,26 @@ void register_conv_debug(pybind11::module_& m) {
       [](const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
          const std::optional<at::Tensor>& x_scale, std::vector<int64_t> stride, std::vector<int64_t> padding,
          std::vector<int64_t> dilation, const std::string& config, const std::optional<at::Tensor>& x2,
-         const std::optional<at::Tensor>& x2_scale, const std::optional<at::Tensor>& residual) {
+         const std::optional<at::Tensor>& x2_scale, const std::optional<at::Tensor>& residual,
+         const std::string& out_dtype) {
         const QConvPlan plan = conv_plan_from_name(config);
+        TORCH_CHECK_VALUE(out_dtype.empty() || out_dtype == "bfloat16" || out_dtype == "float16",
+                          cat("qengine: out_dtype must be '', 'bfloat16' or 'float16', got '", out_dtype, "'"));
+        std::optional<at::ScalarType> out;
+        if (!out_dtype.empty()) out = out_dtype == "bfloat16" ? at::kBFloat16 : at::kHalf;
         TORCH_CHECK_VALUE(w.scalar_type() == at::kChar || w.scalar_type() == at::kFloat8_e4m3fn,
                           cat("qengine: w must be int8 or float8_e4m3fn, got ", w.scalar_type()));
         const QuantType t = w.scalar_type() == at::kChar ? QuantType::kInt8 : QuantType::kFP8E4M3;
-        return run_conv(conv_op(t), x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual, &plan);
+        return run_conv(conv_op(t), x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual,
+                        out, &plan);
       },
       "w8a8 conv2d (the op's arguments, w int8|fp8 picks the op) with a forced tile config, optionally split-K with a "
-      "'_split<S>' suffix (e.g. 'sm90_128x160x128_s4_split2'). Debug/test entry point.",
+      "'_split<S>' suffix (e.g. 'sm90_128x160x128_s4_split2'); out_dtype 'bfloat16'|'float16' for a pre-quantized x. "
+      "Debug/test entry point.",
       pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("w_scale"), pybind11::arg("bias"), pybind11::arg("x_scale"),
       pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"), pybind11::arg("config"),
-      pybind11::arg("x2") = std::nullopt, pybind11::arg("x2_scale") = std::nullopt, pybind11::arg("residual") = std::nullopt);
+      pybind11::arg("x2") = std::nullopt, pybind11::arg("x2_scale") = std::nullopt, pybind11::arg("residual") = std::nullopt,
+      pybind11::arg("out_dtype") = "");
   m.def(
       "conv_configs",
       []() {

@@ -1,4 +1,5 @@
-// torch binding of the fused normalization ops: rmsnorm_rope (attention q/k) and group_norm_nhwc.
+// torch binding of the fused normalization ops: rmsnorm_rope (attention q/k), group_norm_nhwc and
+// group_norm_quant_{int8,fp8} (GroupNorm writing a quantized conv's 8-bit input).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -92,9 +93,11 @@ at::Tensor rmsnorm_rope(const at::Tensor& x, const at::Tensor& weight, const std
   return out;
 }
 
-at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& weight,
-                           const std::optional<at::Tensor>& bias, double eps, bool silu) {
-  const char* op = "group_norm_nhwc";
+// group_norm_nhwc and group_norm_quant_{int8,fp8}: q_type/q_scale set = the 8-bit output.
+at::Tensor run_group_norm(const char* op, const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& bias, double eps, bool silu,
+                          const std::optional<at::Tensor>& add, const std::optional<QuantType> q_type,
+                          const at::Tensor* q_scale) {
   const auto device = x.device();
   QENGINE_CHECK(op, x.is_cuda(), "x must be a CUDA tensor, got one on ", x.device());
   QENGINE_CHECK(op, x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
@@ -110,10 +113,16 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const std::optio
   QENGINE_CHECK(op, C <= 4096 && N <= 65535, "C=", C, " N=", N, " is not supported (C <= 4096, N <= 65535)");
   if (weight.has_value()) check_tensor(op, "weight", *weight, device, {x.scalar_type()}, {C});
   if (bias.has_value()) check_tensor(op, "bias", *bias, device, {x.scalar_type()}, {C});
-  QENGINE_CHECK(op, reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0, "x must be 4-byte aligned");
+  if (add.has_value()) check_tensor(op, "add", *add, device, {x.scalar_type()}, {N, C});
+  if (q_scale != nullptr) check_tensor(op, "scale", *q_scale, device, {at::kFloat}, {1});
+  QENGINE_CHECK(op, reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0 &&
+                        (!add.has_value() || reinterpret_cast<uintptr_t>(add->data_ptr()) % 4 == 0),
+                "x and add must be 4-byte aligned");
   check_arch(op, device);
   c10::cuda::CUDAGuard guard(device);
-  auto y = at::empty_like(x, x.options(), at::MemoryFormat::ChannelsLast);
+  const at::ScalarType y_dtype = !q_type.has_value() ? x.scalar_type()
+                                 : *q_type == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn;
+  auto y = at::empty(x.sizes(), x.options().dtype(y_dtype).memory_format(at::MemoryFormat::ChannelsLast));
   if (x.numel() == 0) return y;
   const int sm_count = device_arch(device).sm_count;
   auto ws = at::empty({group_norm_nhwc_workspace_floats(N, HW, static_cast<int>(C), static_cast<int>(groups), sm_count)},
@@ -122,6 +131,7 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const std::optio
   p.x = x.data_ptr();
   p.gamma = weight.has_value() ? weight->data_ptr() : nullptr;
   p.beta = bias.has_value() ? bias->data_ptr() : nullptr;
+  p.add = add.has_value() ? add->data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.workspace = ws.data_ptr<float>();
   p.x_type = float_type(op, "x", x.scalar_type());
@@ -131,11 +141,34 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const std::optio
   p.G = static_cast<int>(groups);
   p.eps = static_cast<float>(eps);
   p.silu = silu;
+  p.quantize = q_type.has_value();
+  if (q_type.has_value()) {
+    p.q_type = *q_type;
+    p.q_scale = q_scale->data_ptr<float>();
+  }
   p.sm_count = sm_count;
   const cudaError_t err = qengine::group_norm_nhwc(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": kernel launch failed for x ", shape_str(x), ": ",
                                      cudaGetErrorString(err)));
   return y;
+}
+
+at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& bias, double eps, bool silu,
+                           const std::optional<at::Tensor>& add) {
+  return run_group_norm("group_norm_nhwc", x, groups, weight, bias, eps, silu, add, std::nullopt, nullptr);
+}
+
+at::Tensor group_norm_quant_int8(const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias, double eps, bool silu,
+                                 const std::optional<at::Tensor>& add, const at::Tensor& scale) {
+  return run_group_norm("group_norm_quant_int8", x, groups, weight, bias, eps, silu, add, QuantType::kInt8, &scale);
+}
+
+at::Tensor group_norm_quant_fp8(const at::Tensor& x, int64_t groups, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& bias, double eps, bool silu,
+                                const std::optional<at::Tensor>& add, const at::Tensor& scale) {
+  return run_group_norm("group_norm_quant_fp8", x, groups, weight, bias, eps, silu, add, QuantType::kFP8E4M3, &scale);
 }
 
 }  // namespace
@@ -144,4 +177,6 @@ at::Tensor group_norm_nhwc(const at::Tensor& x, int64_t groups, const std::optio
 TORCH_LIBRARY_IMPL(qengine, CUDA, m) {
   m.impl("rmsnorm_rope", &qengine::bindings::rmsnorm_rope);
   m.impl("group_norm_nhwc", &qengine::bindings::group_norm_nhwc);
+  m.impl("group_norm_quant_int8", &qengine::bindings::group_norm_quant_int8);
+  m.impl("group_norm_quant_fp8", &qengine::bindings::group_norm_quant_fp8);
 }

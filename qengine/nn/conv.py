@@ -95,6 +95,23 @@ class QConv2d(nn.Module):
                            backend=self.backend, x2=nhwc[..., s:], x2_scale=None if scale is None else scale[1:])
         return y.permute(0, 3, 1, 2)
 
+    def forward_prequantized(self, q: torch.Tensor, out_dtype: torch.dtype,
+                             residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv of an input its producer already quantized with this conv's static scale
+        (``group_norm_quant_*``): ``q [B, C, H, W]`` channels_last in the scheme's 8-bit dtype.
+        ``residual [B, O, Ho, Wo]`` (optional) is added in the epilogue. Returns ``out_dtype``,
+        channels_last."""
+        if self.input_scale is None or self.split is not None:
+            raise ValueError("forward_prequantized needs a static input scale and no split shortcut "
+                             f"(input_scale={'set' if self.input_scale is not None else None}, split={self.split})")
+        if q.dim() != 4 or q.shape[1] != self.in_channels:
+            raise ValueError(f"QConv2d expects input [B, {self.in_channels}, H, W], got shape {tuple(q.shape)}")
+        res = None if residual is None else residual.permute(0, 2, 3, 1).contiguous()
+        y = ops.conv2d(self.scheme, q.permute(0, 2, 3, 1).contiguous(), self.weight, self.weight_scale, self.bias,
+                       self.input_scale, self.stride, self.padding, self.dilation, backend=self.backend, residual=res,
+                       out_dtype=out_dtype)
+        return y.permute(0, 3, 1, 2)
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, scheme={self.layer_config.scheme}, "

@@ -19,6 +19,9 @@ q and k per block) take ~30 ms of a ~150 ms step on an H100; in an SDXL UNet, to
   the branch folded into the GEMM's K (``QLinear.enable_lowrank_cat``,
   :mod:`qengine.formats.lowrank_cat`): one FP8 GEMM with ~3r more K instead of a low-rank epilogue.
   Only for modules already on CUDA: on the CPU the epilogue path's numbers stay as they were.
+- every UNet ``ResnetBlock2D`` whose convs are 8-bit :class:`~qengine.nn.QConv2d` -> a forward
+  where, once the convs have static input scales, each GroupNorm (+ the temb add) + SiLU writes
+  its conv's 8-bit input and the shortcut is added in conv2's epilogue (:mod:`qengine.nn.fused_resnet`).
 - with ``producer_fusions=True`` (opt-in): every GEGLU feed-forward -> a forward whose output
   QLinear quantizes ``h * gelu(gate)`` in place, and every transformer block's LayerNorm that feeds
   exactly one QLinear -> folded into that QLinear, which then normalizes and quantizes in one
@@ -199,10 +202,12 @@ def enable_fused_kernels(obj, producer_fusions: bool = False) -> dict[str, int]:
     from ..integrations.diffusers import find_denoiser
     from .fused_mlp import swap_gelu_cat_forwards
     from .fused_norm_quant import fold_layer_norms
+    from .fused_resnet import swap_resnet_forwards
     from .linear import QLinear
 
     model, _ = find_denoiser(obj)
-    counts = {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0, "gelu_cat": 0, "layer_norm_quant": 0}
+    counts = {"group_norm": 0, "flux_attention": 0, "lowrank_cat": 0, "gelu_cat": 0, "layer_norm_quant": 0,
+              "resnet": 0}
     cat_built = _has_cuda_kernel("quantize_act_fp8_lowrank_cat")
     flux_cls = fused_flux_processor_class()
     flux_base = _flux_processor_base()
@@ -221,6 +226,7 @@ def enable_fused_kernels(obj, producer_fusions: bool = False) -> dict[str, int]:
                 and cat_built and mod.enable_lowrank_cat()):
             counts["lowrank_cat"] += 1
     counts["gelu_cat"] = swap_gelu_cat_forwards(model, geglu=producer_fusions)
+    counts["resnet"] = swap_resnet_forwards(model)
     if producer_fusions:
         counts["layer_norm_quant"] = fold_layer_norms(model)
     return counts

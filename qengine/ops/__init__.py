@@ -148,16 +148,18 @@ def gemm(scheme: Scheme, a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor
 def conv2d(scheme: Scheme, x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
            x_scale: torch.Tensor | None, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
            backend: str = "auto", *, x2: torch.Tensor | None = None, x2_scale: torch.Tensor | None = None,
-           residual: torch.Tensor | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Quantized conv over NHWC ``x [B, H, W, C]`` with weights ``[O, kh, kw, C]`` -> ``[B, Ho, Wo, O]``.
 
     ``x2 [B, H, W, C2]`` (split shortcut): the input is ``concat([x, x2], channels)`` with a scale per
     half (``w`` then has ``C + C2`` channels); ``residual [B, Ho, Wo, O]`` is added to the output.
+    ``x`` may come pre-quantized (the scheme's 8-bit dtype, contiguous, quantized with the static
+    ``x_scale`` by its producer, e.g. ``group_norm_quant_*``); ``out_dtype`` then names the output's.
     """
     if scheme.name not in _CONV_OP:
         raise ValueError(f"scheme {scheme.name} has no conv2d op; conv2d supports {', '.join(_CONV_OP)}")
     return _resolve(_CONV_OP[scheme.name], backend)(x, w, w_scale, bias, x_scale, list(stride), list(padding),
-                                                     list(dilation), x2, x2_scale, residual)
+                                                     list(dilation), x2, x2_scale, residual, out_dtype)
 
 
 __all__ = ["BACKENDS", "MISSING_CUDA_KERNELS", "OpInputError", "conv2d", "gemm", "quantize_act",

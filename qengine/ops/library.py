@@ -20,7 +20,9 @@ _GEMM_ARGS = ("Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias,
               "Tensor? lora_up, ScalarType out_dtype) -> Tensor")
 _QUANT_ARGS = "(Tensor x, Tensor? smooth, Tensor? lora_down) -> (Tensor, Tensor, Tensor)"
 _CONV_ARGS = ("(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor? x_scale, int[2] stride, int[2] padding, "
-              "int[2] dilation, Tensor? x2=None, Tensor? x2_scale=None, Tensor? residual=None) -> Tensor")
+              "int[2] dilation, Tensor? x2=None, Tensor? x2_scale=None, Tensor? residual=None, "
+              "ScalarType? out_dtype=None) -> Tensor")
+_GN_QUANT_ARGS = "(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu, Tensor? add, Tensor scale) -> Tensor"
 
 SCHEMAS: dict[str, str] = {
     "quantize_act_int8": _QUANT_ARGS,
@@ -43,7 +45,10 @@ SCHEMAS: dict[str, str] = {
     # Fused non-GEMM ops around the quantized layers (qengine/ops/reference_norms.py).
     "rmsnorm_rope": ("(Tensor x, Tensor weight, Tensor? cos, Tensor? sin, float eps, Tensor? prefix=None, "
                      "Tensor? prefix_weight=None) -> Tensor"),
-    "group_norm_nhwc": "(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu=False) -> Tensor",
+    "group_norm_nhwc": ("(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu=False, "
+                        "Tensor? add=None) -> Tensor"),
+    "group_norm_quant_int8": _GN_QUANT_ARGS,
+    "group_norm_quant_fp8": _GN_QUANT_ARGS,
 }
 
 _lib = torch.library.Library("qengine", "DEF")
@@ -83,10 +88,11 @@ def _fake_gemm(op):
 
 
 def _fake_conv(op, qdtype):
-    def fake(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None):
-        b, ho, wo, o = ref.check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2,
-                                           x2_scale, residual)
-        return x.new_empty(b, ho, wo, o)
+    def fake(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None,
+             out_dtype=None):
+        b, ho, wo, o, out_dtype = ref.check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding,
+                                                      dilation, x2, x2_scale, residual, out_dtype)
+        return x.new_empty(b, ho, wo, o, dtype=out_dtype)
     return fake
 
 
@@ -150,13 +156,22 @@ def _fake_rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None
     return x.new_empty(b, s, h, d)
 
 
-def _fake_group_norm_nhwc(x, groups, weight, bias, eps, silu=False):
-    ref_norms.check_group_norm_args("group_norm_nhwc", x, groups, weight, bias, layout=False)
+def _fake_group_norm_nhwc(x, groups, weight, bias, eps, silu=False, add=None):
+    ref_norms.check_group_norm_args("group_norm_nhwc", x, groups, weight, bias, layout=False, add=add)
     return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+def _fake_group_norm_quant(op, q_dtype):
+    def fake(x, groups, weight, bias, eps, silu, add, scale):
+        ref_norms.check_group_norm_args(op, x, groups, weight, bias, layout=False, add=add, scale=scale)
+        return torch.empty_like(x, dtype=q_dtype, memory_format=torch.channels_last)
+    return fake
 
 
 torch.library.register_fake("qengine::rmsnorm_rope", _fake_rmsnorm_rope, lib=_lib)
 torch.library.register_fake("qengine::group_norm_nhwc", _fake_group_norm_nhwc, lib=_lib)
+for _name, _qdtype in (("group_norm_quant_int8", torch.int8), ("group_norm_quant_fp8", torch.float8_e4m3fn)):
+    torch.library.register_fake(f"qengine::{_name}", _fake_group_norm_quant(_name, _qdtype), lib=_lib)
 
 # ---------------------------------------------------------------- loud CUDA failure
 

@@ -385,9 +385,25 @@ def _check_nhwc_rows(op, name, t, dtypes, shape, device=None):
 
 
 def check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None,
-                    residual=None):
-    """Validate a conv's operands (metadata only); returns ``(B, Ho, Wo, O)``."""
-    _check_nhwc_rows(op, "x", x, FLOAT_ACT_DTYPES, (None, None, None, None))
+                    residual=None, out_dtype=None):
+    """Validate a conv's operands (metadata only); returns ``(B, Ho, Wo, O, out dtype)``.
+
+    ``x`` is 16/32-bit, or pre-quantized (``qdtype``, contiguous, written by a producer that applied
+    the static ``x_scale`` itself, e.g. ``group_norm_quant_*``); then ``out_dtype`` is required."""
+    if isinstance(x, torch.Tensor) and x.dtype == qdtype:
+        checks.check_tensor(op, "x", x, dtypes=(qdtype,), shape=(None, None, None, None))
+        if x_scale is None:
+            checks._fail(op, f"a pre-quantized x (dtype {x.dtype}) needs its x_scale")
+        if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            checks._fail(op, f"a pre-quantized x needs out_dtype bfloat16, float16 or float32, got {out_dtype}")
+        if x2 is not None:
+            checks._fail(op, "x2 (split shortcut) is not supported with a pre-quantized x")
+    else:
+        _check_nhwc_rows(op, "x", x, FLOAT_ACT_DTYPES, (None, None, None, None))
+        if out_dtype is not None and out_dtype != x.dtype:
+            checks._fail(op, f"out_dtype {out_dtype} differs from x's dtype {x.dtype} (the output takes the activation "
+                             "dtype)")
+        out_dtype = x.dtype
     b, h, wd, c = x.shape
     dev = x.device
     checks.check_k(op, c, 16)
@@ -409,8 +425,8 @@ def check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, d
     if ho <= 0 or wo <= 0:
         checks._fail(op, f"input {h}x{wd} is too small for a {kh}x{kw} kernel with padding {list(padding)}")
     if residual is not None:
-        checks.check_tensor(op, "residual", residual, dtypes=(x.dtype,), shape=(b, ho, wo, o), device=dev)
-    return b, ho, wo, o
+        checks.check_tensor(op, "residual", residual, dtypes=(out_dtype,), shape=(b, ho, wo, o), device=dev)
+    return b, ho, wo, o, out_dtype
 
 
 def quantize_conv_input(x, x_scale, fmt):
@@ -420,11 +436,15 @@ def quantize_conv_input(x, x_scale, fmt):
     return round_to_format(xf / scale, fmt), scale
 
 
-def _conv2d(op, fmt, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual):
+def _conv2d(op, fmt, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual, out_dtype):
     qdtype = torch.int8 if fmt is Format.INT8 else torch.float8_e4m3fn
-    check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale, residual)
-    halves = [(x, x_scale)] + ([(x2, x2_scale)] if x2 is not None else [])
-    xd = torch.cat([q.float() * s for q, s in (quantize_conv_input(t, ts, fmt) for t, ts in halves)], dim=3)
+    *_, out_dtype = check_conv_args(op, qdtype, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2, x2_scale,
+                                    residual, out_dtype)
+    if x.dtype == qdtype:
+        xd = x.float() * x_scale
+    else:
+        halves = [(x, x_scale)] + ([(x2, x2_scale)] if x2 is not None else [])
+        xd = torch.cat([q.float() * s for q, s in (quantize_conv_input(t, ts, fmt) for t, ts in halves)], dim=3)
     wdq = (w.float() * w_scale[:, None, None, None]).permute(0, 3, 1, 2)
     y = F.conv2d(xd.permute(0, 3, 1, 2), wdq, None, list(stride), list(padding), list(dilation))
     y = y.permute(0, 2, 3, 1)
@@ -432,19 +452,21 @@ def _conv2d(op, fmt, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2
         y = y + bias.float()
     if residual is not None:
         y = y + residual.float()
-    return y.contiguous().to(x.dtype)
+    return y.contiguous().to(out_dtype)
 
 
-def w8a8_int8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None):
+def w8a8_int8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None,
+                     out_dtype=None):
     return _conv2d("w8a8_int8_conv2d", Format.INT8, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2,
-                   x2_scale, residual)
+                   x2_scale, residual, out_dtype)
 
 
-def w8a8_fp8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None):
+def w8a8_fp8_conv2d(x, w, w_scale, bias, x_scale, stride, padding, dilation, x2=None, x2_scale=None, residual=None,
+                    out_dtype=None):
     return _conv2d("w8a8_fp8_conv2d", Format.FP8_E4M3, x, w, w_scale, bias, x_scale, stride, padding, dilation, x2,
-                   x2_scale, residual)
+                   x2_scale, residual, out_dtype)
 
 
 # The fused norm ops' references live in their own module; re-exported so every op's reference is
 # ``reference.<op name>`` (the CPU kernels registered in library.py, backend="reference").
-from .reference_norms import group_norm_nhwc, rmsnorm_rope  # noqa: E402,F401
+from .reference_norms import group_norm_nhwc, group_norm_quant_fp8, group_norm_quant_int8, rmsnorm_rope  # noqa: E402,F401

@@ -3,8 +3,13 @@
   rmsnorm_rope(x [B,S,H,D], weight [D], cos [S_p+S,D] f32?, sin?, eps, prefix [B,S_p,H,D]?, prefix_weight [D]?)
       -> [B, S_p+S, H, D] in x.dtype: per-head RMSNorm, then the interleaved rotary embedding;
       the prefix (text tokens, own weight) comes first along the tokens.
-  group_norm_nhwc(x [N,C,H,W] channels_last, groups, weight [C]?, bias [C]?, eps, silu)
-      -> [N,C,H,W] channels_last in x.dtype: GroupNorm, then SiLU if asked.
+  group_norm_nhwc(x [N,C,H,W] channels_last, groups, weight [C]?, bias [C]?, eps, silu, add [N,C]?)
+      -> [N,C,H,W] channels_last in x.dtype: GroupNorm of x (+ add, rounded to x.dtype as the eager
+      ``h + temb[:, :, None, None]`` rounds it), then SiLU if asked.
+  group_norm_quant_{int8,fp8}(x, groups, weight?, bias?, eps, silu, add?, scale [1] f32)
+      -> [N,C,H,W] channels_last int8 / float8_e4m3fn: the group_norm_nhwc output quantized with the
+      static scale exactly as the quantized conv's pre-pass quantizes it (a conv's input, written
+      by its producer).
 
 The math is that of the eager ops they replace, step for step, so on the CPU the fused modules
 give the same numbers as diffusers: ``F.rms_norm`` in float32 rounded to x.dtype, then
@@ -17,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..formats.quantizers import round_to_format
+from ..formats.spec import Format
 from .checks import _fail, check_tensor
 
 _DTYPES = (torch.bfloat16, torch.float16)
@@ -93,7 +100,7 @@ def rmsnorm_rope(x, weight, cos, sin, eps, prefix=None, prefix_weight=None):
     return n.contiguous()
 
 
-def check_group_norm_args(op, x, groups, weight, bias, layout: bool = True):
+def check_group_norm_args(op, x, groups, weight, bias, layout: bool = True, add=None, scale=None):
     """``layout=False`` skips the channels_last check: the fake (torch.compile) calls it with
     symbolic H and W, where ``is_contiguous(memory_format=...)`` cannot be decided and reads False;
     the real kernels check the layout themselves."""
@@ -111,12 +118,36 @@ def check_group_norm_args(op, x, groups, weight, bias, layout: bool = True):
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             check_tensor(op, name, t, dtypes=(x.dtype,), shape=[c], device=x.device)
+    if add is not None:
+        check_tensor(op, "add", add, dtypes=(x.dtype,), shape=[x.shape[0], c], device=x.device)
+    if scale is not None:
+        check_tensor(op, "scale", scale, dtypes=(torch.float32,), shape=[1], device=x.device)
 
 
-def group_norm_nhwc(x, groups, weight, bias, eps, silu=False):
-    check_group_norm_args("group_norm_nhwc", x, groups, weight, bias)
+def _group_norm(x, groups, weight, bias, eps, silu, add):
+    if add is not None:
+        x = x + add[:, :, None, None]  # rounded to x.dtype, as the eager add is
     y = F.group_norm(x.float(), groups, None if weight is None else weight.float(),
                      None if bias is None else bias.float(), eps).to(x.dtype)
     if silu:
         y = F.silu(y.float()).to(x.dtype)
-    return y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def group_norm_nhwc(x, groups, weight, bias, eps, silu=False, add=None):
+    check_group_norm_args("group_norm_nhwc", x, groups, weight, bias, add=add)
+    return _group_norm(x, groups, weight, bias, eps, silu, add).contiguous(memory_format=torch.channels_last)
+
+
+def _group_norm_quant(op, fmt):
+    def ref(x, groups, weight, bias, eps, silu, add, scale):
+        check_group_norm_args(op, x, groups, weight, bias, add=add, scale=scale)
+        y = _group_norm(x, groups, weight, bias, eps, silu, add)
+        # the conv pre-pass's rounding (qengine.ops.reference.quantize_conv_input with x_scale)
+        return round_to_format(y.float() / scale.float(), fmt).contiguous(memory_format=torch.channels_last)
+    ref.__name__ = op
+    return ref
+
+
+group_norm_quant_int8 = _group_norm_quant("group_norm_quant_int8", Format.INT8)
+group_norm_quant_fp8 = _group_norm_quant("group_norm_quant_fp8", Format.FP8_E4M3)

@@ -40,17 +40,27 @@ cudaError_t rmsnorm_rope(const RmsNormRopeParams& p, cudaStream_t stream);
 //   silu: y = bf16( float(y) / (1 + exp(-float(y))) )  (applied to the rounded GroupNorm output)
 // Statistics use sums shifted by the group's first element, so |mean| >> std loses no precision.
 // Two kernels: partial sums per (n, pixel chunk), then normalization (which reduces the partials).
+// add (optional, a UNet resnet's time embedding): the input is x' = x_type( x + add[n, c] ), as
+//   the eager `h + temb` rounds it, in the statistics and in the normalization.
+// quantize (optional, the input of a quantized conv with a static scale): the output is
+//   q = Q( y / q_scale ), y the rounded 16-bit value above, with exactly the conv pre-pass's
+//   rounding (csrc/conv/static_quant.cuh): INT8 round-half-even of the clamped quotient, FP8 E4M3
+//   satfinite round-to-nearest-even. The 16-bit y is never written.
 struct GroupNormNhwcParams {
   const void* x;          // [N, HW, C] x_type contiguous (channels_last NCHW)
   const void* gamma;      // [C] x_type or nullptr
   const void* beta;       // [C] x_type or nullptr
-  void* y;                // [N, HW, C] x_type
+  const void* add;        // [N, C] x_type contiguous, or nullptr
+  void* y;                // [N, HW, C]: x_type, or 1-byte q_type with quantize
   float* workspace;       // group_norm_nhwc_workspace_floats(...) floats
   FloatType x_type;       // kBF16 or kFP16
   int64_t N, HW;
   int C, G;               // C % G == 0, (C / G) even
   float eps;
   bool silu;
+  bool quantize;          // write q_type with the device scale *q_scale instead of x_type
+  QuantType q_type;
+  const float* q_scale;   // [1] fp32 on the device (quantize only)
   int sm_count;
 };
 int64_t group_norm_nhwc_workspace_floats(int64_t N, int64_t HW, int C, int G, int sm_count);
