@@ -140,8 +140,8 @@ def test_prequantized_conv_errors_name_the_problem():
     with pytest.raises(Exception, match="x2"):
         op(xq, *args, q.input_scale, [1, 1], [1, 1], [1, 1], xq, None, None, torch.bfloat16)
     with pytest.raises(Exception, match="scale"):
-        torch.ops.qengine.group_norm_quant_fp8(torch.zeros(1, 64, 4, 4, device=DEV).bfloat16(), 32, None, None, 1e-5,
-                                               True, None, torch.ones(2, device=DEV))
+        x = torch.zeros(1, 64, 4, 4, device=DEV).bfloat16().contiguous(memory_format=torch.channels_last)
+        torch.ops.qengine.group_norm_quant_fp8(x, 32, None, None, 1e-5, True, None, torch.ones(2, device=DEV))
 
 
 def _calibrated_unet(scheme):
