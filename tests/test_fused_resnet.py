@@ -141,12 +141,17 @@ def _quantized_unet(scheme, gen):
 
     model, _ = build_tiny("unet2d_condition")
     model = model.to(torch.bfloat16).eval().to(memory_format=torch.channels_last)
-    model = qengine.quantize(model, qengine.QuantConfig.preset(scheme))
     cfg = model.config
     sample = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen).to(torch.bfloat16)
     text = torch.randn(2, 7, cfg.cross_attention_dim, generator=gen).to(torch.bfloat16)
-    t = torch.tensor([500.0, 20.0])
-    return model, (sample.contiguous(memory_format=torch.channels_last), t, text)
+    inputs = (sample.contiguous(memory_format=torch.channels_last), torch.tensor([500.0, 20.0]), text)
+    with torch.no_grad():
+        bf16 = model(*inputs).sample  # the unquantized model's output
+    return qengine.quantize(model, qengine.QuantConfig.preset(scheme)), inputs, bf16
+
+
+def _sqnr(out, ref):
+    return 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum()).item()
 
 
 def _count_resnets(model):
@@ -162,7 +167,7 @@ def _stock(model, inputs):
 @pytest.mark.parametrize("scheme", ["w8a8-fp8", "w8a8-int8"])
 def test_fused_resnet_forward_matches_diffusers(fused_on_cpu, scheme):
     gen = torch.Generator().manual_seed(4)
-    model, inputs = _quantized_unet(scheme, gen)  # quantize swaps the forwards in (fused_kernels=True)
+    model, inputs, bf16 = _quantized_unet(scheme, gen)  # quantize swaps the forwards in (fused_kernels=True)
     n_res = _count_resnets(model)
     assert n_res > 0 and all(getattr(m, fused_resnet._MARK, None) is not None for m in model.modules()
                              if type(m).__name__ == "ResnetBlock2D")
@@ -194,13 +199,15 @@ def test_fused_resnet_forward_matches_diffusers(fused_on_cpu, scheme):
             diff = (fused_out.float() - stock_out.float()).abs()
             assert diff.max() <= 2 * torch.finfo(torch.bfloat16).eps * stock_out.float().abs().max(), diff.max()
             assert not torch.equal(fused_out, torch.zeros_like(fused_out))
-    err = (got.float() - expect.float()).norm() / expect.float().norm()
-    assert err < 0.2, err  # same network, same scales: the differences stay small end to end
+    # End to end the one-ulp differences flip 8-bit rounding steps downstream: fused and stock
+    # differ like two quantizations; what must hold is that the fused model is as close to bf16.
+    assert not torch.equal(got, expect)
+    assert _sqnr(got.float(), bf16.float()) >= _sqnr(expect.float(), bf16.float()) - 1.0
 
 
 def test_fused_resnet_without_residual_fusion_is_bit_exact(fused_on_cpu):
     gen = torch.Generator().manual_seed(5)
-    model, inputs = _quantized_unet("w8a8-fp8", gen)
+    model, inputs, _ = _quantized_unet("w8a8-fp8", gen)
     for m in model.modules():
         if type(m).__name__ == "ResnetBlock2D":
             m.output_scale_factor = 2.0  # the residual add stays eager: every rounding as diffusers'
@@ -212,7 +219,7 @@ def test_fused_resnet_without_residual_fusion_is_bit_exact(fused_on_cpu):
 
 def test_fused_resnet_falls_back_where_it_does_not_apply(fused_on_cpu):
     gen = torch.Generator().manual_seed(6)
-    model, inputs = _quantized_unet("w8a8-fp8", gen)
+    model, inputs, _ = _quantized_unet("w8a8-fp8", gen)
     boom = mock.Mock(side_effect=AssertionError("fused op called"))
     with torch.no_grad(), mock.patch.object(torch.ops.qengine, "group_norm_quant_fp8", boom):
         model(*inputs)  # dynamic conv scales: the stock forward
@@ -228,7 +235,7 @@ def test_fused_resnet_falls_back_where_it_does_not_apply(fused_on_cpu):
 
 def test_fused_resnet_off_the_kernel_device_is_the_stock_forward():
     gen = torch.Generator().manual_seed(7)
-    model, inputs = _quantized_unet("w8a8-fp8", gen)
+    model, inputs, _ = _quantized_unet("w8a8-fp8", gen)
     boom = mock.Mock(side_effect=AssertionError("fused op called"))
     with torch.no_grad(), mock.patch.object(torch.ops.qengine, "group_norm_quant_fp8", boom):
         calibrate_static_scales(model, lambda: model(*inputs))
