@@ -2,11 +2,13 @@
 
 Per model and 8-bit scheme: the float model samples a class grid (DDIM, eta = 0) from fixed
 noise; a copy is calibrated as ``qengine calibrate`` does (smoothing + GPTQ along its own
-trajectories) and samples the same grid with dynamic scales; then
-``qengine.calib.calibrate_static_scales`` runs on trajectories of other noise (seed 10000) and the
-grid is sampled again, once with the default rule (INT8 linears stay dynamic) and once with
-``int8_linears=True`` (every layer static). Reported: SQNR of the final samples against the float
-model's, in dB (higher is better). CPU only, minutes per model at the defaults.
+trajectories) and samples the same grid as calibrated: dynamic scales, except convs whose search
+picked a static scale. Then ``qengine.calib.calibrate_static_scales`` runs on trajectories of
+other noise (seed 10000), keeping the search's conv scales, and the grid is sampled again, once
+with the default rule (INT8 linears stay dynamic) and once with ``int8_linears=True`` (every layer
+static). Reported: SQNR of the final samples against the float model's, in dB (higher is better),
+and how many 8-bit layers ran static (new scales, or kept from the search) or dynamic. CPU only,
+minutes per model at the defaults.
 
     python benchmarks/static_scale_quality.py --models dit unet [--per-class 10] [--out-dir DIR]
 """
@@ -24,7 +26,7 @@ import torch
 
 import qengine
 from qengine.calib import calibrate_static_scales
-from qengine.nn import QConv2d
+from qengine.nn import QConv2d, QLinear
 from qengine.eval.run import calibrate_reference
 from qengine.models import reference as ref
 
@@ -56,19 +58,31 @@ def measure(kind: str, scheme: str, *, per_class: int, steps: int, calib_per_cla
         if key == "static_db" and scheme == "w8a8-int8" and not any(isinstance(m, QConv2d) for m in q.modules()):
             row[key] = None  # INT8 linears stay dynamic by default and no conv is quantized: nothing static
             continue
-        calibrate_static_scales(q, lambda: ref.sample(q, calib_labels, seed=10_000, steps=steps),
-                                int8_linears=int8_linears)
+        report = calibrate_static_scales(q, lambda: ref.sample(q, calib_labels, seed=10_000, steps=steps),
+                                         int8_linears=int8_linears)
         row[key] = sqnr_db(ref.sample(q, labels, seed=123, steps=steps), expect)
-        log(f"{kind} {scheme}: {key} {row[key]:.2f} dB (dynamic {row['dynamic_db']:.2f} dB)")
+        row[key.replace("_db", "_layers")] = layer_counts(q, report)
+        log(f"{kind} {scheme}: {key} {row[key]:.2f} dB (dynamic {row['dynamic_db']:.2f} dB; "
+            f"{row[key.replace('_db', '_layers')]})")
     return row
 
 
+def layer_counts(model, report: dict) -> str:
+    """'N new + K kept static, D dynamic' over the model's 8-bit linears and convs: new scales come
+    from this calibration, kept ones from calibration's search (convs), dynamic layers were skipped."""
+    new = sum("scale" in r for r in report.values())
+    kept = sum("kept" in r for r in report.values())
+    total = sum(isinstance(m, (QLinear, QConv2d)) for m in model.modules())
+    return f"{new} new + {kept} kept static, {total - new - kept} dynamic"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| model | scheme | quantization | dynamic scales | static (default: INT8 linears dynamic) | "
-             "every layer static |", "|---|---|---|---|---|---|"]
+    lines = ["| model | scheme | quantization | as calibrated (dynamic; the search's static conv scales) | "
+             "static (default: INT8 linears dynamic) | every layer static |", "|---|---|---|---|---|---|"]
     for r in rows:
-        all_static = f"{r['static_all_db']:.2f} dB" if "static_all_db" in r else "(same)"
-        default = "(no static layer)" if r["static_db"] is None else f"{r['static_db']:.2f} dB"
+        all_static = f"{r['static_all_db']:.2f} dB ({r['static_all_layers']})" if "static_all_db" in r else "(same)"
+        default = ("(no static layer)" if r["static_db"] is None
+                   else f"{r['static_db']:.2f} dB ({r['static_layers']})")
         lines.append(f"| {r['model']} | {r['scheme']} | {r['quantization']} | {r['dynamic_db']:.2f} dB | {default} | "
                      f"{all_static} |")
     return "\n".join(lines)

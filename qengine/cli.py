@@ -134,8 +134,10 @@ def _calibrate(args: argparse.Namespace) -> int:
             labels = ref.class_grid_labels(args.per_class)
             report = calibrate_static_scales(
                 model, lambda: ref.sample(model, labels, seed=args.seed, steps=args.steps, batch_size=500))
-            print(f"static activation scales on {sum('scale' in r for r in report.values())} of {len(report)} "
-                  "quantized layers (the others stay dynamic)")
+            kept = sum("kept" in r for r in report.values())
+            static = sum("scale" in r for r in report.values()) + kept
+            print(f"static activation scales on {static} of {len(report)} quantized layers ({kept} kept from the "
+                  f"search{'' if static == len(report) else '; the others stay dynamic'})")
         print(f"quantized checkpoint written to {qengine.save(model, args.checkpoint)}")
     return 0
 

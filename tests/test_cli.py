@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +63,27 @@ def test_quantize_errors_name_the_problem(tmp_path):
     r = run_cli("quantize", str(tmp_path), "--preset", "int3", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "invalid choice: 'int3'" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_calibrate_with_static_scales_keeps_the_searched_conv_scales(tmp_path, capsys):
+    from qengine.calib import CalibrationResult
+    from qengine.models import reference as ref
+    from qengine.nn import QConv2d
+
+    if not (Path(ref.MODELS_DIR) / "fashion-unet" / "config.json").is_file():
+        pytest.skip(f"the shipped fashion-unet is not in {ref.MODELS_DIR}")
+    assert main(["calibrate", "unet", "--preset", "w8a8-fp8", "--per-class", "1", "--steps", "2", "--quiet",
+                 "--out", str(tmp_path / "c.safetensors"), "--checkpoint", str(tmp_path / "ckpt"),
+                 "--static-scales"]) == 0
+    assert "kept from the search" in capsys.readouterr().out
+    res = CalibrationResult.load(tmp_path / "c.safetensors")
+    searched = {n: lc["input_scale"] for n, lc in res.layers.items() if lc.get("input_scale") is not None}
+    assert searched  # the search made some conv scales static
+    model = qengine.load(ref.load_denoiser("unet"), tmp_path / "ckpt")
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, QConv2d)}
+    assert all(m.input_scale is not None for m in convs.values())  # the rest were measured
+    for name, scale in searched.items():
+        assert torch.equal(convs[name].input_scale.cpu(), scale.reshape(convs[name].input_scale.shape).float())
 
 
 def test_static_scales_need_a_checkpoint(tmp_path):

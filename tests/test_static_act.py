@@ -2,6 +2,7 @@
 static path against its definition, calibration (linears and convs), checkpoints, torch.compile,
 clear errors, and the benchmark's -static modes. The CUDA side: tests/gpu/test_static_act.py."""
 import math
+from unittest import mock
 import sys
 from pathlib import Path
 
@@ -154,6 +155,31 @@ def test_int8_linears_stay_dynamic_unless_asked():
     assert net.conv.input_scale is not None  # convs are per tensor either way
     report = calibrate_static_scales(net, lambda: net(calib[0]), int8_linears=True)
     assert "scale" in report["fc"] and float(net.fc.input_scale) == pytest.approx(report["fc"]["absmax"][0] / 127)
+
+
+def test_existing_static_scales_are_kept_unless_recalibrate():
+    torch.manual_seed(0)
+    net = qengine.quantize(Net(), qengine.QuantConfig.preset("w8a8-fp8", conv_scheme="w8a8-fp8"))
+    net.conv.input_scale = torch.tensor([0.125])  # e.g. chosen by `qengine calibrate`'s search
+    calls = []
+    orig = QConv2d.forward
+
+    def spy(mod, x, *a, **k):
+        calls.append(None if mod.input_scale is None else float(mod.input_scale))
+        return orig(mod, x, *a, **k)
+    calib = torch.randn(1, 16, 6, 6) * 40  # the conv input's absmax is far from 0.125 x 448
+    with mock.patch.object(QConv2d, "forward", spy):
+        report = calibrate_static_scales(net, lambda: net(calib))
+    assert report["conv"] == {"kept": [0.125]} and float(net.conv.input_scale) == 0.125
+    assert calls == [0.125]  # the kept layer ran with its static scale during calibration
+    assert "scale" in report["fc"] and net.fc.input_scale is not None
+    fc_scale = float(net.fc.input_scale)
+    # nothing left to measure: no run at all
+    assert calibrate_static_scales(net, lambda: pytest.fail("ran")) == {
+        "conv": {"kept": [0.125]}, "fc": {"kept": [fc_scale]}, "lr": {"kept": [float(net.lr.input_scale)]}}
+    report = calibrate_static_scales(net, lambda: net(calib), recalibrate=True)
+    assert float(net.conv.input_scale) == pytest.approx(float(calib.abs().amax()) / 448)
+    assert report["conv"]["absmax"] == [pytest.approx(float(calib.abs().amax()))]
 
 
 def test_calibration_that_fails_leaves_the_model_as_it_was():

@@ -27,4 +27,7 @@ def test_static_scale_quality_reports_dynamic_and_static(tmp_path):
     # INT8 linears do too, which changes the samples
     assert 10 < row["static_db"] < 80 and 10 < row["static_all_db"] < 80 and 10 < row["dynamic_db"] < 80
     assert row["static_all_db"] != row["static_db"]
+    # naive quantization has no search, so no scale is kept; every layer is static in the last run
+    assert int(row["static_layers"].split()[0]) > 0
+    assert " + 0 kept static" in row["static_layers"] and row["static_all_layers"].endswith(", 0 dynamic")
     assert "| unet | w8a8-int8 | naive |" in (tmp_path / "static_scale_quality.md").read_text()
