@@ -2,9 +2,9 @@
 static path against its definition, calibration (linears and convs), checkpoints, torch.compile,
 clear errors, and the benchmark's -static modes. The CUDA side: tests/gpu/test_static_act.py."""
 import math
-from unittest import mock
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch

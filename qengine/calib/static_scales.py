@@ -109,13 +109,15 @@ def calibrate_static_scales(model: nn.Module, run: Callable[[], Any], *, linears
 
     Layers that already have a static scale keep it (reported as ``{"kept": scale}``) and run with
     it during ``run``, unless ``recalibrate``. Such scales come from an earlier call or from
-    ``qengine calibrate``'s search, which picks a conv's scale (a fraction of its absmax, or one per half of a split
-    shortcut) by the layer's output error, with GPTQ rounding the weights against it; replacing it
-    by the plain absmax lowered the trained Fashion-MNIST UNet's FP8 sample SQNR (37.10 vs 38.20
-    dB kept; notes/h100_2026-11-23f/README.md). With ``recalibrate=True`` every watched layer is
-    measured again, running with dynamic scales during ``run``.
+    ``qengine calibrate``'s search, which picks a conv's scale (a fraction of its absmax, or one
+    per half of a split shortcut) by the layer's output error, with GPTQ rounding the weights
+    against it. Replacing it by the plain absmax lowered the trained Fashion-MNIST UNet's FP8
+    sample SQNR (37.10 vs 38.20 dB kept; notes/h100_2026-11-23f/README.md). With
+    ``recalibrate=True`` every watched layer is measured again, running with dynamic scales
+    during ``run``.
     The model's checkpoint description (``model.qengine_state``) is updated, so a saved
-    checkpoint reloads with the static scales. Returns ``{layer: {"absmax", "scale"}, {"kept"} or {"skipped"}}``.
+    checkpoint reloads with the static scales. Returns
+    ``{layer: {"absmax", "scale"}, {"kept"} or {"skipped"}}``.
     """
     if not margin > 0:
         raise ValueError(f"calibrate_static_scales: margin must be > 0, got {margin}")
