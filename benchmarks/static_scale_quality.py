@@ -26,7 +26,7 @@ import torch
 
 import qengine
 from qengine.calib import calibrate_static_scales
-from qengine.nn import QConv2d, QLinear
+from qengine.nn import QConv2d
 from qengine.eval.run import calibrate_reference
 from qengine.models import reference as ref
 
@@ -61,19 +61,18 @@ def measure(kind: str, scheme: str, *, per_class: int, steps: int, calib_per_cla
         report = calibrate_static_scales(q, lambda: ref.sample(q, calib_labels, seed=10_000, steps=steps),
                                          int8_linears=int8_linears)
         row[key] = sqnr_db(ref.sample(q, labels, seed=123, steps=steps), expect)
-        row[key.replace("_db", "_layers")] = layer_counts(q, report)
-        log(f"{kind} {scheme}: {key} {row[key]:.2f} dB (dynamic {row['dynamic_db']:.2f} dB; "
-            f"{row[key.replace('_db', '_layers')]})")
+        row[key.replace("_db", "_layers")] = counts = layer_counts(report)
+        log(f"{kind} {scheme}: {key} {row[key]:.2f} dB (dynamic {row['dynamic_db']:.2f} dB; {counts})")
     return row
 
 
-def layer_counts(model, report: dict) -> str:
-    """'N new + K kept static, D dynamic' over the model's 8-bit linears and convs: new scales come
-    from this calibration, kept ones from calibration's search (convs), dynamic layers were skipped."""
+def layer_counts(report: dict) -> str:
+    """'N new + K kept static, D dynamic' over the 8-bit linears and convs of a
+    calibrate_static_scales report: new scales come from this calibration, kept ones were already
+    static (the search's conv scales), dynamic layers were skipped."""
     new = sum("scale" in r for r in report.values())
     kept = sum("kept" in r for r in report.values())
-    total = sum(isinstance(m, (QLinear, QConv2d)) for m in model.modules())
-    return f"{new} new + {kept} kept static, {total - new - kept} dynamic"
+    return f"{new} new + {kept} kept static, {len(report) - new - kept} dynamic"
 
 
 def table(rows: list[dict]) -> str:

@@ -126,17 +126,16 @@ def calibrate_static_scales(model: nn.Module, run: Callable[[], Any], *, linears
     for name, mod in model.named_modules():
         if isinstance(mod, QLinear) and linears:
             why = _linear_candidate(mod, int8_linears)
-            if why is not None:
-                report[name] = {"skipped": why}
-            else:
-                watched[name] = mod
         elif isinstance(mod, QConv2d) and convs:
-            watched[name] = mod
+            why = None
         else:
             continue
-        if name in watched and mod.input_scale is not None and not recalibrate:
-            del watched[name]
+        if why is not None:
+            report[name] = {"skipped": why}
+        elif mod.input_scale is not None and not recalibrate:
             report[name] = {"kept": mod.input_scale.flatten().tolist()}
+        else:
+            watched[name] = mod
     if not watched and any("kept" in r for r in report.values()):
         return report  # every layer already has its static scale: nothing to measure
     if not watched:
