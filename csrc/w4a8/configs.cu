@@ -12,6 +12,9 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_64x64x128_Pingpong: return "sm90_64x64x128_pingpong";
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK: return "sm90_mma_128x64x128_splitk";
     case W4A8TileConfig::kSm90_Mma_128x64x256_SplitK: return "sm90_mma_128x64x256_splitk";
+    case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: return "sm90_128x64x128_coop_streamk";
+    case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: return "sm90_128x32x128_coop_streamk";
+    case W4A8TileConfig::kSm90_128x256x128_Coop: return "sm90_128x256x128_coop";
     default: return "unknown";
   }
 }
@@ -65,6 +68,9 @@ bool lookup(W4A8TileConfig c, bool lowrank, Entry* e) {
     case W4A8TileConfig::kSm90_128x128x128_Coop: QENGINE_W4A8_ENTRY(w4a8_sm90_128x128x128_coop); return true;
     case W4A8TileConfig::kSm90_64x128x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x128x128_pingpong); return true;
     case W4A8TileConfig::kSm90_64x64x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x128_pingpong); return true;
+    case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x64x128_coop_streamk); return true;
+    case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x32x128_coop_streamk); return true;
+    case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY(w4a8_sm90_128x256x128_coop); return true;
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
       return true;

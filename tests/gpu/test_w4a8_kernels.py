@@ -145,6 +145,34 @@ def test_splitk_lowrank_product_path(config):
         assert db >= 40.0, f"{config} rank={rank} offset={offset}: SQNR {db:.1f} dB"
 
 
+STREAMK = [c for c in CONFIGS if "streamk" in c]
+
+
+# The stream-K configs at the few-token FLUX sizes they are for (K shared out over all SMs, so a
+# tile's partial sums from several CTAs meet in the workspace), a K that is no multiple of the
+# 128-deep k-block, and M = 4608, where the tiles fill the GPU and CUTLASS's heuristic goes
+# data-parallel (no reduction).
+@pytest.mark.parametrize("config", STREAMK)
+@pytest.mark.parametrize("m,k,n", [(1, 3072, 3072), (33, 3072, 3072), (64, 3072, 3072), (64, 12288, 3072),
+                                   (48, 1184, 3072), (32, 3072, 12288), (4608, 3072, 3072)])
+def test_streamk_flux_sizes(config, m, k, n):
+    check(config, m, n, k, rank=32, seed=m + k)
+    check(config, m, n, k, seed=m + k + 1)
+
+
+@pytest.mark.parametrize("config", STREAMK)
+def test_streamk_is_exact_and_replays_in_a_cuda_graph(config):
+    # The partial tiles are int32 sums added through the workspace in whatever order the CTAs
+    # finish: exact, so two calls agree bit for bit; and the workspace's zeroing is part of the
+    # captured graph, so every replay starts from clean barriers.
+    ops = operands(64, 3072, 3072, seed=9)
+    first = run(config, ops)
+    assert torch.equal(first, run(config, ops))
+    a = ops[0].clone()
+    assert_replays_equal_eager(lambda x: run(config, (x, *ops[1:])), a,
+                               lambda seed: operands(64, 3072, 3072, seed=20 + seed)[0])
+
+
 def test_zero_rank_lowrank_is_no_lowrank():
     a, a_scale, w, w_scale, bias, _, _ = operands(33, 64, 128)
     out = torch.ops.qengine.w4a8_gemm(a, a_scale, w, w_scale, bias, torch.zeros(33, 0, device=DEV),

@@ -66,7 +66,14 @@ enum class W4A8TileConfig : int {
   // picks it for M <= 32, and up to 64 for deep K.
   kSm90_Mma_128x64x128_SplitK = 3,
   kSm90_Mma_128x64x256_SplitK = 4,
-  kCount = 5,
+  // 17..64 tokens: tiles of 128 weight rows x 64 (or 32) tokens whose K is shared out over all
+  // SMs by CUTLASS's stream-K scheduler (wgmma, partial tiles reduced through the workspace).
+  kSm90_128x64x128_CoopStreamK = 5,
+  kSm90_128x32x128_CoopStreamK = 6,
+  // Many tokens: 256 tokens per tile, so each widened weight fragment feeds twice the MMAs of
+  // the 128x128 tile (the widening is what keeps W4A8 below W8A8 when compute-bound).
+  kSm90_128x256x128_Coop = 7,
+  kCount = 8,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);

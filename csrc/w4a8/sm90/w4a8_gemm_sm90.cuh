@@ -73,7 +73,7 @@ struct EpilogueTree {
 };
 
 template <typename ElementOut, bool kLowRank, typename TileShape, typename ClusterShape, typename KernelSchedule,
-          typename EpilogueSchedule>
+          typename EpilogueSchedule, typename TileScheduler>
 struct W4A8Gemm {
   using ElementW = cutlass::int4b_t;
   using ElementA = int8_t;
@@ -105,7 +105,7 @@ struct W4A8Gemm {
       KernelSchedule>::CollectiveOp;
 
   using KernelBase = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
-                                                          CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;
+                                                          CollectiveEpilogue, TileScheduler>;
   using Kernel = Sm90Only<KernelBase>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
@@ -132,6 +132,14 @@ struct W4A8Gemm {
         {reinterpret_cast<const ElementW*>(p.w), make_weight_layout(p.N, p.K), p.a, stride_act},
         {Tree::arguments(p), ptr_c, stride_c, static_cast<ElementOut*>(p.out), stride_out},
         hw};
+    if constexpr (cute::is_same_v<TileScheduler, cutlass::gemm::StreamKScheduler>) {
+      // The partial tiles are int32 sums: added in any order they are exact, so the reduction
+      // need not wait for the splits in turn (CUTLASS's "nondeterministic" mode is
+      // deterministic here). Stream-K vs split-K: CUTLASS's heuristic, from the tile and SM counts.
+      using Sched = typename KernelBase::TileScheduler;
+      args.scheduler.reduction_mode = Sched::ReductionMode::Nondeterministic;
+      args.scheduler.decomposition_mode = Sched::DecompositionMode::Heuristic;
+    }
     return args;
   }
 
@@ -148,23 +156,51 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop> {
   using Cluster = Shape<_1, _1, _1>;
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
   using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
+  using Scheduler = cutlass::gemm::PersistentScheduler;
+};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop> {
+  using Tile = Shape<_128, _256, _128>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
+  using Scheduler = cutlass::gemm::PersistentScheduler;
+};
+// 33..64 (or 17..32) tokens: 128 weight rows x the tokens per tile, K shared out over the SMs by
+// CUTLASS's stream-K scheduler (N = 3072 has only 24 such tiles for 132 SMs), partial tiles
+// reduced through the workspace. Stream-K needs the cooperative kernel (two warp groups on one
+// tile), hence 128 weight rows.
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x64x128_CoopStreamK> {
+  using Tile = Shape<_128, _64, _128>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
+  using Scheduler = cutlass::gemm::StreamKScheduler;
+};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x32x128_CoopStreamK> {
+  using Tile = Shape<_128, _32, _128>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
+  using Scheduler = cutlass::gemm::StreamKScheduler;
 };
 template <> struct ConfigOf<W4A8TileConfig::kSm90_64x128x128_Pingpong> {
   using Tile = Shape<_64, _128, _128>;
   using Cluster = Shape<_1, _1, _1>;
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
+  using Scheduler = cutlass::gemm::PersistentScheduler;
 };
 template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> {
   using Tile = Shape<_64, _64, _128>;
   using Cluster = Shape<_1, _1, _1>;
   using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
+  using Scheduler = cutlass::gemm::PersistentScheduler;
 };
 
 template <typename ElementOut, bool kLowRank, W4A8TileConfig C>
 using GemmFor = W4A8Gemm<ElementOut, kLowRank, typename ConfigOf<C>::Tile, typename ConfigOf<C>::Cluster,
-                         typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue>;
+                         typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue, typename ConfigOf<C>::Scheduler>;
 
 // Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (config, low-rank or not);
 // both output types in the same translation unit.

@@ -1,0 +1,7 @@
+// W4A8 GEMM, sm_90a, tile 128x256x128 cooperative, no low-rank term (bf16 and fp16 outputs).
+#include "w4a8_gemm_sm90.cuh"
+#include "../kernels.h"
+
+namespace qengine::w4a8::sm90 {
+QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_128x256x128_coop, W4A8TileConfig::kSm90_128x256x128_Coop, false)
+}  // namespace qengine::w4a8::sm90

@@ -1,0 +1,7 @@
+// W4A8 GEMM, sm_90a, tile 128x32x128 cooperative with the stream-K scheduler, with the low-rank product as source operand C (bf16 and fp16 outputs).
+#include "w4a8_gemm_sm90.cuh"
+#include "../kernels.h"
+
+namespace qengine::w4a8::sm90 {
+QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_128x32x128_coop_streamk_lowrank, W4A8TileConfig::kSm90_128x32x128_CoopStreamK, true)
+}  // namespace qengine::w4a8::sm90

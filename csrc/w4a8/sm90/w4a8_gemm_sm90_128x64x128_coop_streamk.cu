@@ -1,0 +1,7 @@
+// W4A8 GEMM, sm_90a, tile 128x64x128 cooperative with the stream-K scheduler, no low-rank term (bf16 and fp16 outputs).
+#include "w4a8_gemm_sm90.cuh"
+#include "../kernels.h"
+
+namespace qengine::w4a8::sm90 {
+QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_128x64x128_coop_streamk, W4A8TileConfig::kSm90_128x64x128_CoopStreamK, false)
+}  // namespace qengine::w4a8::sm90
