@@ -19,28 +19,35 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
   }
 }
 
-// Tiles are (weight rows) x (tokens). Measured on an H100 (notes/w4a8.md, every config forced
-// over FLUX/SD3 shapes and an M sweep): the cooperative 128x128 tile is fastest per unit of work
-// (two warp groups share one tile: half the accumulator registers per thread, which the
-// register-sourced weights need), but a ping-pong CTA works on two smaller tiles at once, so
-// where 128x128 tiles would leave SMs idle the smaller ones win. This ladder picked the
-// fastest config within 5% on 50 of the 51 shapes measured (in-sample).
-//
-// Few tokens go to the mma.sync split-K kernel: there the weights' bytes are the cost, and it
-// spreads every layer's weight stream over all SMs (K split over a cluster) where the wgmma
-// tiles of 64 rows left most SMs idle at N = 3072. Measured (notes/w4a8.md, session 7): it is
-// the fastest config at M <= 32 on every FLUX K/N (128-K stages for 3072x3072, 256-K ones for
-// the larger layers); at 33..64 tokens its 64-token CTAs are register-bound (2 per SM) and only
-// deep K (12288) still favours it, else the 64x64 wgmma tile wins.
+// Tiles are (weight rows) x (tokens). Fitted to H100 sweeps with every config forced (notes/w4a8.md;
+// the seventeenth session's sweep: notes/h100_2026-11-23g/).
+// - Many tokens: the cooperative tiles are fastest per unit of work (two warp groups share one
+//   tile: half the accumulator registers per thread, which the register-sourced weights need),
+//   and 256 tokens per tile beat 128 wherever those tiles still fill 2/3 of a wave (each widened
+//   weight fragment feeds twice the MMAs: FLUX 4096x3072->3072 55.7 vs 75.9 us). A ping-pong CTA
+//   works on two smaller tiles at once, so where the 128-token tiles would leave SMs idle the
+//   smaller ones win.
+// - Few tokens, the weights' bytes are the cost and the work must reach every SM:
+//   * <= 16 tokens, and 17..32 on layers of at most 4096x4096 or with deep K: the mma.sync
+//     split-K kernel (K split over a cluster; 128-K stages for 3072x3072, 256-K ones above).
+//   * 17..32 tokens on wide layers (N > 4096, K <= 4096): the 128x32 wgmma tile with stream-K
+//     (3072->12288 at 32 tokens: 13.0 vs 17.4 us).
+//   * 33..64 tokens: the 128x64 wgmma tile with stream-K, except on layers of at most 4096x4096,
+//     where the 64x64 ping-pong tile is fastest (each SM's share of K is too short to pay for
+//     the stream-K fixup).
 W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count) {
   const bool small_layer = N <= 4096 && K <= 4096;
-  if (M <= 32)
-    return small_layer ? W4A8TileConfig::kSm90_Mma_128x64x128_SplitK : W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
-  if (M <= 64)
-    return K >= 8192 ? W4A8TileConfig::kSm90_Mma_128x64x128_SplitK : W4A8TileConfig::kSm90_64x64x128_Pingpong;
+  const W4A8TileConfig splitk =
+      small_layer ? W4A8TileConfig::kSm90_Mma_128x64x128_SplitK : W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
+  if (M <= 16) return splitk;
+  if (M <= 32) return !small_layer && K <= 4096 ? W4A8TileConfig::kSm90_128x32x128_CoopStreamK : splitk;
+  if (M <= 64) return small_layer ? W4A8TileConfig::kSm90_64x64x128_Pingpong : W4A8TileConfig::kSm90_128x64x128_CoopStreamK;
   const long sms = sm_count > 0 ? sm_count : 132;
-  const long tiles_128 = long((M + 127) / 128) * ((N + 127) / 128);
+  const long row_tiles = (N + 127) / 128;
+  const long tiles_256 = long((M + 255) / 256) * row_tiles;
+  const long tiles_128 = long((M + 127) / 128) * row_tiles;
   const long tiles_64 = long((M + 63) / 64) * ((N + 63) / 64);
+  if (3 * tiles_256 >= 2 * sms) return W4A8TileConfig::kSm90_128x256x128_Coop;
   if (tiles_128 >= 2 * sms || (3 * tiles_128 >= 2 * sms && tiles_128 <= sms)) return W4A8TileConfig::kSm90_128x128x128_Coop;
   if (tiles_64 <= sms) return W4A8TileConfig::kSm90_64x64x128_Pingpong;
   return W4A8TileConfig::kSm90_64x128x128_Pingpong;

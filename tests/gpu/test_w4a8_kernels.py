@@ -184,11 +184,15 @@ def test_heuristic_names():
     assert EXT.w4a8_gemm_heuristic(1, 3072, 3072) in CONFIGS
     assert EXT.w4a8_gemm_heuristic(4608, 3072, 3072) in CONFIGS
     assert EXT.w4a8_gemm_heuristic(64, 3072, 3072) != EXT.w4a8_gemm_heuristic(4096, 3072, 3072)
-    # few tokens: the split-K kernel that spreads the weight stream over every SM
-    assert "splitk" in EXT.w4a8_gemm_heuristic(1, 3072, 3072)
-    assert "splitk" in EXT.w4a8_gemm_heuristic(32, 3072, 12288)
-    assert "splitk" in EXT.w4a8_gemm_heuristic(64, 3072, 12288)  # M=64, N=3072, K=12288: deep K
-    assert "splitk" not in EXT.w4a8_gemm_heuristic(64, 3072, 3072)
+    # few tokens (arguments M, N, K): the kernels that spread the weight stream over every SM
+    assert "mma_128x64x128_splitk" in EXT.w4a8_gemm_heuristic(1, 3072, 3072)
+    assert "mma_128x64x256_splitk" in EXT.w4a8_gemm_heuristic(32, 3072, 12288)  # deep K
+    assert "128x32x128_coop_streamk" in EXT.w4a8_gemm_heuristic(32, 12288, 3072)  # wide N
+    assert "128x64x128_coop_streamk" in EXT.w4a8_gemm_heuristic(64, 3072, 12288)
+    assert "64x64x128_pingpong" in EXT.w4a8_gemm_heuristic(64, 3072, 3072)
+    # many tokens: 256 per tile where those tiles fill 2/3 of a wave
+    assert "128x256x128_coop" in EXT.w4a8_gemm_heuristic(4608, 3072, 3072)
+    assert "128x256x128_coop" not in EXT.w4a8_gemm_heuristic(512, 3072, 3072)
 
 
 # ---------------------------------------------------------------- prepack on the GPU
