@@ -13,5 +13,5 @@ mkdir -p $OUT/sobuild; cp $R/gc/so/C.so.xz $R/gc/so/C.so.src $OUT/sobuild/ 2>/de
 timeout 230 python3 -m pytest -q -p no:cacheprovider tests/gpu > $R/tests_all.log 2>&1; echo "gpu suite rc=$? at $((SECONDS-t0))s"
 grep -E "^FAILED|^ERROR|passed|failed" $R/tests_all.log | tail -12
 timeout $((585 - SECONDS)) python3 benchmarks/bench_w4a8.py --m-sweep 1 16 24 32 48 64 --reps 15 --out-dir $R/w4a8 > $R/bench_w4a8.log 2>&1; echo "bench rc=$? at $((SECONDS-t0))s"
-mkdir -p $OUT/r2; cp $R/*.log $OUT/r2/; cp $R/w4a8/* $OUT/r2/ 2>/dev/null
+tar -C /tmp --exclude=r2/gc -cJf $OUT/r2.tar.xz r2
 [[ -f $R/w4a8/bench_w4a8.md ]] && cut -d'|' -f2-14 $R/w4a8/bench_w4a8.md
