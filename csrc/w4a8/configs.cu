@@ -15,7 +15,6 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: return "sm90_128x64x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: return "sm90_128x32x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x256x128_Coop: return "sm90_128x256x128_coop";
-    case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK_W8: return "sm90_mma_128x64x128_splitk_w8";
     default: return "unknown";
   }
 }
@@ -85,9 +84,6 @@ bool lookup(W4A8TileConfig c, bool lowrank, Entry* e) {
     case W4A8TileConfig::kSm90_Mma_128x64x256_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x256_splitk_run, w4a8_sm90_mma_128x64x256_splitk_workspace};
       return true;
-    case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK_W8:
-      *e = Entry{w4a8_sm90_mma_128x64x128_splitk_w8_run, w4a8_sm90_mma_128x64x128_splitk_w8_workspace};
-      return true;
     default: return false;
   }
 #undef QENGINE_W4A8_ENTRY
@@ -110,8 +106,7 @@ size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c) {
 }
 
 bool w4a8_config_fuses_lowrank(W4A8TileConfig c) {
-  return c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK ||
-         c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK_W8;
+  return c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
 }
 
 cudaError_t w4a8_gemm(const W4A8GemmParams& p, W4A8TileConfig c, cudaStream_t stream) {

@@ -27,7 +27,6 @@ QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x256x128_coop_lowrank)
 // mma.sync split-K (w4a8_gemm_splitk_mma.cu): one entry each; they read either low-rank form.
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x128_splitk)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x256_splitk)
-QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x128_splitk_w8)
 }  // namespace qengine::w4a8::sm90
 
 #undef QENGINE_DECLARE_W4A8_GEMM

@@ -73,10 +73,7 @@ enum class W4A8TileConfig : int {
   // Many tokens: 256 tokens per tile, so each widened weight fragment feeds twice the MMAs of
   // the 128x128 tile (the widening is what keeps W4A8 below W8A8 when compute-bound).
   kSm90_128x256x128_Coop = 7,
-  // The split-K kernel with 8 warps of 16 weight rows (instead of 4 of 32): half the
-  // accumulators per thread, twice the warps per SM at 33..64 tokens.
-  kSm90_Mma_128x64x128_SplitK_W8 = 8,
-  kCount = 9,
+  kCount = 8,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);

@@ -39,19 +39,14 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kRowsPerCta = 128;          // weight rows per CTA: 16-row blocks of the prepacked layout
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerCta = kWarps * 32;  // each warp: two 16-row blocks of the prepacked layout
 constexpr int kMaxSplits = 8;             // portable cluster size
 constexpr int kBlockBytes = 256;          // one 16x32 INT4 block of the prepacked layout
 
-// kRowBlocks: 16-row weight blocks per warp. 2 (4 warps) reuses each activation fragment for two
-// MMAs; 1 (8 warps) halves each thread's accumulators and weight ring, so a 64-token CTA keeps
-// twice the warps in flight per SM (at 64 tokens the 4-warp CTA is register-bound: 2 per SM,
-// 8 warps, and its warps stall on latency).
-template <int kTokenFrags_, int kStageK_, int kRing_, int kRowBlocks_>
+template <int kTokenFrags_, int kStageK_, int kRing_>
 struct Shape {
-  static constexpr int kRowBlocks = kRowBlocks_;
-  static constexpr int kWarps = kRowsPerCta / (16 * kRowBlocks);
-  static constexpr int kThreads = kWarps * 32;
   static constexpr int kTokenFrags = kTokenFrags_;          // 8-token MMA fragments per CTA
   static constexpr int kTokens = 8 * kTokenFrags;
   static constexpr int kStageK = kStageK_;
@@ -60,7 +55,7 @@ struct Shape {
   static constexpr int kPitch = kStageK + 16;               // smem bytes per token row
   static constexpr int kStageBytes = kTokens * kPitch;
   static constexpr int kPipeBytes = kRing * kStageBytes;
-  static constexpr int kFrags = kRowBlocks * kTokenFrags;   // 16x8 output fragments per warp
+  static constexpr int kFrags = 2 * kTokenFrags;            // 16x8 output fragments per warp
   static constexpr int kReduceBytes = kFrags * kThreads * 16;  // the int32 tile
   static constexpr int kSmemBytes = kPipeBytes > kReduceBytes ? kPipeBytes : kReduceBytes;
   static_assert(kSmemBytes <= 48 * 1024, "static shared memory limit");
@@ -190,8 +185,8 @@ __device__ __forceinline__ void lowrank_fragment(float (&d)[4], const W4A8GemmPa
 template <class S>
 struct StageLoader {
   static constexpr int kChunks = S::kStageK / 16;                       // 16-byte pieces per token row
-  static constexpr int kActIters = (S::kTokens * kChunks + S::kThreads - 1) / S::kThreads;
-  const uint8_t* w_src[S::kRowBlocks];  // this thread's 8 bytes of k-step 0 in each of its row blocks
+  static constexpr int kActIters = (S::kTokens * kChunks + kThreads - 1) / kThreads;
+  const uint8_t* w_src[2];   // this thread's 8 bytes of k-step 0 in each of its two row blocks
   int64_t w_step;            // bytes between consecutive k-steps of one row block
   int last_kstep;
   const int8_t* a_src[kActIters];
@@ -205,11 +200,10 @@ struct StageLoader {
     last_kstep = p.K / 32 - 1;
     K = p.K;
 #pragma unroll
-    for (int r = 0; r < S::kRowBlocks; ++r)
-      w_src[r] = p.w + static_cast<int64_t>(min(nb0 + r, blocks_n - 1)) * kBlockBytes + lane * 8;
+    for (int r = 0; r < 2; ++r) w_src[r] = p.w + static_cast<int64_t>(min(nb0 + r, blocks_n - 1)) * kBlockBytes + lane * 8;
 #pragma unroll
     for (int i = 0; i < kActIters; ++i) {
-      const int c = threadIdx.x + i * S::kThreads;
+      const int c = threadIdx.x + i * kThreads;
       const int row = c / kChunks, chunk = c % kChunks;
       const bool have = c < S::kTokens * kChunks;
       a_row_ok[i] = have && m0 + row < p.M;
@@ -219,7 +213,7 @@ struct StageLoader {
     }
   }
 
-  __device__ __forceinline__ void load(uint2 (&w)[S::kSteps][S::kRowBlocks], uint8_t* act_slot, int stage) const {
+  __device__ __forceinline__ void load(uint2 (&w)[S::kSteps][2], uint8_t* act_slot, int stage) const {
     const int k0 = stage * S::kStageK;
 #pragma unroll
     for (int i = 0; i < kActIters; ++i) {
@@ -231,7 +225,7 @@ struct StageLoader {
     for (int j = 0; j < S::kSteps; ++j) {
       const int64_t off = static_cast<int64_t>(min(stage * S::kSteps + j, last_kstep)) * w_step;
 #pragma unroll
-      for (int r = 0; r < S::kRowBlocks; ++r) w[j][r] = load_weights_8b(w_src[r] + off);
+      for (int r = 0; r < 2; ++r) w[j][r] = load_weights_8b(w_src[r] + off);
     }
   }
 };
@@ -241,23 +235,22 @@ struct StageLoader {
 // multiplied. Slots are indexed by compile-time constants only (the ring is unrolled), so no
 // register copy ever waits on a load that is still in flight.
 template <class S>
-__device__ __forceinline__ void issue_stage(const StageLoader<S>& loader, uint2 (&w)[S::kSteps][S::kRowBlocks], uint8_t* act_slot,
+__device__ __forceinline__ void issue_stage(const StageLoader<S>& loader, uint2 (&w)[S::kSteps][2], uint8_t* act_slot,
                                             int stage, int stage_end) {
   if (stage < stage_end) loader.load(w, act_slot, stage);
   cp_async::commit();  // also when empty: the group count stays one per stage
 }
 
 template <class S>
-__device__ __forceinline__ void multiply_stage(int (&acc)[S::kRowBlocks][S::kTokenFrags][4],
-                                               const uint2 (&w)[S::kSteps][S::kRowBlocks],
+__device__ __forceinline__ void multiply_stage(int (&acc)[2][S::kTokenFrags][4], const uint2 (&w)[S::kSteps][2],
                                                const uint8_t* act_slot, int stage, int ksteps, int g, int t) {
   const uint8_t* act = act_slot + g * S::kPitch + 4 * t;
 #pragma unroll
   for (int j = 0; j < S::kSteps; ++j) {
     if (stage * S::kSteps + j >= ksteps) break;  // the K tail of the last stage (uniform)
-    uint32_t a[S::kRowBlocks][4];
+    uint32_t a[2][4];
 #pragma unroll
-    for (int r = 0; r < S::kRowBlocks; ++r) {
+    for (int r = 0; r < 2; ++r) {
       widen_8(w[j][r].x, a[r][0], a[r][1]);
       widen_8(w[j][r].y, a[r][2], a[r][3]);
     }
@@ -267,13 +260,13 @@ __device__ __forceinline__ void multiply_stage(int (&acc)[S::kRowBlocks][S::kTok
       const uint32_t b0 = *reinterpret_cast<const uint32_t*>(b);
       const uint32_t b1 = *reinterpret_cast<const uint32_t*>(b + 16);
 #pragma unroll
-      for (int r = 0; r < S::kRowBlocks; ++r) mma_s8_16x8x32(acc[r][f], a[r], b0, b1);
+      for (int r = 0; r < 2; ++r) mma_s8_16x8x32(acc[r][f], a[r], b0, b1);
     }
   }
 }
 
 template <class S, class OutT>
-__global__ void __launch_bounds__(S::kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams p, Plan plan) {
+__global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams p, Plan plan) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __shared__ __align__(16) uint8_t smem[S::kSmemBytes];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -281,21 +274,21 @@ __global__ void __launch_bounds__(S::kThreads, 2) w4a8_splitk_kernel(W4A8GemmPar
   const int split = blockIdx.y;           // == rank in the cluster (cluster dims 1 x splits x 1)
   const int m0 = blockIdx.z * S::kTokens;
   const int blocks_n = p.N / 16;
-  const int nb0 = blockIdx.x * (kRowsPerCta / 16) + warp * S::kRowBlocks;  // this warp's 16-row blocks
+  const int nb0 = blockIdx.x * (kRowsPerCta / 16) + warp * 2;  // this warp's two 16-row blocks
   const int stage_begin = split * plan.stages_per_split;
   const int stage_end = min(stage_begin + plan.stages_per_split, plan.stages);
   const int ksteps = p.K / 32;
 
-  int acc[S::kRowBlocks][S::kTokenFrags][4];
+  int acc[2][S::kTokenFrags][4];
 #pragma unroll
-  for (int r = 0; r < S::kRowBlocks; ++r)
+  for (int r = 0; r < 2; ++r)
 #pragma unroll
     for (int f = 0; f < S::kTokenFrags; ++f)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][f][e] = 0;
 
   const StageLoader<S> loader(p, m0, nb0, blocks_n, lane);
-  uint2 w[S::kRing][S::kSteps][S::kRowBlocks];
+  uint2 w[S::kRing][S::kSteps][2];
 #pragma unroll
   for (int u = 0; u < S::kRing - 1; ++u) issue_stage<S>(loader, w[u], smem + u * S::kStageBytes, stage_begin + u, stage_end);
   for (int base = stage_begin; base < stage_end; base += S::kRing) {
@@ -320,16 +313,16 @@ __global__ void __launch_bounds__(S::kThreads, 2) w4a8_splitk_kernel(W4A8GemmPar
   cg::cluster_group cluster = cg::this_cluster();
   if (plan.splits > 1) {
 #pragma unroll
-    for (int r = 0; r < S::kRowBlocks; ++r)
+    for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int f = 0; f < S::kTokenFrags; ++f)
-        tile[(r * S::kTokenFrags + f) * S::kThreads + threadIdx.x] =
+        tile[(r * S::kTokenFrags + f) * kThreads + threadIdx.x] =
             make_int4(acc[r][f][0], acc[r][f][1], acc[r][f][2], acc[r][f][3]);
     cluster.sync();
   }
 
 #pragma unroll
-  for (int r = 0; r < S::kRowBlocks; ++r) {
+  for (int r = 0; r < 2; ++r) {
     const int nb = nb0 + r;
     if (nb >= blocks_n) continue;
 #pragma unroll
@@ -343,7 +336,7 @@ __global__ void __launch_bounds__(S::kThreads, 2) w4a8_splitk_kernel(W4A8GemmPar
 #pragma unroll
       for (int q = 0; q < kMaxSplits; ++q)
         others[q] = (q < plan.splits && q != split)
-                        ? cluster.map_shared_rank(tile, q)[frag * S::kThreads + threadIdx.x]
+                        ? cluster.map_shared_rank(tile, q)[frag * kThreads + threadIdx.x]
                         : make_int4(0, 0, 0, 0);
 #pragma unroll
       for (int q = 0; q < kMaxSplits; ++q) {
@@ -373,12 +366,12 @@ __global__ void __launch_bounds__(S::kThreads, 2) w4a8_splitk_kernel(W4A8GemmPar
 #endif
 }
 
-template <int kStageK, int kRing, int kRowBlocks, int kTokenFrags, class OutT>
+template <int kStageK, int kRing, int kTokenFrags, class OutT>
 cudaError_t launch_typed(const W4A8GemmParams& p, cudaStream_t stream) {
-  using S = Shape<kTokenFrags, kStageK, kRing, kRowBlocks>;
+  using S = Shape<kTokenFrags, kStageK, kRing>;
   auto* kernel = w4a8_splitk_kernel<S, OutT>;
   cudaLaunchConfig_t cfg{};
-  cfg.blockDim = dim3(S::kThreads);
+  cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -410,23 +403,23 @@ cudaError_t launch_typed(const W4A8GemmParams& p, cudaStream_t stream) {
   return cudaLaunchKernelEx(&cfg, kernel, p, plan);
 }
 
-template <int kStageK, int kRing, int kRowBlocks, class OutT>
+template <int kStageK, int kRing, class OutT>
 cudaError_t launch_frags(const W4A8GemmParams& p, cudaStream_t stream) {
   switch (token_frags_for(p.M)) {
-    case 1: return launch_typed<kStageK, kRing, kRowBlocks, 1, OutT>(p, stream);
-    case 2: return launch_typed<kStageK, kRing, kRowBlocks, 2, OutT>(p, stream);
-    case 4: return launch_typed<kStageK, kRing, kRowBlocks, 4, OutT>(p, stream);
-    default: return launch_typed<kStageK, kRing, kRowBlocks, 8, OutT>(p, stream);
+    case 1: return launch_typed<kStageK, kRing, 1, OutT>(p, stream);
+    case 2: return launch_typed<kStageK, kRing, 2, OutT>(p, stream);
+    case 4: return launch_typed<kStageK, kRing, 4, OutT>(p, stream);
+    default: return launch_typed<kStageK, kRing, 8, OutT>(p, stream);
   }
 }
 
-template <int kStageK, int kRing, int kRowBlocks = 2>
+template <int kStageK, int kRing>
 cudaError_t run_splitk(const W4A8GemmParams& p, cudaStream_t stream) {
   if ((p.lowrank_act != nullptr) != (p.lora_up != nullptr) || (p.lowrank_act != nullptr && p.lowrank != nullptr) ||
       (p.lowrank_act != nullptr && (p.rank <= 0 || p.rank % 16 != 0)))
     return cudaErrorInvalidValue;
-  cudaError_t err = p.out_type == FloatType::kBF16 ? launch_frags<kStageK, kRing, kRowBlocks, __nv_bfloat16>(p, stream)
-                                                   : launch_frags<kStageK, kRing, kRowBlocks, __half>(p, stream);
+  cudaError_t err = p.out_type == FloatType::kBF16 ? launch_frags<kStageK, kRing, __nv_bfloat16>(p, stream)
+                                                   : launch_frags<kStageK, kRing, __half>(p, stream);
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
@@ -440,9 +433,5 @@ cudaError_t w4a8_sm90_mma_128x64x256_splitk_run(const W4A8GemmParams& p, cudaStr
   return run_splitk<256, 2>(p, stream);
 }
 size_t w4a8_sm90_mma_128x64x256_splitk_workspace(const W4A8GemmParams&) { return 0; }
-cudaError_t w4a8_sm90_mma_128x64x128_splitk_w8_run(const W4A8GemmParams& p, cudaStream_t stream) {
-  return run_splitk<128, 4, 1>(p, stream);
-}
-size_t w4a8_sm90_mma_128x64x128_splitk_w8_workspace(const W4A8GemmParams&) { return 0; }
 
 }  // namespace qengine::w4a8::sm90
