@@ -15,7 +15,6 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: return "sm90_128x64x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: return "sm90_128x32x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x256x128_Coop: return "sm90_128x256x128_coop";
-    case W4A8TileConfig::kSm90_64x64x256_Pingpong: return "sm90_64x64x256_pingpong";
     default: return "unknown";
   }
 }
@@ -41,9 +40,8 @@ W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count) {
   const W4A8TileConfig splitk =
       small_layer ? W4A8TileConfig::kSm90_Mma_128x64x128_SplitK : W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
   if (M <= 16) return splitk;
-  if (M <= 64 && small_layer) return W4A8TileConfig::kSm90_64x64x256_Pingpong;
-  if (M <= 32) return K <= 4096 ? W4A8TileConfig::kSm90_128x32x128_CoopStreamK : splitk;
-  if (M <= 64) return W4A8TileConfig::kSm90_128x64x128_CoopStreamK;
+  if (M <= 32) return !small_layer && K <= 4096 ? W4A8TileConfig::kSm90_128x32x128_CoopStreamK : splitk;
+  if (M <= 64) return small_layer ? W4A8TileConfig::kSm90_64x64x128_Pingpong : W4A8TileConfig::kSm90_128x64x128_CoopStreamK;
   const long sms = sm_count > 0 ? sm_count : 132;
   const long row_tiles = (N + 127) / 128;
   const long tiles_256 = long((M + 255) / 256) * row_tiles;
@@ -80,7 +78,6 @@ bool lookup(W4A8TileConfig c, bool lowrank, Entry* e) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x64x128_coop_streamk); return true;
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x32x128_coop_streamk); return true;
     case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY(w4a8_sm90_128x256x128_coop); return true;
-    case W4A8TileConfig::kSm90_64x64x256_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x256_pingpong); return true;
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
       return true;

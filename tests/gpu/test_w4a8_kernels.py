@@ -189,7 +189,7 @@ def test_heuristic_names():
     assert "mma_128x64x256_splitk" in EXT.w4a8_gemm_heuristic(32, 3072, 12288)  # deep K
     assert "128x32x128_coop_streamk" in EXT.w4a8_gemm_heuristic(32, 12288, 3072)  # wide N
     assert "128x64x128_coop_streamk" in EXT.w4a8_gemm_heuristic(64, 3072, 12288)
-    assert "64x64x256_pingpong" in EXT.w4a8_gemm_heuristic(64, 3072, 3072)
+    assert "64x64x128_pingpong" in EXT.w4a8_gemm_heuristic(64, 3072, 3072)
     # many tokens: 256 per tile where those tiles fill 2/3 of a wave
     assert "128x256x128_coop" in EXT.w4a8_gemm_heuristic(4608, 3072, 3072)
     assert "128x256x128_coop" not in EXT.w4a8_gemm_heuristic(512, 3072, 3072)

@@ -73,10 +73,7 @@ enum class W4A8TileConfig : int {
   // Many tokens: 256 tokens per tile, so each widened weight fragment feeds twice the MMAs of
   // the 128x128 tile (the widening is what keeps W4A8 below W8A8 when compute-bound).
   kSm90_128x256x128_Coop = 7,
-  // 17..64 tokens on layers of at most 4096x4096: 256-deep k-blocks halve the k-loop's
-  // per-block latency (the 64x64x128 tile is latency-bound there: ~0.35 us per k-block).
-  kSm90_64x64x256_Pingpong = 8,
-  kCount = 9,
+  kCount = 8,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);

@@ -190,13 +190,6 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_64x128x128_Pingpong> {
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
   using Scheduler = cutlass::gemm::PersistentScheduler;
 };
-template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x256_Pingpong> {
-  using Tile = Shape<_64, _64, _256>;
-  using Cluster = Shape<_1, _1, _1>;
-  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
-  using Scheduler = cutlass::gemm::PersistentScheduler;
-};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> {
   using Tile = Shape<_64, _64, _128>;
   using Cluster = Shape<_1, _1, _1>;
