@@ -54,24 +54,24 @@ struct W4A8GemmParams {
   size_t workspace_bytes;
 };
 
-// Named tile configs, (weight rows) x (tokens) x K, all sm_90a (TMA + RS wgmma, warp-specialized,
-// persistent scheduler).
+// Named tile configs, (weight rows) x (tokens) x K, all sm_90a: TMA + register-sourced wgmma,
+// warp-specialized, with the persistent or the stream-K tile scheduler; or mma.sync split-K.
 enum class W4A8TileConfig : int {
-  kSm90_128x128x128_Coop = 0,      // many tiles (>= 2 waves) or one well-filled wave
+  kSm90_128x128x128_Coop = 0,      // many tiles where 256-token tiles would under-fill the GPU
   kSm90_64x128x128_Pingpong = 1,   // mid-size problems whose 128x128 tiles would leave SMs idle
-  kSm90_64x64x128_Pingpong = 2,    // 33..64 tokens, or when even 64x128 tiles under-fill one wave
+  kSm90_64x64x128_Pingpong = 2,    // 33..64 tokens on small layers, or when even 64x128 tiles under-fill one wave
   // Few tokens (the weights' bytes are the cost): mma.sync INT8 on widened weights, 128 weight
   // rows x up to 64 tokens per CTA, K split over a cluster so that every SM streams weights;
   // 128 or 256 K per pipeline stage. Correct for any M (token blocks of 64); the heuristic
-  // picks it for M <= 32, and up to 64 for deep K.
+  // picks it for M <= 16, and up to 32 on small layers or deep K.
   kSm90_Mma_128x64x128_SplitK = 3,
   kSm90_Mma_128x64x256_SplitK = 4,
   // 17..64 tokens: tiles of 128 weight rows x 64 (or 32) tokens whose K is shared out over all
   // SMs by CUTLASS's stream-K scheduler (wgmma, partial tiles reduced through the workspace).
   kSm90_128x64x128_CoopStreamK = 5,
   kSm90_128x32x128_CoopStreamK = 6,
-  // Many tokens: 256 tokens per tile, so each widened weight fragment feeds twice the MMAs of
-  // the 128x128 tile (the widening is what keeps W4A8 below W8A8 when compute-bound).
+  // Many tokens (where these tiles fill 2/3 of a wave): 256 tokens per tile, so each widened
+  // weight fragment feeds twice the MMAs of the 128x128 tile.
   kSm90_128x256x128_Coop = 7,
   kCount = 8,
 };

@@ -150,53 +150,30 @@ struct W4A8Gemm {
   }
 };
 
+// A named config: tile (weight rows x tokens x K), cooperative (two warp groups on one tile) or
+// ping-pong (one tile per warp group), and the persistent or the stream-K tile scheduler. No
+// clusters: the weights are the A operand, read by one CTA per tile row.
+template <int kRows, int kTokens, int kK, bool kCooperative, bool kStreamK = false>
+struct TileConfig {
+  using Tile = Shape<Int<kRows>, Int<kTokens>, Int<kK>>;
+  using Cluster = Shape<_1, _1, _1>;
+  using Kernel = cute::conditional_t<kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                     cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using Epilogue = cute::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                                       cutlass::epilogue::TmaWarpSpecialized>;
+  using Scheduler = cute::conditional_t<kStreamK, cutlass::gemm::StreamKScheduler, cutlass::gemm::PersistentScheduler>;
+};
+
 template <W4A8TileConfig C> struct ConfigOf;
-template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop> {
-  using Tile = Shape<_128, _128, _128>;
-  using Cluster = Shape<_1, _1, _1>;
-  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
-  using Scheduler = cutlass::gemm::PersistentScheduler;
-};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop> {
-  using Tile = Shape<_128, _256, _128>;
-  using Cluster = Shape<_1, _1, _1>;
-  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
-  using Scheduler = cutlass::gemm::PersistentScheduler;
-};
-// 33..64 (or 17..32) tokens: 128 weight rows x the tokens per tile, K shared out over the SMs by
-// CUTLASS's stream-K scheduler (N = 3072 has only 24 such tiles for 132 SMs), partial tiles
-// reduced through the workspace. Stream-K needs the cooperative kernel (two warp groups on one
-// tile), hence 128 weight rows.
-template <> struct ConfigOf<W4A8TileConfig::kSm90_128x64x128_CoopStreamK> {
-  using Tile = Shape<_128, _64, _128>;
-  using Cluster = Shape<_1, _1, _1>;
-  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
-  using Scheduler = cutlass::gemm::StreamKScheduler;
-};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_128x32x128_CoopStreamK> {
-  using Tile = Shape<_128, _32, _128>;
-  using Cluster = Shape<_1, _1, _1>;
-  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
-  using Scheduler = cutlass::gemm::StreamKScheduler;
-};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_64x128x128_Pingpong> {
-  using Tile = Shape<_64, _128, _128>;
-  using Cluster = Shape<_1, _1, _1>;
-  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
-  using Scheduler = cutlass::gemm::PersistentScheduler;
-};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> {
-  using Tile = Shape<_64, _64, _128>;
-  using Cluster = Shape<_1, _1, _1>;
-  using Kernel = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
-  using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
-  using Scheduler = cutlass::gemm::PersistentScheduler;
-};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop> : TileConfig<128, 128, 128, true> {};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop> : TileConfig<128, 256, 128, true> {};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_64x128x128_Pingpong> : TileConfig<64, 128, 128, false> {};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> : TileConfig<64, 64, 128, false> {};
+// 17..64 tokens: 128 weight rows x the tokens per tile, K shared out over the SMs by CUTLASS's
+// stream-K scheduler (N = 3072 has only 24 such tiles for 132 SMs), partial tiles reduced through
+// the workspace. Stream-K needs the cooperative kernel, hence 128 weight rows.
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x64x128_CoopStreamK> : TileConfig<128, 64, 128, true, true> {};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x32x128_CoopStreamK> : TileConfig<128, 32, 128, true, true> {};
 
 template <typename ElementOut, bool kLowRank, W4A8TileConfig C>
 using GemmFor = W4A8Gemm<ElementOut, kLowRank, typename ConfigOf<C>::Tile, typename ConfigOf<C>::Cluster,
