@@ -10,5 +10,5 @@ BUILD_TEMP=/tmp/qe-build ARCHS=90a OUT=$R/gc tools/gpu_check.sh build > $R/build
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_w4a8_kernels.py > $R/tests_w4a8.log 2>&1; echo "w4a8 tests rc=$? at $((SECONDS-t0))s"
 grep -E "^FAILED|^ERROR|passed|failed" $R/tests_w4a8.log | tail -5
 timeout 60 python3 benchmarks/bench_w4a8.py --m-sweep 1 16 24 32 48 64 --reps 15 --out-dir $R/w4a8 > $R/bench.log 2>&1; echo "bench rc=$? at $((SECONDS-t0))s"
-[[ -f $R/w4a8/bench_w4a8.md ]] && cut -d'|' -f2,6,7,8,9,11 $R/w4a8/bench_w4a8.md | head -24
+[[ -f $R/w4a8/bench_w4a8.md ]] && cut -d'|' -f2,3,5,7,8,9,10,11 $R/w4a8/bench_w4a8.md | head -24
 tar -C /tmp --exclude=r7/gc -cJf $OUT/r7.tar.xz r7
