@@ -74,18 +74,22 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   if (M == 0) return out;
   at::Tensor bias_t;
   if (bias.has_value()) bias_t = bias->scalar_type() == out_dtype ? *bias : bias->to(out_dtype);
-  // The low-rank branch. The split-K configs multiply it in their epilogue (rank % 16 == 0,
-  // lora_up in out_dtype). For the others its [M, N] product comes from one cuBLAS GEMM in
-  // out_dtype (fp32 accumulation; lowrank_act rounded to out_dtype first) and is read once by
-  // the W4A8 epilogue as its C operand, so the output is written once.
+  // The low-rank branch. The split-K configs (any rank % 16 == 0) and the cooperative wgmma
+  // configs (rank % 16 == 0, <= kW4A8StagedMaxRank) multiply it in their epilogue (lora_up in
+  // out_dtype). For the others its [M, N] product comes from one cuBLAS GEMM in out_dtype (fp32
+  // accumulation; lowrank_act rounded to out_dtype first) and is read once by the W4A8 epilogue
+  // as its C operand, so the output is written once.
   const int64_t rank = lowrank_act.has_value() ? lowrank_act->size(1) : 0;
-  // (The epilogue reads lowrank_act in 8-byte and lora_up in 4-byte pieces.)
+  // Pointer alignment the fused epilogues load with: split-K reads lowrank_act in 8-byte and
+  // lora_up in 4-byte pieces; the cooperative (staged) epilogue both in 16-byte pieces.
+  const bool splitk = cfg == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || cfg == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
+  const uintptr_t act_align = splitk ? 8 : 16, up_align = splitk ? 4 : 16;
   at::Tensor lowrank_t, lora_up_t;
-  bool fused_lowrank = rank > 0 && rank % 16 == 0 && w4a8_config_fuses_lowrank(cfg) &&
-                       reinterpret_cast<uintptr_t>(lowrank_act->data_ptr()) % 8 == 0;
+  bool fused_lowrank = rank > 0 && rank <= INT32_MAX && w4a8_config_fuses_lowrank(cfg, static_cast<int>(rank)) &&
+                       reinterpret_cast<uintptr_t>(lowrank_act->data_ptr()) % act_align == 0;
   if (fused_lowrank) {
     lora_up_t = lora_up->scalar_type() == out_dtype ? *lora_up : lora_up->to(out_dtype);
-    fused_lowrank = reinterpret_cast<uintptr_t>(lora_up_t.data_ptr()) % 4 == 0;
+    fused_lowrank = reinterpret_cast<uintptr_t>(lora_up_t.data_ptr()) % up_align == 0;
   }
   if (!fused_lowrank && rank > 0)
     lowrank_t = at::mm(lowrank_act->to(out_dtype), lora_up->to(out_dtype).t());
@@ -160,6 +164,13 @@ void register_w4a8_debug(pybind11::module_& m) {
         return names;
       },
       "Names of every W4A8 tile config.");
+  m.def(
+      "w4a8_config_fuses_lowrank",
+      [](const std::string& config, int64_t rank) {
+        return rank > 0 && rank <= INT32_MAX && w4a8_config_fuses_lowrank(w4a8_config_from_name(config), static_cast<int>(rank));
+      },
+      "Whether the config multiplies a low-rank branch of this rank in its epilogue (given aligned operands) "
+      "instead of reading its [M, N] product.", pybind11::arg("config"), pybind11::arg("rank"));
   m.def(
       "w4a8_gemm_heuristic",
       [](int64_t M, int64_t N, int64_t K, int64_t device_index) {

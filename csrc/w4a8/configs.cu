@@ -67,17 +67,29 @@ struct Entry {
   size_t (*workspace)(const W4A8GemmParams&);
 };
 
-bool lookup(W4A8TileConfig c, bool lowrank, Entry* e) {
+// Which kernel of a config serves the call: plain, the [M, N] low-rank product as the C operand
+// (p.lowrank), or the branch itself (p.lowrank_act: the split-K kernels, or the staged epilogue of
+// the cooperative configs).
+bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
 #ifdef QENGINE_HAS_SM90
   using namespace w4a8::sm90;
-#define QENGINE_W4A8_ENTRY(NAME) *e = lowrank ? Entry{NAME##_lowrank_run, NAME##_lowrank_workspace} : Entry{NAME##_run, NAME##_workspace}
+  const bool source = p.lowrank != nullptr, staged = p.lowrank_act != nullptr;
+#define QENGINE_W4A8_ENTRY(NAME)                                                                     \
+  *e = source ? Entry{NAME##_lowrank_run, NAME##_lowrank_workspace} : Entry{NAME##_run, NAME##_workspace}; \
+  return !staged
+#define QENGINE_W4A8_ENTRY_STAGED(NAME)                                                          \
+  if (staged) {                                                                                  \
+    *e = Entry{NAME##_lowrank_staged_run, NAME##_lowrank_staged_workspace};                       \
+    return true;                                                                                 \
+  }                                                                                              \
+  QENGINE_W4A8_ENTRY(NAME)
   switch (c) {
-    case W4A8TileConfig::kSm90_128x128x128_Coop: QENGINE_W4A8_ENTRY(w4a8_sm90_128x128x128_coop); return true;
-    case W4A8TileConfig::kSm90_64x128x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x128x128_pingpong); return true;
-    case W4A8TileConfig::kSm90_64x64x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x128_pingpong); return true;
-    case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x64x128_coop_streamk); return true;
-    case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x32x128_coop_streamk); return true;
-    case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY(w4a8_sm90_128x256x128_coop); return true;
+    case W4A8TileConfig::kSm90_128x128x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x128x128_coop);
+    case W4A8TileConfig::kSm90_64x128x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x128x128_pingpong);
+    case W4A8TileConfig::kSm90_64x64x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x128_pingpong);
+    case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x64x128_coop_streamk);
+    case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x32x128_coop_streamk);
+    case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop);
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
       return true;
@@ -86,9 +98,10 @@ bool lookup(W4A8TileConfig c, bool lowrank, Entry* e) {
       return true;
     default: return false;
   }
+#undef QENGINE_W4A8_ENTRY_STAGED
 #undef QENGINE_W4A8_ENTRY
 #else
-  (void)c; (void)lowrank; (void)e;
+  (void)c; (void)p; (void)e;
   return false;
 #endif
 }
@@ -101,19 +114,22 @@ bool supported(const W4A8GemmParams& p) {
 
 size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c) {
   Entry e{};
-  if (!supported(p) || !lookup(c, p.lowrank != nullptr, &e)) return 0;
+  if (!supported(p) || !lookup(c, p, &e)) return 0;
   return e.workspace(p);
 }
 
-bool w4a8_config_fuses_lowrank(W4A8TileConfig c) {
-  return c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
+bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank) {
+  if (rank <= 0 || rank % 16 != 0) return false;
+  if (c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK) return true;
+  return (c == W4A8TileConfig::kSm90_128x256x128_Coop || c == W4A8TileConfig::kSm90_128x128x128_Coop) &&
+         rank <= kW4A8StagedMaxRank;
 }
 
 cudaError_t w4a8_gemm(const W4A8GemmParams& p, W4A8TileConfig c, cudaStream_t stream) {
   if (!supported(p)) return cudaErrorInvalidValue;
-  if (p.lowrank_act != nullptr && !w4a8_config_fuses_lowrank(c)) return cudaErrorInvalidValue;
+  if (p.lowrank_act != nullptr && (p.lowrank != nullptr || !w4a8_config_fuses_lowrank(c, p.rank))) return cudaErrorInvalidValue;
   Entry e{};
-  if (!lookup(c, p.lowrank != nullptr, &e)) return cudaErrorNotSupported;
+  if (!lookup(c, p, &e)) return cudaErrorNotSupported;
   return e.run(p, stream);
 }
 

@@ -14,6 +14,7 @@
 namespace qengine::w4a8::sm90 {
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x128x128_coop)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x128x128_coop_lowrank)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x128x128_coop_lowrank_staged)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x128x128_pingpong)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x128x128_pingpong_lowrank)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_64x64x128_pingpong)
@@ -24,6 +25,7 @@ QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x32x128_coop_streamk)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x32x128_coop_streamk_lowrank)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x256x128_coop)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x256x128_coop_lowrank)
+QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x256x128_coop_lowrank_staged)
 // mma.sync split-K (w4a8_gemm_splitk_mma.cu): one entry each; they read either low-rank form.
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x128_splitk)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x256_splitk)

@@ -14,9 +14,10 @@
 //   lowrank  [M, N] out_type, row stride ldo, or nullptr: the low-rank branch's product
 //            lowrank_act @ lora_up^T, added in the epilogue (read once, never written back)
 //   lowrank_act [M, rank] fp32 and lora_up [N, rank] out_type (row-major), or nullptr: the same
-//            branch unmultiplied, for the split-K configs only (they multiply it in their
-//            epilogue with 16-bit mma.sync, lowrank_act rounded to out_type like the product
-//            path); rank % 16 == 0. At most one of lowrank / lowrank_act is set.
+//            branch unmultiplied, for the configs where w4a8_config_fuses_lowrank(config, rank)
+//            (they multiply it in their epilogue with 16-bit mma.sync, lowrank_act rounded to
+//            out_type like the product path); rank % 16 == 0; the cooperative configs also need
+//            both pointers 16-byte aligned. At most one of lowrank / lowrank_act is set.
 //   out      [M, N] bf16 | fp16, row-major, row stride ldo
 // Limits: K % 32 == 0, N % 16 == 0 (the 16x32 weight shuffle atom; also 16-byte rows), M >= 1.
 // INT8 x INT8 (widened INT4) accumulates in int32: exact.
@@ -42,7 +43,7 @@ struct W4A8GemmParams {
   const float* w_scale;
   const void* bias;     // may be nullptr
   const void* lowrank;  // may be nullptr
-  const float* lowrank_act;  // may be nullptr (split-K configs only)
+  const float* lowrank_act;  // may be nullptr (configs that fuse the branch only)
   const void* lora_up;       // out_type, with lowrank_act
   int rank;                  // columns of lowrank_act, % 16 == 0
   void* out;
@@ -82,9 +83,12 @@ W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count);
 // Whether this binary holds the sm_90a kernels (built with 90a in QENGINE_CUDA_ARCHS).
 bool w4a8_kernels_compiled();
 
-// Whether config c takes the low-rank branch unmultiplied (lowrank_act + lora_up) instead of
-// its [M, N] product.
-bool w4a8_config_fuses_lowrank(W4A8TileConfig c);
+// The largest rank the cooperative configs multiply in their epilogue (staged in shared memory).
+constexpr int kW4A8StagedMaxRank = 32;
+// Whether config c takes a low-rank branch of this rank unmultiplied (lowrank_act + lora_up)
+// instead of its [M, N] product: the split-K configs for any rank % 16 == 0, the cooperative
+// wgmma configs (128x256, 128x128) for rank % 16 == 0 up to kW4A8StagedMaxRank.
+bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank);
 
 size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c);
 // cudaErrorInvalidValue: unsupported arguments; cudaErrorNotSupported: not compiled in this build.

@@ -24,6 +24,7 @@
 #include "cutlass/numeric_types.h"
 
 #include "qengine/w4a8_gemm.h"
+#include "lowrank_staged_epilogue.cuh"
 #include "weight_layout.cuh"
 
 namespace qengine::w4a8::sm90 {
@@ -43,8 +44,18 @@ struct Sm90Only : Kernel {
 
 namespace fusion = cutlass::epilogue::fusion;
 
+// How a kernel instantiation takes the low-rank branch (one translation unit each):
+//   kNone    no branch;
+//   kSource  its [M, N] product (cuBLAS, in the binding) read as the epilogue's C operand;
+//   kStaged  lowrank_act and lora_up themselves, multiplied in the epilogue from shared memory
+//            (lowrank_staged_epilogue.cuh; cooperative configs, rank <= kStagedMaxRank).
+enum class LowRank : int { kNone = 0, kSource = 1, kStaged = 2 };
+// 32 is SVDQuant's default rank; the staged rows cost (rows + tokens) x (32 + 8) x 2 bytes of shared
+// memory per tile (30 KB at 128x256), taken from the mainloop's stages.
+constexpr int kStagedMaxRank = kW4A8StagedMaxRank;
+
 // Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
-template <typename TileShape, typename ElementOut, bool kLowRank>
+template <typename TileShape, typename ElementOut, LowRank kLowRank>
 struct EpilogueTree {
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
   using Acc = fusion::Sm90AccFetch;
@@ -58,21 +69,28 @@ struct EpilogueTree {
   // producer warp, overlapped with the mainloop), added to the bias before the final FMA.
   using AddC = fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
   using BiasPlusC = fusion::Sm90EVT<AddC, Bias, fusion::Sm90SrcFetch<ElementOut>>;
-  using Tree = fusion::Sm90EVT<FmaA, AScale, AccW, cute::conditional_t<kLowRank, BiasPlusC, Bias>>;
+  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kStagedMaxRank>;
+  using BiasPlusStaged = fusion::Sm90EVT<AddC, Bias, Staged>;
+  using Tree = fusion::Sm90EVT<FmaA, AScale, AccW,
+                               cute::conditional_t<kLowRank == LowRank::kSource, BiasPlusC,
+                                                   cute::conditional_t<kLowRank == LowRank::kStaged, BiasPlusStaged, Bias>>>;
 
   static typename Tree::Arguments arguments(const W4A8GemmParams& p) {
     typename AScale::Arguments a_scale{p.a_scale, 0.f, {}};
     typename AccW::Arguments acc_w{{p.w_scale, 0.f, {}}, {}, {}};
     typename Bias::Arguments bias{static_cast<const ElementOut*>(p.bias), ElementOut(0.f), {}};
-    if constexpr (kLowRank) {
+    if constexpr (kLowRank == LowRank::kSource) {
       return {a_scale, acc_w, {bias, {}, {}}, {}};
+    } else if constexpr (kLowRank == LowRank::kStaged) {
+      typename Staged::Arguments staged{p.lowrank_act, static_cast<const ElementOut*>(p.lora_up), p.rank};
+      return {a_scale, acc_w, {bias, staged, {}}, {}};
     } else {
       return {a_scale, acc_w, bias, {}};
     }
   }
 };
 
-template <typename ElementOut, bool kLowRank, typename TileShape, typename ClusterShape, typename KernelSchedule,
+template <typename ElementOut, LowRank kLowRank, typename TileShape, typename ClusterShape, typename KernelSchedule,
           typename EpilogueSchedule, typename TileScheduler>
 struct W4A8Gemm {
   using ElementW = cutlass::int4b_t;
@@ -86,7 +104,7 @@ struct W4A8Gemm {
   static constexpr int kAlignOut = 8;
 
   using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
-  using ElementC = cute::conditional_t<kLowRank, ElementOut, void>;
+  using ElementC = cute::conditional_t<kLowRank == LowRank::kSource, ElementOut, void>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -117,7 +135,7 @@ struct W4A8Gemm {
     StrideD stride_out = make_stride(Int<1>{}, p.ldo, int64_t(0));
     StrideC stride_c{};
     const ElementOut* ptr_c = nullptr;
-    if constexpr (kLowRank) {
+    if constexpr (kLowRank == LowRank::kSource) {
       stride_c = make_stride(Int<1>{}, p.ldo, int64_t(0));
       ptr_c = static_cast<const ElementOut*>(p.lowrank);
     }
@@ -175,11 +193,11 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> : TileConf
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x64x128_CoopStreamK> : TileConfig<128, 64, 128, true, true> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x32x128_CoopStreamK> : TileConfig<128, 32, 128, true, true> {};
 
-template <typename ElementOut, bool kLowRank, W4A8TileConfig C>
+template <typename ElementOut, LowRank kLowRank, W4A8TileConfig C>
 using GemmFor = W4A8Gemm<ElementOut, kLowRank, typename ConfigOf<C>::Tile, typename ConfigOf<C>::Cluster,
                          typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue, typename ConfigOf<C>::Scheduler>;
 
-// Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (config, low-rank or not);
+// Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (config, LowRank mode);
 // both output types in the same translation unit.
 #define QENGINE_W4A8_SM90_DEFINE(NAME, CONFIG, LOWRANK)                                                   \
   cudaError_t NAME##_run(const W4A8GemmParams& p, cudaStream_t stream) {                                  \

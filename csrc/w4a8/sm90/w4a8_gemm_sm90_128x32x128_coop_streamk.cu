@@ -3,5 +3,5 @@
 #include "../kernels.h"
 
 namespace qengine::w4a8::sm90 {
-QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_128x32x128_coop_streamk, W4A8TileConfig::kSm90_128x32x128_CoopStreamK, false)
+QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_128x32x128_coop_streamk, W4A8TileConfig::kSm90_128x32x128_CoopStreamK, LowRank::kNone)
 }  // namespace qengine::w4a8::sm90

@@ -3,5 +3,5 @@
 #include "../kernels.h"
 
 namespace qengine::w4a8::sm90 {
-QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_64x64x128_pingpong_lowrank, W4A8TileConfig::kSm90_64x64x128_Pingpong, true)
+QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_64x64x128_pingpong_lowrank, W4A8TileConfig::kSm90_64x64x128_Pingpong, LowRank::kSource)
 }  // namespace qengine::w4a8::sm90
