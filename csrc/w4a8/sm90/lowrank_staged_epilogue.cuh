@@ -149,6 +149,7 @@ struct Sm90LowRankStaged {
     // Copies the tile's operands into shared memory (zeros past the problem's edge), every load
     // issued before the first store.
     CUTLASS_DEVICE void begin() {
+      a_row = -1;
       const int rank = params.rank;
       const int vecs = rank / 8;  // 16-byte vectors (8 values) per row
       constexpr int kUpIters = (kRows * kMaxRank / 8 + kThreads - 1) / kThreads;
@@ -235,24 +236,53 @@ struct Sm90LowRankStaged {
       return *reinterpret_cast<const uint32_t*>(base + row * kStride + k);
     }
 
+    // lora_up fragments (mma A operand) of the 16-row block the warp's values lie in, kept in
+    // registers from subtile to subtile: in the cooperative 128x32 subtiles a warp's rows are the
+    // same for the whole tile (call 2 of the eighteenth session: reloading them per 16x8 block
+    // was 60% of the node's shared-memory loads). a_row = the cached block's first row (lane's
+    // row g), -1 after begin() staged a new tile.
+    uint32_t a_frag[kMaxRank / 16][4];
+    int a_row = -1;
+
+    CUTLASS_DEVICE void load_a(int r) {
+      const int t = (threadIdx.x % 32) % 4;
+      CUTLASS_PRAGMA_UNROLL
+      for (int s = 0; s < kMaxRank / 16; ++s) {
+        if (16 * s >= params.rank) break;
+        a_frag[s][0] = lds32(smem_up, r, 16 * s + 2 * t);
+        a_frag[s][1] = lds32(smem_up, r + 8, 16 * s + 2 * t);
+        a_frag[s][2] = lds32(smem_up, r, 16 * s + 2 * t + 8);
+        a_frag[s][3] = lds32(smem_up, r + 8, 16 * s + 2 * t + 8);
+      }
+      a_row = r;
+    }
+
     template <int kE>
     CUTLASS_DEVICE void mma_values(const int (&dr)[kE], const int (&dc)[kE], int base_r, int base_c) {
       const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
       const int warp_r = base_r - g, warp_c = base_c - 2 * t;
       const int rank = params.rank;
+      // Whether all of the thread's blocks share one 16-row block (compile-time after unrolling).
+      int dr0 = -1;
+      bool one_row_block = true;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kE; ++i) {
+        if ((dr[i] & 15) != 0 || (dc[i] & 7) != 0) continue;
+        if (dr0 < 0) dr0 = dr[i];
+        one_row_block = one_row_block && dr[i] == dr0;
+      }
       float acc[kE][4];
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
         acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
         if ((dr[i] & 15) != 0 || (dc[i] & 7) != 0) continue;  // not a leader (compile-time after unrolling)
         const int r = warp_r + dr[i] + g, col = warp_c + dc[i] + g;
+        if (!one_row_block || r != a_row) load_a(r);
         CUTLASS_PRAGMA_UNROLL
-        for (int k0 = 0; k0 < kMaxRank; k0 += 16) {
-          if (k0 >= rank) break;
-          const uint32_t a[4] = {lds32(smem_up, r, k0 + 2 * t), lds32(smem_up, r + 8, k0 + 2 * t),
-                                 lds32(smem_up, r, k0 + 2 * t + 8), lds32(smem_up, r + 8, k0 + 2 * t + 8)};
-          staged_detail::mma16816<ElementOp>(acc[i], a, lds32(smem_act, col, k0 + 2 * t),
-                                             lds32(smem_act, col, k0 + 2 * t + 8));
+        for (int s = 0; s < kMaxRank / 16; ++s) {
+          if (16 * s >= rank) break;
+          staged_detail::mma16816<ElementOp>(acc[i], a_frag[s], lds32(smem_act, col, 16 * s + 2 * t),
+                                             lds32(smem_act, col, 16 * s + 2 * t + 8));
         }
       }
       CUTLASS_PRAGMA_UNROLL
