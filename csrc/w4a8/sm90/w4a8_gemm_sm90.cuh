@@ -106,9 +106,15 @@ struct W4A8Gemm {
   using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
   using ElementC = cute::conditional_t<kLowRank == LowRank::kSource, ElementOut, void>;
 
+  // The staged low-rank node pays a fixed latency per epilogue subtile (shared-memory loads ->
+  // mma.sync -> values), which the cooperative kernel does not overlap with any MMA: 64-token
+  // subtiles halve the count of the automatic 128x32 ones.
+  using EpilogueTile = cute::conditional_t<kLowRank == LowRank::kStaged,
+                                           Shape<Int<size<0>(TileShape{})>, Int<cute::min(64, int(size<1>(TileShape{})))>>,
+                                           cutlass::epilogue::collective::EpilogueTileAuto>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float,
+      EpilogueTile, ElementAcc, float,
       ElementC, LayoutOutT, kAlignOut,
       ElementOut, LayoutOutT, kAlignOut,
       EpilogueSchedule, typename Tree::Tree>::CollectiveOp;
