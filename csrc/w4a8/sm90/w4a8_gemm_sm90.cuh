@@ -109,8 +109,10 @@ struct W4A8Gemm {
   // The staged low-rank node pays a fixed latency per epilogue subtile (shared-memory loads ->
   // mma.sync -> values), which the cooperative kernel does not overlap with any MMA: 64-token
   // subtiles halve the count of the automatic 128x32 ones.
+  static constexpr int kTileRows = decltype(size<0>(TileShape{}))::value;
+  static constexpr int kTileTokens = decltype(size<1>(TileShape{}))::value;
   using EpilogueTile = cute::conditional_t<kLowRank == LowRank::kStaged,
-                                           Shape<Int<size<0>(TileShape{})>, Int<cute::min(64, int(size<1>(TileShape{})))>>,
+                                           Shape<Int<kTileRows>, Int<(kTileTokens < 64 ? kTileTokens : 64)>>,
                                            cutlass::epilogue::collective::EpilogueTileAuto>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
