@@ -271,23 +271,26 @@ struct Sm90LowRankStaged {
         if (dr0 < 0) dr0 = dr[i];
         one_row_block = one_row_block && dr[i] == dr0;
       }
-      // One 16x8 block per leader; its four values go straight to vals (a [kE][4] array would
-      // live in local memory at kE = 32).
+      float acc[kE][4];
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
         if ((dr[i] & 15) != 0 || (dc[i] & 7) != 0) continue;  // not a leader (compile-time after unrolling)
         const int r = warp_r + dr[i] + g, col = warp_c + dc[i] + g;
         if (!one_row_block || r != a_row) load_a(r);
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
         CUTLASS_PRAGMA_UNROLL
         for (int s = 0; s < kMaxRank / 16; ++s) {
           if (16 * s >= rank) break;
-          staged_detail::mma16816<ElementOp>(acc, a_frag[s], lds32(smem_act, col, 16 * s + 2 * t),
+          staged_detail::mma16816<ElementOp>(acc[i], a_frag[s], lds32(smem_act, col, 16 * s + 2 * t),
                                              lds32(smem_act, col, 16 * s + 2 * t + 8));
         }
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kE; ++i) {
+        if ((dr[i] & 15) != 0 || (dc[i] & 7) != 0) continue;
         CUTLASS_PRAGMA_UNROLL
         for (int j = 0; j < kE; ++j)
-          if ((dr[j] & ~15) == dr[i] && (dc[j] & ~7) == dc[i]) vals(j) = acc[((dr[j] & 8) ? 2 : 0) + (dc[j] & 1)];
+          if ((dr[j] & ~15) == dr[i] && (dc[j] & ~7) == dc[i]) vals(j) = acc[i][((dr[j] & 8) ? 2 : 0) + (dc[j] & 1)];
       }
     }
 

@@ -106,17 +106,9 @@ struct W4A8Gemm {
   using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
   using ElementC = cute::conditional_t<kLowRank == LowRank::kSource, ElementOut, void>;
 
-  // The staged low-rank node pays a fixed latency per epilogue subtile (shared-memory loads ->
-  // mma.sync -> values), which the cooperative kernel does not overlap with any MMA: 64-token
-  // subtiles halve the count of the automatic 128x32 ones.
-  static constexpr int kTileRows = decltype(size<0>(TileShape{}))::value;
-  static constexpr int kTileTokens = decltype(size<1>(TileShape{}))::value;
-  using EpilogueTile = cute::conditional_t<kLowRank == LowRank::kStaged,
-                                           Shape<Int<kTileRows>, Int<(kTileTokens < 64 ? kTileTokens : 64)>>,
-                                           cutlass::epilogue::collective::EpilogueTileAuto>;
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      EpilogueTile, ElementAcc, float,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float,
       ElementC, LayoutOutT, kAlignOut,
       ElementOut, LayoutOutT, kAlignOut,
       EpilogueSchedule, typename Tree::Tree>::CollectiveOp;
