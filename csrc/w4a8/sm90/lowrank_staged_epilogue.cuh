@@ -21,8 +21,9 @@
 // the C fragment of m16n8 (lane 4g + t holds rows g, g + 8 and columns 2t, 2t + 1), so every lane
 // gets the values of the accumulators it holds. Rows are padded to kMaxRank + 8 elements, which
 // makes the 32-bit fragment loads of 8 rows x 4 lanes hit 32 distinct banks. As in the W8A8 node,
-// each subtile checks the layout it is given (warp-uniform) and otherwise sums with FMAs from the
-// same shared-memory rows, so correctness does not rest on the layout assumption.
+// each subtile checks the layout it is given (qengine/mma_c_fragment.cuh, warp-uniform) and
+// otherwise sums with FMAs from the same shared-memory rows, so correctness does not rest on the
+// layout assumption.
 // Overwriting the buffers in the next tile's `begin` is safe: every subtile's TMA store ends with
 // a barrier of all consumer threads, after their last read of the buffers.
 #pragma once
@@ -36,6 +37,7 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp"
 #include "cutlass/numeric_types.h"
+#include "qengine/mma_c_fragment.cuh"
 
 namespace qengine::w4a8::sm90 {
 
@@ -205,31 +207,11 @@ struct Sm90LowRankStaged {
         dr[i] = static_cast<int>(get<0>(c(i)));
         dc[i] = static_cast<int>(get<1>(c(i)));
       }
-      if (mma_layout(dr, dc, base_r, base_c)) {
+      if (qengine::sm90::mma_c_fragment_layout(dr, dc, base_r, base_c)) {
         mma_values(dr, dc, base_r, base_c);
       } else {
         fma_values(dr, dc, base_r, base_c);
       }
-    }
-
-    // Whether every value of this thread sits where the m16n8 C fragment of its lane puts it
-    // (rows g / g + 8, columns 2t / 2t + 1 of 16x8 blocks with a warp-wide origin) and each block's
-    // (g, 2t) value is one of the thread's own ("leader"). Warp-uniform.
-    template <int kE>
-    CUTLASS_DEVICE bool mma_layout(const int (&dr)[kE], const int (&dc)[kE], int base_r, int base_c) const {
-      const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-      const int warp_r = base_r - g, warp_c = base_c - 2 * t;
-      bool ok = (base_r & 15) == g && (base_c & 7) == 2 * t && warp_r == __shfl_sync(0xffffffffu, warp_r, 0) &&
-                warp_c == __shfl_sync(0xffffffffu, warp_c, 0);
-      CUTLASS_PRAGMA_UNROLL
-      for (int j = 0; j < kE; ++j) {
-        bool led = false;
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < kE; ++i)
-          led |= (dr[i] & 15) == 0 && (dc[i] & 7) == 0 && dr[i] == (dr[j] & ~15) && dc[i] == (dc[j] & ~7);
-        ok = ok && led && (dr[j] & 7) == 0 && (dc[j] & 7) <= 1;
-      }
-      return __all_sync(0xffffffffu, ok);
     }
 
     CUTLASS_DEVICE uint32_t lds32(const uint16_t* base, int row, int k) const {
@@ -267,7 +249,7 @@ struct Sm90LowRankStaged {
       bool one_row_block = true;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
-        if ((dr[i] & 15) != 0 || (dc[i] & 7) != 0) continue;
+        if (!qengine::sm90::mma_c_leader(dr[i], dc[i])) continue;
         if (dr0 < 0) dr0 = dr[i];
         one_row_block = one_row_block && dr[i] == dr0;
       }
@@ -275,7 +257,7 @@ struct Sm90LowRankStaged {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
         acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-        if ((dr[i] & 15) != 0 || (dc[i] & 7) != 0) continue;  // not a leader (compile-time after unrolling)
+        if (!qengine::sm90::mma_c_leader(dr[i], dc[i])) continue;  // compile-time after unrolling
         const int r = warp_r + dr[i] + g, col = warp_c + dc[i] + g;
         if (!one_row_block || r != a_row) load_a(r);
         CUTLASS_PRAGMA_UNROLL
@@ -286,12 +268,8 @@ struct Sm90LowRankStaged {
         }
       }
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kE; ++i) {
-        if ((dr[i] & 15) != 0 || (dc[i] & 7) != 0) continue;
-        CUTLASS_PRAGMA_UNROLL
-        for (int j = 0; j < kE; ++j)
-          if ((dr[j] & ~15) == dr[i] && (dc[j] & ~7) == dc[i]) vals(j) = acc[i][((dr[j] & 8) ? 2 : 0) + (dc[j] & 1)];
-      }
+      for (int i = 0; i < kE; ++i)
+        if (qengine::sm90::mma_c_leader(dr[i], dc[i])) qengine::sm90::mma_c_scatter(dr, dc, i, acc[i], vals);
     }
 
     // Any layout: rank FMAs per value from the staged rows.
