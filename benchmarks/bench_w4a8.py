@@ -3,8 +3,9 @@ against cuBLAS bf16 and our W8A8 GEMMs.
 
 Per shape (M, K, N): cuBLAS bf16 ``F.linear`` (with bias), our W8A8 FP8 and INT8 GEMMs (scales +
 bias epilogue), and our W4A8 GEMM without and with the low-rank term (r = 32: lowrank_act [M, 32]
-fp32, lora_up [N, 32] bf16; the op computes the [M, N] product with cuBLAS and adds it in the
-W4A8 epilogue), each timed through the registered ``torch.ops.qengine`` op (heuristic config).
+fp32, lora_up [N, 32] bf16; the cooperative and split-K configs multiply it in their epilogue,
+the others add its [M, N] cuBLAS product there: ``w4a8_config_fuses_lowrank``), each timed
+through the registered ``torch.ops.qengine`` op (heuristic config).
 ``--sweep-configs`` also times every W4A8 tile config (forced, without low-rank). Shapes: FLUX.1-dev
 and SD3-medium from benchmarks/shapes.py, an M sweep 1..256 at FLUX's K/N (3072->3072,
 3072->12288, 12288->3072; ``--m-sweep`` picks the M values), and FLUX's adaLN modulation GEMVs

@@ -12,20 +12,24 @@
 // which loads its operands from global memory per epilogue subtile: it measured +40% to +116%
 // there (one dependent L2 round trip per subtile, 8 per tile).
 //
-// Here, at the start of each tile's epilogue (`begin`), the consumer threads copy the tile's
-// lora_up rows (kRows x rank, 16-bit) and lowrank_act rows (kCols x rank, fp32 rounded to the
-// 16-bit output type, as the product path rounded it) into shared memory, all loads in flight at
-// once: one L2 round trip per tile. The collective epilogue's barrier after `begin` publishes
-// them (begin_sync_needed). Each subtile then takes its values from mma.sync m16n8k16 with
-// fragments read from shared memory: the wgmma accumulator fragment of a warp is, per 16x8 block,
-// the C fragment of m16n8 (lane 4g + t holds rows g, g + 8 and columns 2t, 2t + 1), so every lane
-// gets the values of the accumulators it holds. Rows are padded to kMaxRank + 8 elements, which
-// makes the 32-bit fragment loads of 8 rows x 4 lanes hit 32 distinct banks. As in the W8A8 node,
-// each subtile checks the layout it is given (qengine/mma_c_fragment.cuh, warp-uniform) and
-// otherwise sums with FMAs from the same shared-memory rows, so correctness does not rest on the
-// layout assumption.
-// Overwriting the buffers in the next tile's `begin` is safe: every subtile's TMA store ends with
-// a barrier of all consumer threads, after their last read of the buffers.
+// At the start of each tile's epilogue (`begin`), the consumer threads copy the tile's lora_up
+// rows (kRows x rank, 16-bit) and lowrank_act rows (kCols x rank, fp32 rounded to the 16-bit
+// output type, as the product path rounded it) into shared memory, all loads in flight at once:
+// one L2 round trip per tile. The rows are stored in wgmma's K-major "interleave" layout (8 rows
+// x 16 bytes per core matrix), then fenced for the async proxy; the collective epilogue's barrier
+// after `begin` publishes them (begin_sync_needed).
+//
+// Each epilogue subtile (128 rows x kEpiN tokens) is then one warpgroup MMA per warp group and 16
+// of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers.
+// That result's fragment is the accumulator's own (a warp holds rows 16w + g and 16w + g + 8,
+// columns 8j + 2t and 8j + 2t + 1), so each thread reads off the values it needs. Before this
+// (eighteenth session) each warp ran mma.sync m16n8k16 with fragments loaded by hand: 8 MMAs, 16
+// shared loads, a warp-wide layout check and a scatter per subtile, unrolled into all 8 subtiles,
+// whose latency and code size were most of the branch's +20-30% (ncu, notes/w4a8.md). The thread
+// still checks where the epilogue put its values; where they are not where the fragment has them,
+// it sums with FMAs from the same shared-memory rows, so correctness does not rest on the layout.
+// Overwriting the buffers in the next tile's `begin` is safe: every subtile waits for its wgmma
+// before its TMA store, and each TMA store ends with a barrier of all consumer threads.
 #pragma once
 
 #include <cstdint>
@@ -33,11 +37,14 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "cute/arch/mma_sm90.hpp"
+#include "cute/atom/mma_atom.hpp"
+#include "cute/atom/mma_traits_sm90_gmma.hpp"
 #include "cute/tensor.hpp"
+#include "cutlass/arch/barrier.h"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp"
 #include "cutlass/numeric_types.h"
-#include "qengine/mma_c_fragment.cuh"
 
 namespace qengine::w4a8::sm90 {
 
@@ -60,30 +67,33 @@ CUTLASS_DEVICE float to_float(uint16_t bits) {
     return __bfloat162float(__ushort_as_bfloat16(bits));
   }
 }
-template <class E>
-CUTLASS_DEVICE void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (cute::is_same_v<E, cutlass::half_t>) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 }  // namespace staged_detail
 
 template <class CtaTileShapeMNK, class ElementOp, int kMaxRank>
 struct Sm90LowRankStaged {
-  static_assert(kMaxRank % 16 == 0, "ranks come in k16 steps of mma.sync");
+  static_assert(kMaxRank % 16 == 0, "ranks come in k16 steps of the MMA");
   static constexpr int kRows = cute::size<0>(CtaTileShapeMNK{});
   static constexpr int kCols = cute::size<1>(CtaTileShapeMNK{});
-  static constexpr int kStride = kMaxRank + 8;  // elements per staged row (+16 bytes: no bank conflicts)
+  static_assert(kRows % 64 == 0 && kCols % 8 == 0, "the tile is a whole number of wgmma row blocks");
+
+  // wgmma's K-major interleave layout: core matrices of 8 rows x 8 values (16 bytes), rows first.
+  using SmemAtom = cute::SM90::GMMA::Layout_K_INTER_Atom<ElementOp>;
+  using UpLayout = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<cute::Int<kRows>, cute::Int<kMaxRank>>{}));
+  using ActLayout = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<cute::Int<kCols>, cute::Int<kMaxRank>>{}));
+  // Element offset of (row, k) in a buffer of kR rows; the stores in `begin` and the FMA fallback
+  // use it, the wgmma descriptors come from the cute layouts above (checked equal below).
+  template <int kR>
+  static constexpr CUTLASS_HOST_DEVICE int offset(int r, int k) {
+    return (r % 8) * 8 + (k % 8) + (r / 8) * 64 + (k / 8) * (kR / 8) * 64;
+  }
+  static_assert(UpLayout{}.layout_b()(9, 17) == offset<kRows>(9, 17) &&
+                    UpLayout{}.layout_b()(kRows - 1, kMaxRank - 1) == offset<kRows>(kRows - 1, kMaxRank - 1) &&
+                    ActLayout{}.layout_b()(kCols - 3, 8) == offset<kCols>(kCols - 3, 8),
+                "offset() must match the interleave layout the wgmma descriptors describe");
 
   struct SharedStorage {
-    alignas(16) uint16_t up[kRows * kStride];
-    alignas(16) uint16_t act[kCols * kStride];
+    alignas(128) uint16_t up[kRows * kMaxRank];
+    alignas(128) uint16_t act[kCols * kMaxRank];
   };
 
   struct Arguments {
@@ -130,8 +140,17 @@ struct Sm90LowRankStaged {
     return cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks{};
   }
 
-  template <int kThreads, class CTensor, class ThrResidue, class RTensor>
+  template <int kThreads, int kEpiM, int kEpiN, class CTensor, class ThrResidue, class RTensor>
   struct ConsumerStoreCallbacks : cutlass::epilogue::fusion::detail::EmptyConsumerStoreCallbacks {
+    // Two warp groups of 64 rows each cover a 128-row subtile: the cooperative schedule.
+    static_assert(kThreads == 256 && kEpiM == 128 && kRows % kEpiM == 0,
+                  "the staged low-rank node serves the cooperative (two warp group, 128-row) epilogue");
+    static_assert(kEpiN % 8 == 0 && kEpiN <= 256 && kCols % kEpiN == 0, "wgmma N: a multiple of 8 up to 256");
+    using WgOp = decltype(cute::SM90::GMMA::ss_op_selector<ElementOp, ElementOp, float,
+                                                            cute::Shape<cute::_64, cute::Int<kEpiN>, cute::_16>,
+                                                            cute::SM90::GMMA::Major::K, cute::SM90::GMMA::Major::K>());
+    using WgMma = decltype(cute::make_tiled_mma(WgOp{}));
+
     CUTLASS_DEVICE ConsumerStoreCallbacks(CTensor tCcD_, ThrResidue residue_, RTensor vals_, Params const& params_,
                                           uint16_t* smem_up_, uint16_t* smem_act_, int rows_, int cols_, int row0_,
                                           int col0_, int thread_idx_)
@@ -148,128 +167,108 @@ struct Sm90LowRankStaged {
     int row0, col0;      // the tile's origin
     int thread_idx;      // among the kThreads consumer threads
 
-    // Copies the tile's operands into shared memory (zeros past the problem's edge), every load
-    // issued before the first store.
+    // Copies kR rows from global (row-major, rank values each) into the interleave layout, zeros
+    // past the problem's edge. Eight consecutive threads take one 8-value chunk of eight
+    // consecutive rows: one 128-byte core-matrix row block in shared memory (no bank conflicts),
+    // and a warp reads four chunks of eight whole rows from global memory.
+    template <int kR, class Src, int kIters, class Vec>
+    CUTLASS_DEVICE void load_rows(const Src* src, int first, int limit, Vec (&v)[kIters]) const {
+      const int vecs = params.rank / 8;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kIters; ++i) {
+        const int idx = thread_idx + i * kThreads, q = idx / 8, r = (q / vecs) * 8 + idx % 8, c = (q % vecs) * 8;
+        v[i] = Vec{};
+        if (r < kR && first + r < limit) v[i] = load8(src + static_cast<int64_t>(first + r) * params.rank + c);
+      }
+    }
+    template <int kR, int kIters, class Vec>
+    CUTLASS_DEVICE void store_rows(uint16_t* dst, Vec const (&v)[kIters]) const {
+      const int vecs = params.rank / 8;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kIters; ++i) {
+        const int idx = thread_idx + i * kThreads, q = idx / 8, r = (q / vecs) * 8 + idx % 8, c = (q % vecs) * 8;
+        if (r < kR) *reinterpret_cast<uint4*>(dst + offset<kR>(r, c)) = pack8(v[i]);
+      }
+    }
+    struct Fp32x8 { float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = make_float4(0.f, 0.f, 0.f, 0.f); };
+    static CUTLASS_DEVICE uint4 load8(const ElementOp* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+    static CUTLASS_DEVICE Fp32x8 load8(const float* p) {
+      const float4* q = reinterpret_cast<const float4*>(p);
+      return {__ldg(q), __ldg(q + 1)};
+    }
+    static CUTLASS_DEVICE uint4 pack8(uint4 v) { return v; }
+    static CUTLASS_DEVICE uint4 pack8(Fp32x8 const& v) {
+      using staged_detail::pack2;
+      return make_uint4(pack2<ElementOp>(v.lo.x, v.lo.y), pack2<ElementOp>(v.lo.z, v.lo.w),
+                        pack2<ElementOp>(v.hi.x, v.hi.y), pack2<ElementOp>(v.hi.z, v.hi.w));
+    }
+
+    // Stages the tile's operands, every load issued before the first store.
     CUTLASS_DEVICE void begin() {
-      a_row = -1;
-      const int rank = params.rank;
-      const int vecs = rank / 8;  // 16-byte vectors (8 values) per row
       constexpr int kUpIters = (kRows * kMaxRank / 8 + kThreads - 1) / kThreads;
       constexpr int kActIters = (kCols * kMaxRank / 8 + kThreads - 1) / kThreads;
       uint4 up_v[kUpIters];
-      float4 act_v[kActIters][2];
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kUpIters; ++i) {
-        const int v = thread_idx + i * kThreads, r = v / vecs, c = (v % vecs) * 8;
-        up_v[i] = make_uint4(0, 0, 0, 0);
-        if (r < kRows && row0 + r < rows)
-          up_v[i] = __ldg(reinterpret_cast<const uint4*>(params.up + static_cast<int64_t>(row0 + r) * rank + c));
-      }
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kActIters; ++i) {
-        const int v = thread_idx + i * kThreads, r = v / vecs, c = (v % vecs) * 8;
-        act_v[i][0] = act_v[i][1] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (r < kCols && col0 + r < cols) {
-          const float4* src = reinterpret_cast<const float4*>(params.act + static_cast<int64_t>(col0 + r) * rank + c);
-          act_v[i][0] = __ldg(src);
-          act_v[i][1] = __ldg(src + 1);
-        }
-      }
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kUpIters; ++i) {
-        const int v = thread_idx + i * kThreads, r = v / vecs, c = (v % vecs) * 8;
-        if (r < kRows) *reinterpret_cast<uint4*>(smem_up + r * kStride + c) = up_v[i];
-      }
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kActIters; ++i) {
-        const int v = thread_idx + i * kThreads, r = v / vecs, c = (v % vecs) * 8;
-        if (r < kCols) {
-          const float4 x = act_v[i][0], y = act_v[i][1];
-          *reinterpret_cast<uint4*>(smem_act + r * kStride + c) =
-              make_uint4(staged_detail::pack2<ElementOp>(x.x, x.y), staged_detail::pack2<ElementOp>(x.z, x.w),
-                         staged_detail::pack2<ElementOp>(y.x, y.y), staged_detail::pack2<ElementOp>(y.z, y.w));
-        }
-      }
+      Fp32x8 act_v[kActIters];
+      load_rows<kRows>(params.up, row0, rows, up_v);
+      load_rows<kCols>(params.act, col0, cols, act_v);
+      store_rows<kRows>(smem_up, up_v);
+      store_rows<kCols>(smem_act, act_v);
+      cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, before wgmma reads them
     }
 
     CUTLASS_DEVICE bool begin_sync_needed() const { return true; }
 
     CUTLASS_DEVICE void begin_loop(int epi_m, int epi_n) {
       using namespace cute;
+      // This warp group's 64 rows x kEpiN tokens of the subtile, tile-relative.
+      const int wg = thread_idx / 128, blk_r = epi_m * kEpiM + 64 * wg, blk_c = epi_n * kEpiN;
+      WgMma mma;
+      Tensor s_up = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_up)), UpLayout{});
+      Tensor s_act = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_act)), ActLayout{});
+      Tensor s_a = local_tile(s_up, Shape<_64, Int<kMaxRank>>{}, make_coord(blk_r / 64, 0));
+      Tensor s_b = local_tile(s_act, Shape<Int<kEpiN>, Int<kMaxRank>>{}, make_coord(epi_n, 0));
+      auto thr = mma.get_slice(thread_idx % 128);
+      Tensor t_a = thr.make_fragment_A(thr.partition_A(s_a));  // (MMA, 1, kMaxRank / 16) descriptors
+      Tensor t_b = thr.make_fragment_B(thr.partition_B(s_b));
+      Tensor d = partition_fragment_C(mma, Shape<_64, Int<kEpiN>>{});  // kEpiN / 2 fp32 values
+      warpgroup_fence_operand(d);
+      warpgroup_arrive();
+      mma.accumulate_ = SM90::GMMA::ScaleOut::Zero;
+      CUTLASS_PRAGMA_UNROLL
+      for (int s = 0; s < kMaxRank / 16; ++s) {
+        if (16 * s < params.rank) {
+          cute::gemm(mma, t_a(_, _, s), t_b(_, _, s), d);
+          mma.accumulate_ = SM90::GMMA::ScaleOut::One;
+        }
+      }
+      warpgroup_commit_batch();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(d);
+
+      // Where the epilogue put this thread's values (offsets from its first one, compile-time after
+      // unrolling) against where the fragment has them: value i of d lies at row g + 8 * ((i / 2) % 2),
+      // column 2t + (i % 2) + 8 * (i / 4) of the warp's 16-row block.
       Tensor c = tCcD(_, _, _, epi_m, epi_n);
       constexpr int kE = decltype(size(c))::value;
-      // Tile-relative coordinates of the thread's first value.
       const int base_r = rows - static_cast<int>(get<0>(residue)) - row0;
       const int base_c = cols - static_cast<int>(get<1>(residue)) - col0;
       int dr[kE], dc[kE];
+      bool fragment_layout = true;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
         dr[i] = static_cast<int>(get<0>(c(i)));
         dc[i] = static_cast<int>(get<1>(c(i)));
+        fragment_layout = fragment_layout && (dr[i] == 0 || dr[i] == 8) && (dc[i] & 7) <= 1 && dc[i] >= 0 &&
+                          dc[i] < kEpiN;
       }
-      if (qengine::sm90::mma_c_fragment_layout(dr, dc, base_r, base_c)) {
-        mma_values(dr, dc, base_r, base_c);
+      const int lane = threadIdx.x % 32, w = (thread_idx % 128) / 32;
+      fragment_layout = fragment_layout && base_r == blk_r + 16 * w + lane / 4 && base_c == blk_c + 2 * (lane % 4);
+      if (fragment_layout) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < kE; ++i) vals(i) = d((dc[i] & 1) + 2 * (dr[i] / 8) + 4 * (dc[i] / 8));
       } else {
         fma_values(dr, dc, base_r, base_c);
       }
-    }
-
-    CUTLASS_DEVICE uint32_t lds32(const uint16_t* base, int row, int k) const {
-      return *reinterpret_cast<const uint32_t*>(base + row * kStride + k);
-    }
-
-    // lora_up fragments (mma A operand) of the 16-row block the warp's values lie in, kept in
-    // registers from subtile to subtile: in the cooperative 128x32 subtiles a warp's rows are the
-    // same for the whole tile (call 2 of the eighteenth session: reloading them per 16x8 block
-    // was 60% of the node's shared-memory loads). a_row = the cached block's first row (lane's
-    // row g), -1 after begin() staged a new tile.
-    uint32_t a_frag[kMaxRank / 16][4];
-    int a_row = -1;
-
-    CUTLASS_DEVICE void load_a(int r) {
-      const int t = (threadIdx.x % 32) % 4;
-      CUTLASS_PRAGMA_UNROLL
-      for (int s = 0; s < kMaxRank / 16; ++s) {
-        if (16 * s >= params.rank) break;
-        a_frag[s][0] = lds32(smem_up, r, 16 * s + 2 * t);
-        a_frag[s][1] = lds32(smem_up, r + 8, 16 * s + 2 * t);
-        a_frag[s][2] = lds32(smem_up, r, 16 * s + 2 * t + 8);
-        a_frag[s][3] = lds32(smem_up, r + 8, 16 * s + 2 * t + 8);
-      }
-      a_row = r;
-    }
-
-    template <int kE>
-    CUTLASS_DEVICE void mma_values(const int (&dr)[kE], const int (&dc)[kE], int base_r, int base_c) {
-      const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-      const int warp_r = base_r - g, warp_c = base_c - 2 * t;
-      const int rank = params.rank;
-      // Whether all of the thread's blocks share one 16-row block (compile-time after unrolling).
-      int dr0 = -1;
-      bool one_row_block = true;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kE; ++i) {
-        if (!qengine::sm90::mma_c_leader(dr[i], dc[i])) continue;
-        if (dr0 < 0) dr0 = dr[i];
-        one_row_block = one_row_block && dr[i] == dr0;
-      }
-      float acc[kE][4];
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kE; ++i) {
-        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-        if (!qengine::sm90::mma_c_leader(dr[i], dc[i])) continue;  // compile-time after unrolling
-        const int r = warp_r + dr[i] + g, col = warp_c + dc[i] + g;
-        if (!one_row_block || r != a_row) load_a(r);
-        CUTLASS_PRAGMA_UNROLL
-        for (int s = 0; s < kMaxRank / 16; ++s) {
-          if (16 * s >= rank) break;
-          staged_detail::mma16816<ElementOp>(acc[i], a_frag[s], lds32(smem_act, col, 16 * s + 2 * t),
-                                             lds32(smem_act, col, 16 * s + 2 * t + 8));
-        }
-      }
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kE; ++i)
-        if (qengine::sm90::mma_c_leader(dr[i], dc[i])) qengine::sm90::mma_c_scatter(dr, dc, i, acc[i], vals);
     }
 
     // Any layout: rank FMAs per value from the staged rows.
@@ -278,11 +277,11 @@ struct Sm90LowRankStaged {
       const int rank = params.rank;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
-        const uint16_t* u = smem_up + (base_r + dr[i]) * kStride;
-        const uint16_t* x = smem_act + (base_c + dc[i]) * kStride;
+        const int r = base_r + dr[i], col = base_c + dc[i];
         float s = 0.f;
         for (int k = 0; k < rank; ++k)
-          s = fmaf(staged_detail::to_float<ElementOp>(u[k]), staged_detail::to_float<ElementOp>(x[k]), s);
+          s = fmaf(staged_detail::to_float<ElementOp>(smem_up[offset<kRows>(r, k)]),
+                   staged_detail::to_float<ElementOp>(smem_act[offset<kCols>(col, k)]), s);
         vals(i) = s;
       }
     }
@@ -303,10 +302,14 @@ struct Sm90LowRankStaged {
     auto [M, N, K, L] = args.problem_shape_mnkl;
     auto [m, n, k, l] = args.tile_coord_mnkl;
     constexpr int kThreads = decltype(size(args.tiled_copy))::value;
+    constexpr int kEpiM = decltype(size<0>(args.epi_tile))::value;
+    constexpr int kEpiN = decltype(size<1>(args.epi_tile))::value;
     Tensor vals = make_tensor<float>(take<0, 3>(shape(args.tCcD)));  // (CPY,CPY_M,CPY_N)
-    return ConsumerStoreCallbacks<kThreads, decltype(args.tCcD), decltype(args.residue_tCcD), decltype(vals)>(
-        args.tCcD, args.residue_tCcD, vals, params, smem_up, smem_act, static_cast<int>(M), static_cast<int>(N),
-        static_cast<int>(m) * kRows, static_cast<int>(n) * kCols, args.thread_idx);
+    return ConsumerStoreCallbacks<kThreads, kEpiM, kEpiN, decltype(args.tCcD), decltype(args.residue_tCcD),
+                                  decltype(vals)>(args.tCcD, args.residue_tCcD, vals, params, smem_up, smem_act,
+                                                  static_cast<int>(M), static_cast<int>(N),
+                                                  static_cast<int>(m) * kRows, static_cast<int>(n) * kCols,
+                                                  args.thread_idx);
   }
 };
 

@@ -48,11 +48,10 @@ namespace fusion = cutlass::epilogue::fusion;
 //   kNone    no branch;
 //   kSource  its [M, N] product (cuBLAS, in the binding) read as the epilogue's C operand;
 //   kStaged  lowrank_act and lora_up themselves, multiplied in the epilogue from shared memory
-//            (lowrank_staged_epilogue.cuh; cooperative configs, rank <= kStagedMaxRank).
+//            (lowrank_staged_epilogue.cuh; cooperative configs, rank <= kW4A8StagedMaxRank: 32,
+//            SVDQuant's default; the staged rows cost (rows + tokens) x 32 x 2 bytes of shared memory
+//            per tile, 24 KB at 128x256, taken from the mainloop's stages).
 enum class LowRank : int { kNone = 0, kSource = 1, kStaged = 2 };
-// 32 is SVDQuant's default rank; the staged rows cost (rows + tokens) x (32 + 8) x 2 bytes of shared
-// memory per tile (30 KB at 128x256), taken from the mainloop's stages.
-constexpr int kStagedMaxRank = kW4A8StagedMaxRank;
 
 // Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
 template <typename TileShape, typename ElementOut, LowRank kLowRank>
@@ -69,7 +68,7 @@ struct EpilogueTree {
   // producer warp, overlapped with the mainloop), added to the bias before the final FMA.
   using AddC = fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
   using BiasPlusC = fusion::Sm90EVT<AddC, Bias, fusion::Sm90SrcFetch<ElementOut>>;
-  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kStagedMaxRank>;
+  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kW4A8StagedMaxRank>;
   using BiasPlusStaged = fusion::Sm90EVT<AddC, Bias, Staged>;
   using Tree = fusion::Sm90EVT<FmaA, AScale, AccW,
                                cute::conditional_t<kLowRank == LowRank::kSource, BiasPlusC,
