@@ -245,9 +245,10 @@ struct Sm90LowRankStaged {
       warpgroup_wait<0>();
       warpgroup_fence_operand(d);
 
-      // Where the epilogue put this thread's values (offsets from its first one, compile-time after
-      // unrolling) against where the fragment has them: value i of d lies at row g + 8 * ((i / 2) % 2),
-      // column 2t + (i % 2) + 8 * (i / 4) of the warp's 16-row block.
+      // Where the epilogue put this thread's values against where the fragment has them. The
+      // coordinates are offsets from the thread's first value of the tile (compile-time after
+      // unrolling; minus the subtile's origin: rr, cc); value i of d lies at row g + 8 * ((i / 2) % 2),
+      // column 2t + (i % 2) + 8 * (i / 4) of the warp's 16-row block of the subtile.
       Tensor c = tCcD(_, _, _, epi_m, epi_n);
       constexpr int kE = decltype(size(c))::value;
       const int base_r = rows - static_cast<int>(get<0>(residue)) - row0;
@@ -258,14 +259,17 @@ struct Sm90LowRankStaged {
       for (int i = 0; i < kE; ++i) {
         dr[i] = static_cast<int>(get<0>(c(i)));
         dc[i] = static_cast<int>(get<1>(c(i)));
-        fragment_layout = fragment_layout && (dr[i] == 0 || dr[i] == 8) && (dc[i] & 7) <= 1 && dc[i] >= 0 &&
-                          dc[i] < kEpiN;
+        const int rr = dr[i] - epi_m * kEpiM, cc = dc[i] - epi_n * kEpiN;
+        fragment_layout = fragment_layout && (rr == 0 || rr == 8) && (cc & 7) <= 1 && cc >= 0 && cc < kEpiN;
       }
       const int lane = threadIdx.x % 32, w = (thread_idx % 128) / 32;
-      fragment_layout = fragment_layout && base_r == blk_r + 16 * w + lane / 4 && base_c == blk_c + 2 * (lane % 4);
+      fragment_layout = fragment_layout && base_r == 64 * wg + 16 * w + lane / 4 && base_c == 2 * (lane % 4);
       if (fragment_layout) {
         CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < kE; ++i) vals(i) = d((dc[i] & 1) + 2 * (dr[i] / 8) + 4 * (dc[i] / 8));
+        for (int i = 0; i < kE; ++i) {
+          const int rr = dr[i] - epi_m * kEpiM, cc = dc[i] - epi_n * kEpiN;
+          vals(i) = d((cc & 1) + 2 * (rr / 8) + 4 * (cc / 8));
+        }
       } else {
         fma_values(dr, dc, base_r, base_c);
       }
