@@ -22,12 +22,13 @@
 // Each epilogue subtile (128 rows x kEpiN tokens) is then one warpgroup MMA per warp group and 16
 // of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers.
 // That result's fragment is the accumulator's own (a warp holds rows 16w + g and 16w + g + 8,
-// columns 8j + 2t and 8j + 2t + 1), so each thread reads off the values it needs. Before this
-// (eighteenth session) each warp ran mma.sync m16n8k16 with fragments loaded by hand: 8 MMAs, 16
-// shared loads, a warp-wide layout check and a scatter per subtile, unrolled into all 8 subtiles,
-// whose latency and code size were most of the branch's +20-30% (ncu, notes/w4a8.md). The thread
-// still checks where the epilogue put its values; where they are not where the fragment has them,
-// it sums with FMAs from the same shared-memory rows, so correctness does not rest on the layout.
+// columns 8j + 2t and 8j + 2t + 1), so each thread reads off the values it needs. (The
+// eighteenth session's node ran mma.sync m16n8k16 per 16x8 block with fragments loaded by hand;
+// this one is 0-3% faster, notes/w4a8.md.) Each thread checks that the epilogue put its values
+// where the fragment has them and traps otherwise: the layout is fixed by the tile config, so a
+// config that broke it fails its first test instead of computing wrong values. (An FMA fallback
+// inlined into every subtile was ~2,000 SASS instructions per subtile that never ran, and its
+// instruction-cache misses cost ~5% of the kernel: ncu, nineteenth session.)
 // Overwriting the buffers in the next tile's `begin` is safe: every subtile waits for its wgmma
 // before its TMA store, and each TMA store ends with a barrier of all consumer threads.
 #pragma once
@@ -59,14 +60,6 @@ CUTLASS_DEVICE uint32_t pack2(float lo, float hi) {
     return *reinterpret_cast<const uint32_t*>(&v);
   }
 }
-template <class E>
-CUTLASS_DEVICE float to_float(uint16_t bits) {
-  if constexpr (cute::is_same_v<E, cutlass::half_t>) {
-    return __half2float(__ushort_as_half(bits));
-  } else {
-    return __bfloat162float(__ushort_as_bfloat16(bits));
-  }
-}
 }  // namespace staged_detail
 
 template <class CtaTileShapeMNK, class ElementOp, int kMaxRank>
@@ -80,8 +73,8 @@ struct Sm90LowRankStaged {
   using SmemAtom = cute::SM90::GMMA::Layout_K_INTER_Atom<ElementOp>;
   using UpLayout = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<cute::Int<kRows>, cute::Int<kMaxRank>>{}));
   using ActLayout = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<cute::Int<kCols>, cute::Int<kMaxRank>>{}));
-  // Element offset of (row, k) in a buffer of kR rows; the stores in `begin` and the FMA fallback
-  // use it, the wgmma descriptors come from the cute layouts above (checked equal below).
+  // Element offset of (row, k) in a buffer of kR rows; the stores in `begin` use it, the wgmma
+  // descriptors come from the cute layouts above (checked equal below).
   template <int kR>
   static constexpr CUTLASS_HOST_DEVICE int offset(int r, int k) {
     return (r % 8) * 8 + (k % 8) + (r / 8) * 64 + (k / 8) * (kR / 8) * 64;
@@ -264,29 +257,11 @@ struct Sm90LowRankStaged {
       }
       const int lane = threadIdx.x % 32, w = (thread_idx % 128) / 32;
       fragment_layout = fragment_layout && base_r == 64 * wg + 16 * w + lane / 4 && base_c == 2 * (lane % 4);
-      if (fragment_layout) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < kE; ++i) {
-          const int rr = dr[i] - epi_m * kEpiM, cc = dc[i] - epi_n * kEpiN;
-          vals(i) = d((cc & 1) + 2 * (rr / 8) + 4 * (cc / 8));
-        }
-      } else {
-        fma_values(dr, dc, base_r, base_c);
-      }
-    }
-
-    // Any layout: rank FMAs per value from the staged rows.
-    template <int kE>
-    CUTLASS_DEVICE void fma_values(const int (&dr)[kE], const int (&dc)[kE], int base_r, int base_c) {
-      const int rank = params.rank;
+      if (!fragment_layout) __trap();  // a tile config whose epilogue layout is not the fragment's
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
-        const int r = base_r + dr[i], col = base_c + dc[i];
-        float s = 0.f;
-        for (int k = 0; k < rank; ++k)
-          s = fmaf(staged_detail::to_float<ElementOp>(smem_up[offset<kRows>(r, k)]),
-                   staged_detail::to_float<ElementOp>(smem_act[offset<kCols>(col, k)]), s);
-        vals(i) = s;
+        const int rr = dr[i] - epi_m * kEpiM, cc = dc[i] - epi_n * kEpiN;
+        vals(i) = d((cc & 1) + 2 * (rr / 8) + 4 * (cc / 8));
       }
     }
 
