@@ -1,6 +1,6 @@
-// Where a warp's epilogue values sit relative to the C fragment of mma.sync m16n8 (shared by the
-// low-rank epilogue nodes of W8A8, csrc/w8a8_gemm/sm90/lowrank_epilogue.cuh, and W4A8,
-// csrc/w4a8/sm90/lowrank_staged_epilogue.cuh).
+// Where a warp's epilogue values sit relative to the C fragment of mma.sync m16n8 (used by the
+// W8A8 low-rank epilogue node, csrc/w8a8_gemm/sm90/lowrank_epilogue.cuh; the W4A8 node,
+// csrc/w4a8/sm90/lowrank_staged_epilogue.cuh, reads its values off a wgmma fragment instead).
 //
 // The wgmma accumulator fragment of a warp is, per 16x8 block, the C fragment of m16n8 (lane
 // 4g + t holds rows g, g + 8 and columns 2t, 2t + 1), so a node can compute its values for a

@@ -213,8 +213,8 @@ struct Sm90LowRankStaged {
 
     CUTLASS_DEVICE void begin_loop(int epi_m, int epi_n) {
       using namespace cute;
-      // This warp group's 64 rows x kEpiN tokens of the subtile, tile-relative.
-      const int wg = thread_idx / 128, blk_r = epi_m * kEpiM + 64 * wg, blk_c = epi_n * kEpiN;
+      // This warp group's 64 rows of the subtile (tile-relative) x the subtile's kEpiN tokens.
+      const int wg = thread_idx / 128, blk_r = epi_m * kEpiM + 64 * wg;
       WgMma mma;
       Tensor s_up = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_up)), UpLayout{});
       Tensor s_act = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_act)), ActLayout{});
