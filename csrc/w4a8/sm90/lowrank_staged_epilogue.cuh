@@ -160,26 +160,32 @@ struct Sm90LowRankStaged {
     int row0, col0;      // the tile's origin
     int thread_idx;      // among the kThreads consumer threads
 
+    // Row and first rank index of the 8-value chunk that thread vector i stages.
+    CUTLASS_DEVICE void chunk(int i, int& r, int& c) const {
+      const int vecs = params.rank / 8, idx = thread_idx + i * kThreads, q = idx / 8;
+      r = (q / vecs) * 8 + idx % 8;
+      c = (q % vecs) * 8;
+    }
     // Copies kR rows from global (row-major, rank values each) into the interleave layout, zeros
     // past the problem's edge. Eight consecutive threads take one 8-value chunk of eight
     // consecutive rows: one 128-byte core-matrix row block in shared memory (no bank conflicts),
     // and a warp reads four chunks of eight whole rows from global memory.
     template <int kR, class Src, int kIters, class Vec>
     CUTLASS_DEVICE void load_rows(const Src* src, int first, int limit, Vec (&v)[kIters]) const {
-      const int vecs = params.rank / 8;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kIters; ++i) {
-        const int idx = thread_idx + i * kThreads, q = idx / 8, r = (q / vecs) * 8 + idx % 8, c = (q % vecs) * 8;
+        int r, c;
+        chunk(i, r, c);
         v[i] = Vec{};
         if (r < kR && first + r < limit) v[i] = load8(src + static_cast<int64_t>(first + r) * params.rank + c);
       }
     }
     template <int kR, int kIters, class Vec>
     CUTLASS_DEVICE void store_rows(uint16_t* dst, Vec const (&v)[kIters]) const {
-      const int vecs = params.rank / 8;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kIters; ++i) {
-        const int idx = thread_idx + i * kThreads, q = idx / 8, r = (q / vecs) * 8 + idx % 8, c = (q % vecs) * 8;
+        int r, c;
+        chunk(i, r, c);
         if (r < kR) *reinterpret_cast<uint4*>(dst + offset<kR>(r, c)) = pack8(v[i]);
       }
     }
@@ -246,23 +252,20 @@ struct Sm90LowRankStaged {
       constexpr int kE = decltype(size(c))::value;
       const int base_r = rows - static_cast<int>(get<0>(residue)) - row0;
       const int base_c = cols - static_cast<int>(get<1>(residue)) - col0;
-      int dr[kE], dc[kE];
+      int rr[kE], cc[kE];  // minus the subtile's origin
       bool fragment_layout = true;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
-        dr[i] = static_cast<int>(get<0>(c(i)));
-        dc[i] = static_cast<int>(get<1>(c(i)));
-        const int rr = dr[i] - epi_m * kEpiM, cc = dc[i] - epi_n * kEpiN;
-        fragment_layout = fragment_layout && (rr == 0 || rr == 8) && (cc & 7) <= 1 && cc >= 0 && cc < kEpiN;
+        rr[i] = static_cast<int>(get<0>(c(i))) - epi_m * kEpiM;
+        cc[i] = static_cast<int>(get<1>(c(i))) - epi_n * kEpiN;
+        fragment_layout = fragment_layout && (rr[i] == 0 || rr[i] == 8) && (cc[i] & 7) <= 1 && cc[i] >= 0 &&
+                          cc[i] < kEpiN;
       }
       const int lane = threadIdx.x % 32, w = (thread_idx % 128) / 32;
       fragment_layout = fragment_layout && base_r == 64 * wg + 16 * w + lane / 4 && base_c == 2 * (lane % 4);
       if (!fragment_layout) __trap();  // a tile config whose epilogue layout is not the fragment's
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kE; ++i) {
-        const int rr = dr[i] - epi_m * kEpiM, cc = dc[i] - epi_n * kEpiN;
-        vals(i) = d((cc & 1) + 2 * (rr / 8) + 4 * (cc / 8));
-      }
+      for (int i = 0; i < kE; ++i) vals(i) = d((cc[i] & 1) + 2 * (rr[i] / 8) + 4 * (cc[i] / 8));
     }
 
     template <typename ElementAccumulator, int FragmentSize>

@@ -27,7 +27,6 @@
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp"
-#include "qengine/mma_c_fragment.cuh"
 
 namespace qengine::sm90 {
 
@@ -117,12 +116,32 @@ struct Sm90LowRankUp {
         dm[i] = static_cast<int>(get<0>(c(i)));
         dn[i] = static_cast<int>(get<1>(c(i)));
       }
-      // (the rank is the same for the whole warp, so the warp-wide check runs on every lane or none)
-      if (params.rank % 16 == 0 && mma_c_fragment_layout(dm, dn, base_m, base_n)) {
+      if (mma_layout(dm, dn, base_m, base_n)) {
         mma_values(dm, dn, base_m, base_n);
       } else {
         fma_values(dm, dn, base_m, base_n);
       }
+    }
+
+    // Whether every value of this thread sits where the m16n8 C fragment of its lane puts it:
+    // rows g or g + 8, columns 2t or 2t + 1 of a 16x8 block whose origin is the same for the
+    // whole warp, and the block's (g, 2t) value is one of the thread's own ("leader"), so that
+    // computing the leaders' blocks covers every value. Warp-uniform (__all_sync).
+    template <int kE>
+    CUTLASS_DEVICE bool mma_layout(const int (&dm)[kE], const int (&dn)[kE], int base_m, int base_n) const {
+      const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+      const int warp_m = base_m - g, warp_n = base_n - 2 * t;
+      bool ok = params.rank % 16 == 0 && (base_m & 15) == g && (base_n & 7) == 2 * t &&
+                warp_m == __shfl_sync(0xffffffffu, warp_m, 0) && warp_n == __shfl_sync(0xffffffffu, warp_n, 0);
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kE; ++j) {
+        bool led = false;
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < kE; ++i)
+          led |= (dm[i] & 15) == 0 && (dn[i] & 7) == 0 && dm[i] == (dm[j] & ~15) && dn[i] == (dn[j] & ~7);
+        ok = ok && led && (dm[j] & 7) == 0 && (dn[j] & 7) <= 1;
+      }
+      return __all_sync(0xffffffffu, ok);
     }
 
     // C fragments of the thread's 16x8 blocks: block of leader i at absolute rows warp_m + dm[i]
@@ -145,7 +164,7 @@ struct Sm90LowRankUp {
       float acc[kE][4];
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kE; ++i) {
-        leader[i] = mma_c_leader(dm[i], dn[i]);  // compile-time after unrolling
+        leader[i] = (dm[i] & 15) == 0 && (dn[i] & 7) == 0;  // compile-time after unrolling
         a_row_g[i] = params.act + static_cast<int64_t>(min(warp_m + dm[i] + g, M - 1)) * rank + 4 * t;
         a_row_g8[i] = params.act + static_cast<int64_t>(min(warp_m + dm[i] + g + 8, M - 1)) * rank + 4 * t;
         u_row[i] = params.up + static_cast<int64_t>(min(warp_n + dn[i] + g, N - 1)) * rank + 4 * t;
@@ -189,8 +208,12 @@ struct Sm90LowRankUp {
         }
       }
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kE; ++i)
-        if (leader[i]) mma_c_scatter(dm, dn, i, acc[i], vals);
+      for (int i = 0; i < kE; ++i) {
+        if (!leader[i]) continue;
+        CUTLASS_PRAGMA_UNROLL
+        for (int j = 0; j < kE; ++j)
+          if ((dm[j] & ~15) == dm[i] && (dn[j] & ~7) == dn[i]) vals(j) = acc[i][((dm[j] & 8) ? 2 : 0) + (dn[j] & 1)];
+      }
     }
 
     // Any layout: r FMAs per value from its own row of lowrank_act and column of lora_up.
