@@ -15,7 +15,7 @@ grep -E "passed|failed|FAILED|Error|assert" $R/tests.log | tail -15
 timeout 60 python3 benchmarks/bench_w4a8.py --m-sweep 1 16 24 32 48 64 --reps 15 --out-dir $R/w4a8 > $R/bench.log 2>&1; echo "bench rc=$? at $((SECONDS-t0))s"
 [[ -f $R/w4a8/bench_w4a8.md ]] && cut -d'|' -f2,3,5,7,8,9,10,11,13 $R/w4a8/bench_w4a8.md | head -30
 left=$((585 - SECONDS + t0))
-timeout $left ncu --clock-control none --kernel-name regex:"device_kernel" --launch-skip 3 --launch-count 3 --metrics "gpu__time_duration.sum,smsp__inst_executed.avg,regex:smsp__pcsamp_warps_issue_stalled_.*" --csv python3 notes/h100_2026-11-23h/ncu_lowrank.py > $R/ncu.csv 2> $R/ncu.err; echo "ncu rc=$? at $((SECONDS-t0))s"
+timeout $left ncu --clock-control none --kernel-name regex:"device_kernel" --launch-skip 3 --launch-count 3 --metrics "gpu__time_duration.sum,smsp__inst_executed.avg,regex:smsp__pcsamp_warps_issue_stalled_.*" --csv python3 notes/h100_2026-11-24b/ncu_lowrank.py > $R/ncu.csv 2> $R/ncu.err; echo "ncu rc=$? at $((SECONDS-t0))s"
 grep -v "^==" $R/ncu.csv | python3 -c "
 import csv, sys, collections
 t = collections.defaultdict(dict)
