@@ -30,6 +30,9 @@
 //
 // Each epilogue subtile (128 rows x kEpiN tokens) is then one warpgroup MMA per warp group and 16
 // of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers.
+// Each subtile's MMA is issued during the previous subtile (after its values are read off), so
+// its latency overlaps that subtile's conversion and store; only the tile's first one is waited
+// for right away.
 // That result's fragment is the accumulator's own (a warp holds rows 16w + g and 16w + g + 8,
 // columns 8j + 2t and 8j + 2t + 1), so each thread reads off the values it needs. (The
 // eighteenth session's node ran mma.sync m16n8k16 per 16x8 block with fragments loaded by hand;
@@ -222,12 +225,16 @@ struct Sm90LowRankStaged {
     int row0, col0;      // the tile's origin
     int thread_idx;      // among the kThreads consumer threads
 
-    // The rows are staged by the producer-load warp; the wait for them is the collective's wait
-    // on the first epilogue-load stage, before `previsit`.
-    CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int, bool) {
+    static constexpr int kSubM = kRows / kEpiM, kSubN = kCols / kEpiN;  // subtiles, visited epi_n-major
+    using Frag = decltype(cute::partition_fragment_C(WgMma{}, cute::Shape<cute::_64, cute::Int<kEpiN>>{}));
+    // The results of the even- and odd-numbered subtiles: the next subtile's MMA runs while this
+    // one's values go through the rest of the epilogue.
+    Frag d_even, d_odd;
+
+    // Starts this warp group's MMA for subtile (epi_m, epi_n): 64 rows x kEpiN tokens x rank.
+    CUTLASS_DEVICE void issue(int epi_m, int epi_n, Frag& d) const {
       using namespace cute;
-      // This warp group's 64 rows of the subtile (tile-relative) x the subtile's kEpiN tokens.
-      const int wg = thread_idx / 128, blk_r = epi_m * kEpiM + 64 * wg;
+      const int blk_r = epi_m * kEpiM + 64 * (thread_idx / 128);  // tile-relative first row
       WgMma mma;
       Tensor s_up = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_up)), UpLayout{});
       Tensor s_act = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_act)), ActLayout{});
@@ -236,7 +243,6 @@ struct Sm90LowRankStaged {
       auto thr = mma.get_slice(thread_idx % 128);
       Tensor t_a = thr.make_fragment_A(thr.partition_A(s_a));  // (MMA, 1, kMaxRank / 16) descriptors
       Tensor t_b = thr.make_fragment_B(thr.partition_B(s_b));
-      Tensor d = partition_fragment_C(mma, Shape<_64, Int<kEpiN>>{});  // kEpiN / 2 fp32 values
       warpgroup_fence_operand(d);
       warpgroup_arrive();
       mma.accumulate_ = SM90::GMMA::ScaleOut::Zero;
@@ -248,12 +254,24 @@ struct Sm90LowRankStaged {
         }
       }
       warpgroup_commit_batch();
+    }
+
+    // The rows are staged by the producer-load warp; the wait for them is the collective's wait
+    // on the first epilogue-load stage, before `previsit`.
+    CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int, bool) {
+      using namespace cute;
+      const int idx = epi_n * kSubM + epi_m;  // compile-time once the subtile loops are unrolled
+      Frag& d = idx % 2 == 0 ? d_even : d_odd;
+      if (idx == 0) issue(epi_m, epi_n, d);
       warpgroup_wait<0>();
       warpgroup_fence_operand(d);
-      // The tile's last subtile has read the rows: the producer may stage the next tile's.
-      if (epi_m == kRows / kEpiM - 1 && epi_n == kCols / kEpiN - 1)
+      if (idx == kSubM * kSubN - 1) {
+        // The tile's last subtile has read the rows: the producer may stage the next tile's.
         cutlass::arch::NamedBarrier::arrive(kEmptyThreads, kEmptyBarrier);
-
+      } else {
+        issue((idx + 1) % kSubM, (idx + 1) / kSubM, idx % 2 == 0 ? d_odd : d_even);
+      }
+      const int wg = thread_idx / 128;
       // Where the epilogue put this thread's values against where the fragment has them. The
       // coordinates are offsets from the thread's first value of the tile (compile-time after
       // unrolling; minus the subtile's origin: rr, cc); value i of d lies at row g + 8 * ((i / 2) % 2),
