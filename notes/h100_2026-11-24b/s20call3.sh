@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Session 20 call 3 (diagnostic, on the warm machine of call 2; results are wrong by design): the
+# staged node with its per-subtile work removed (previsit only arrives on the empty barrier), to
+# split call 2's +14% into the node's plumbing (producer-load warp, load-pipeline waits) and its
+# per-subtile MMA + fragment read. The header is patched here, not in the repository.
+set -u
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+R=/tmp/r3; mkdir -p $R
+t0=$SECONDS
+python3 - <<'PY'
+p = "csrc/w4a8/sm90/lowrank_staged_epilogue.cuh"
+s = open(p).read()
+key = "    CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int, bool) {\n"
+assert key in s
+s = s.replace(key, key + "      if (epi_m == kSubM - 1 && epi_n == kSubN - 1) cutlass::arch::NamedBarrier::arrive(kEmptyThreads, kEmptyBarrier);\n      if (epi_m >= 0) return;\n")
+open(p, "w").write(s)
+PY
+BUILD_TEMP=/tmp/qe-build ARCHS=90a OUT=$R/gc tools/gpu_check.sh build > $R/build.log 2>&1; echo "build rc=$? at $((SECONDS-t0))s"; grep -E "error" $R/build.log | head
+left=$((585 - SECONDS + t0))
+timeout $left ncu --clock-control none --kernel-name regex:"device_kernel" --launch-skip 3 --launch-count 3 --metrics "gpu__time_duration.sum,smsp__inst_executed.avg,regex:smsp__pcsamp_warps_issue_stalled_.*" --csv python3 notes/h100_2026-11-24b/ncu_lowrank.py > $R/ncu.csv 2> $R/ncu.err; echo "ncu rc=$? at $((SECONDS-t0))s"
+grep -v "^==" $R/ncu.csv | python3 -c "
+import csv, sys, collections
+t = collections.defaultdict(dict)
+for r in csv.DictReader(sys.stdin):
+    try: v = float(r['Metric Value'].replace(',', ''))
+    except ValueError: continue
+    t[r['Metric Name']][r['ID']] = v
+for name in sorted(t):
+    vals = [t[name].get(i, float('nan')) for i in ('0', '1', '2')]
+    if name.endswith('not_issued') or max(vals) < 100: continue
+    print(f'{name.replace(\"smsp__pcsamp_warps_issue_stalled_\", \"\"):40s}', ' '.join(f'{v:10.0f}' for v in vals))
+"
+git checkout csrc/w4a8/sm90/lowrank_staged_epilogue.cuh 2>/dev/null
+tar -C /tmp --exclude=r3/gc -cJf $OUT/r3.tar.xz r3
