@@ -12,27 +12,15 @@
 // which loads its operands from global memory per epilogue subtile: it measured +40% to +116%
 // there (one dependent L2 round trip per subtile, 8 per tile).
 //
-// The epilogue's producer-load warp stages each tile's lora_up rows (kRows x rank) and lowrank_act
-// rows (kCols x rank, both 16-bit: the binding rounds lowrank_act to the output type, as the
-// product path rounds it) into shared memory with cp.async, in wgmma's K-major "interleave" layout
-// (8 rows x 16 bytes per core matrix). That warp runs ahead of the consumers, so the copies overlap
-// the tile's mainloop: when the consumers' epilogue starts, the rows are there. (Staged by the
-// consumers themselves at the start of each tile's epilogue, the L2 round trip sat on the critical
-// path: ~11% of the kernel, ncu in the nineteenth session.) Hand-offs:
-//   full:  the producer waits for its copies, fences them for the async proxy, then commits the
-//          tile's first epilogue-load stage; the consumers' wait on that stage (before `previsit`)
-//          is the wait for the rows.
-//   empty: one buffer, so the producer may overwrite it for tile t+1 only when the consumers are
-//          done reading tile t: they arrive on a named barrier after the last subtile's wgmma, and
-//          the producer syncs on it before staging any tile but its first. (The consumers' arrival
-//          after the CTA's last tile has no partner and is left pending when the CTA exits, as
-//          FlashAttention-3's warp-scheduler barriers are.)
+// At the start of each tile's epilogue (`begin`), the consumer threads copy the tile's lora_up
+// rows (kRows x rank, 16-bit) and lowrank_act rows (kCols x rank, fp32 rounded to the 16-bit
+// output type, as the product path rounded it) into shared memory, all loads in flight at once:
+// one L2 round trip per tile. The rows are stored in wgmma's K-major "interleave" layout (8 rows
+// x 16 bytes per core matrix), then fenced for the async proxy; the collective epilogue's barrier
+// after `begin` publishes them (begin_sync_needed).
 //
 // Each epilogue subtile (128 rows x kEpiN tokens) is then one warpgroup MMA per warp group and 16
 // of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers.
-// Each subtile's MMA is issued during the previous subtile (after its values are read off), so
-// its latency overlaps that subtile's conversion and store; only the tile's first one is waited
-// for right away.
 // That result's fragment is the accumulator's own (a warp holds rows 16w + g and 16w + g + 8,
 // columns 8j + 2t and 8j + 2t + 1), so each thread reads off the values it needs. (The
 // eighteenth session's node ran mma.sync m16n8k16 per 16x8 block with fragments loaded by hand;
@@ -41,6 +29,8 @@
 // config that broke it fails its first test instead of computing wrong values. (An FMA fallback
 // inlined into every subtile was ~2,000 SASS instructions per subtile that never ran, and its
 // instruction-cache misses cost ~5% of the kernel: ncu, nineteenth session.)
+// Overwriting the buffers in the next tile's `begin` is safe: every subtile waits for its wgmma
+// before its TMA store, and each TMA store ends with a barrier of all consumer threads.
 #pragma once
 
 #include <cstdint>
@@ -58,6 +48,19 @@
 #include "cutlass/numeric_types.h"
 
 namespace qengine::w4a8::sm90 {
+
+namespace staged_detail {
+template <class E>
+CUTLASS_DEVICE uint32_t pack2(float lo, float hi) {
+  if constexpr (cute::is_same_v<E, cutlass::half_t>) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+}  // namespace staged_detail
 
 template <class CtaTileShapeMNK, class ElementOp, int kMaxRank>
 struct Sm90LowRankStaged {
@@ -87,8 +90,8 @@ struct Sm90LowRankStaged {
   };
 
   struct Arguments {
-    const ElementOp* act = nullptr;  // lowrank_act [tokens, rank] in the output type, row-major, 16-byte aligned
-    const ElementOp* up = nullptr;   // lora_up [channels, rank] in the output type, row-major, 16-byte aligned
+    const float* act = nullptr;     // lowrank_act [tokens, rank] fp32, row-major, 16-byte aligned
+    const ElementOp* up = nullptr;  // lora_up [channels, rank] in the output type, row-major, 16-byte aligned
     int rank = 0;                   // multiple of 16, <= kMaxRank
   };
   using Params = Arguments;
@@ -113,8 +116,7 @@ struct Sm90LowRankStaged {
     return cutlass::Status::kSuccess;
   }
 
-  // The producer-load warp stages the rows (the epilogue's C operand is void, so it loads nothing else).
-  CUTLASS_DEVICE bool is_producer_load_needed() const { return true; }
+  CUTLASS_DEVICE bool is_producer_load_needed() const { return false; }
   CUTLASS_DEVICE bool is_C_load_needed() const { return false; }
   CUTLASS_DEVICE bool is_zero() const { return false; }
 
@@ -125,77 +127,10 @@ struct Sm90LowRankStaged {
   Params params;
   uint16_t* smem_up = nullptr;
   uint16_t* smem_act = nullptr;
-  // Tiles this thread's producer-load warp has staged: each node object lives in one role's
-  // collective epilogue for the whole kernel.
-  mutable int staged_tiles = 0;
-
-  // The named barrier the consumers arrive on when done reading a tile's rows ("empty" above);
-  // the first one CUTLASS leaves to kernels, unused by the cooperative kernel and its mainloop.
-  static constexpr uint32_t kEmptyBarrier = 0;
-  static constexpr uint32_t kEmptyThreads = 256 + 32;  // two consumer warp groups + the producer-load warp
-
-  // Index within the rows of the 8-value chunk that thread `idx` of kT stages in step i: eight
-  // consecutive threads take one chunk of eight consecutive rows, one 128-byte core-matrix row
-  // block of the interleave layout (no bank conflicts), and a warp reads four chunks of eight
-  // whole rows from global memory.
-  template <int kT>
-  static CUTLASS_DEVICE void chunk(int idx, int i, int rank, int& r, int& c) {
-    const int vecs = rank / 8, j = idx + i * kT, q = j / 8;
-    r = (q / vecs) * 8 + j % 8;
-    c = (q % vecs) * 8;
-  }
-
-  struct ProducerLoadCallbacks : cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks {
-    Params const& params;
-    uint16_t* smem_up;
-    uint16_t* smem_act;
-    int rows, cols;  // problem extent in the kernel's view (channels, tokens)
-    int row0, col0;  // the tile's origin
-    int lane;
-    bool first_tile;
-
-    CUTLASS_DEVICE ProducerLoadCallbacks(Params const& params_, uint16_t* smem_up_, uint16_t* smem_act_, int rows_,
-                                         int cols_, int row0_, int col0_, int lane_, bool first_tile_)
-        : params(params_), smem_up(smem_up_), smem_act(smem_act_), rows(rows_), cols(cols_), row0(row0_),
-          col0(col0_), lane(lane_), first_tile(first_tile_) {}
-
-    // Copies kR rows (row-major, rank 16-bit values each) into the interleave layout with 16-byte
-    // cp.async; rows past the problem's edge are zero-filled.
-    template <int kR>
-    CUTLASS_DEVICE void copy_rows(const ElementOp* src, int first, int limit, uint16_t* dst) const {
-      const int steps = (kR * params.rank / 8 + 31) / 32;
-      CUTLASS_PRAGMA_NO_UNROLL
-      for (int i = 0; i < steps; ++i) {
-        int r, c;
-        chunk<32>(lane, i, params.rank, r, c);
-        if (r < kR) {
-          const bool inside = first + r < limit;
-          const ElementOp* from = inside ? src + static_cast<int64_t>(first + r) * params.rank + c : src;
-          const uint32_t to = cute::cast_smem_ptr_to_uint(dst + offset<kR>(r, c));
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(from), "r"(inside ? 16 : 0)
-                       : "memory");
-        }
-      }
-    }
-
-    // Before the tile's first epilogue-load stage is committed (which tells the consumers the rows are in).
-    CUTLASS_DEVICE void begin() {
-      if (!first_tile) cutlass::arch::NamedBarrier::sync(kEmptyThreads, kEmptyBarrier);
-      copy_rows<kRows>(params.up, row0, rows, smem_up);
-      copy_rows<kCols>(params.act, col0, cols, smem_act);
-      asm volatile("cp.async.wait_all;\n" ::: "memory");
-      cutlass::arch::fence_view_async_shared();  // the copies (generic proxy), before wgmma reads them
-    }
-  };
 
   template <class... Args>
-  CUTLASS_DEVICE auto get_producer_load_callbacks(
-      cutlass::epilogue::fusion::detail::ProducerLoadArgs<Args...> const& args) const {
-    auto [M, N, K, L] = args.problem_shape_mnkl;
-    auto [m, n, k, l] = args.tile_coord_mnkl;
-    return ProducerLoadCallbacks(params, smem_up, smem_act, static_cast<int>(M), static_cast<int>(N),
-                                 static_cast<int>(m) * kRows, static_cast<int>(n) * kCols, args.thread_idx,
-                                 staged_tiles++ == 0);
+  CUTLASS_DEVICE auto get_producer_load_callbacks(cutlass::epilogue::fusion::detail::ProducerLoadArgs<Args...> const&) {
+    return cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks{};
   }
 
   template <int kThreads, int kEpiM, int kEpiN, class CTensor, class ThrResidue, class RTensor>
@@ -225,16 +160,67 @@ struct Sm90LowRankStaged {
     int row0, col0;      // the tile's origin
     int thread_idx;      // among the kThreads consumer threads
 
-    static constexpr int kSubM = kRows / kEpiM, kSubN = kCols / kEpiN;  // subtiles, visited epi_n-major
-    using Frag = decltype(cute::partition_fragment_C(WgMma{}, cute::Shape<cute::_64, cute::Int<kEpiN>>{}));
-    // The results of the even- and odd-numbered subtiles: the next subtile's MMA runs while this
-    // one's values go through the rest of the epilogue.
-    Frag d_even, d_odd;
+    // Row and first rank index of the 8-value chunk that thread vector i stages.
+    CUTLASS_DEVICE void chunk(int i, int& r, int& c) const {
+      const int vecs = params.rank / 8, idx = thread_idx + i * kThreads, q = idx / 8;
+      r = (q / vecs) * 8 + idx % 8;
+      c = (q % vecs) * 8;
+    }
+    // Copies kR rows from global (row-major, rank values each) into the interleave layout, zeros
+    // past the problem's edge. Eight consecutive threads take one 8-value chunk of eight
+    // consecutive rows: one 128-byte core-matrix row block in shared memory (no bank conflicts),
+    // and a warp reads four chunks of eight whole rows from global memory.
+    template <int kR, class Src, int kIters, class Vec>
+    CUTLASS_DEVICE void load_rows(const Src* src, int first, int limit, Vec (&v)[kIters]) const {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kIters; ++i) {
+        int r, c;
+        chunk(i, r, c);
+        v[i] = Vec{};
+        if (r < kR && first + r < limit) v[i] = load8(src + static_cast<int64_t>(first + r) * params.rank + c);
+      }
+    }
+    template <int kR, int kIters, class Vec>
+    CUTLASS_DEVICE void store_rows(uint16_t* dst, Vec const (&v)[kIters]) const {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kIters; ++i) {
+        int r, c;
+        chunk(i, r, c);
+        if (r < kR) *reinterpret_cast<uint4*>(dst + offset<kR>(r, c)) = pack8(v[i]);
+      }
+    }
+    struct Fp32x8 { float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = make_float4(0.f, 0.f, 0.f, 0.f); };
+    static CUTLASS_DEVICE uint4 load8(const ElementOp* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+    static CUTLASS_DEVICE Fp32x8 load8(const float* p) {
+      const float4* q = reinterpret_cast<const float4*>(p);
+      return {__ldg(q), __ldg(q + 1)};
+    }
+    static CUTLASS_DEVICE uint4 pack8(uint4 v) { return v; }
+    static CUTLASS_DEVICE uint4 pack8(Fp32x8 const& v) {
+      using staged_detail::pack2;
+      return make_uint4(pack2<ElementOp>(v.lo.x, v.lo.y), pack2<ElementOp>(v.lo.z, v.lo.w),
+                        pack2<ElementOp>(v.hi.x, v.hi.y), pack2<ElementOp>(v.hi.z, v.hi.w));
+    }
 
-    // Starts this warp group's MMA for subtile (epi_m, epi_n): 64 rows x kEpiN tokens x rank.
-    CUTLASS_DEVICE void issue(int epi_m, int epi_n, Frag& d) const {
+    // Stages the tile's operands, every load issued before the first store.
+    CUTLASS_DEVICE void begin() {
+      constexpr int kUpIters = (kRows * kMaxRank / 8 + kThreads - 1) / kThreads;
+      constexpr int kActIters = (kCols * kMaxRank / 8 + kThreads - 1) / kThreads;
+      uint4 up_v[kUpIters];
+      Fp32x8 act_v[kActIters];
+      load_rows<kRows>(params.up, row0, rows, up_v);
+      load_rows<kCols>(params.act, col0, cols, act_v);
+      store_rows<kRows>(smem_up, up_v);
+      store_rows<kCols>(smem_act, act_v);
+      cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, before wgmma reads them
+    }
+
+    CUTLASS_DEVICE bool begin_sync_needed() const { return true; }
+
+    CUTLASS_DEVICE void begin_loop(int epi_m, int epi_n) {
       using namespace cute;
-      const int blk_r = epi_m * kEpiM + 64 * (thread_idx / 128);  // tile-relative first row
+      // This warp group's 64 rows of the subtile (tile-relative) x the subtile's kEpiN tokens.
+      const int wg = thread_idx / 128, blk_r = epi_m * kEpiM + 64 * wg;
       WgMma mma;
       Tensor s_up = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_up)), UpLayout{});
       Tensor s_act = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_act)), ActLayout{});
@@ -243,6 +229,7 @@ struct Sm90LowRankStaged {
       auto thr = mma.get_slice(thread_idx % 128);
       Tensor t_a = thr.make_fragment_A(thr.partition_A(s_a));  // (MMA, 1, kMaxRank / 16) descriptors
       Tensor t_b = thr.make_fragment_B(thr.partition_B(s_b));
+      Tensor d = partition_fragment_C(mma, Shape<_64, Int<kEpiN>>{});  // kEpiN / 2 fp32 values
       warpgroup_fence_operand(d);
       warpgroup_arrive();
       mma.accumulate_ = SM90::GMMA::ScaleOut::Zero;
@@ -254,24 +241,9 @@ struct Sm90LowRankStaged {
         }
       }
       warpgroup_commit_batch();
-    }
-
-    // The rows are staged by the producer-load warp; the wait for them is the collective's wait
-    // on the first epilogue-load stage, before `previsit`.
-    CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int, bool) {
-      using namespace cute;
-      const int idx = epi_n * kSubM + epi_m;  // compile-time once the subtile loops are unrolled
-      Frag& d = idx % 2 == 0 ? d_even : d_odd;
-      if (idx == 0) issue(epi_m, epi_n, d);
       warpgroup_wait<0>();
       warpgroup_fence_operand(d);
-      if (idx == kSubM * kSubN - 1) {
-        // The tile's last subtile has read the rows: the producer may stage the next tile's.
-        cutlass::arch::NamedBarrier::arrive(kEmptyThreads, kEmptyBarrier);
-      } else {
-        issue((idx + 1) % kSubM, (idx + 1) / kSubM, idx % 2 == 0 ? d_odd : d_even);
-      }
-      const int wg = thread_idx / 128;
+
       // Where the epilogue put this thread's values against where the fragment has them. The
       // coordinates are offsets from the thread's first value of the tile (compile-time after
       // unrolling; minus the subtile's origin: rr, cc); value i of d lies at row g + 8 * ((i / 2) % 2),
