@@ -18,12 +18,13 @@
 // 16 bytes per core matrix), then fenced for the async proxy; the collective epilogue's barrier
 // after `begin` publishes them (begin_sync_needed).
 //
-// The copies for tile t+1 are issued at the end of tile t's epilogue (`end`), so they fly during
-// tile t+1's mainloop instead of stalling its epilogue: staged at the start of each epilogue, the
-// L2 round trip was ~3/4 of the node's cost (twentieth session, notes/w4a8.md). The next tile's
+// The copies for tile t+1 are issued at the end of tile t's epilogue (`end`), and those of a
+// CTA's first tile when the consumers build the node, before their first mainloop; so they fly
+// during a mainloop instead of stalling the epilogue: staged at the start of each epilogue, the
+// L2 round trip was ~3/4 of the node's cost (twentieth session, notes/w4a8.md). The tile
 // coordinates come from a copy of the persistent scheduler's mapping (same parameters, built from
 // the problem shape and SM count); `begin` checks them against the tile it is in and copies
-// synchronously when they differ (and for a CTA's first tile), so a wrong guess costs time only.
+// synchronously when they differ, so a wrong guess costs time only.
 //
 // Each epilogue subtile (128 rows x kEpiN tokens) is then one warpgroup MMA per warp group and 16
 // of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers.
@@ -97,13 +98,15 @@ struct Sm90LowRankStaged {
     const ElementOp* act;
     const ElementOp* up;
     int rank;
+    int rows, cols;                        // problem extent in the kernel's view (channels, tokens)
     typename Scheduler::Params scheduler;  // as the kernel builds its own, to guess each CTA's next tile
   };
 
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void*) {
     cutlass::KernelHardwareInfo hw{0, args.sm_count, 0};
-    return {args.act, args.up, args.rank,
+    return {args.act, args.up, args.rank, static_cast<int>(cute::get<0>(problem_shape)),
+            static_cast<int>(cute::get<1>(problem_shape)),
             Scheduler::to_underlying_arguments(cute::append<4>(problem_shape, 1), CtaTileShapeMNK{},
                                                cute::Shape<cute::_1, cute::_1, cute::_1>{}, hw,
                                                typename Scheduler::Arguments{})};
@@ -128,9 +131,19 @@ struct Sm90LowRankStaged {
   CUTLASS_DEVICE bool is_C_load_needed() const { return false; }
   CUTLASS_DEVICE bool is_zero() const { return false; }
 
+  // The cooperative kernel's consumer threads: warp groups 1 and 2, numbered threadIdx.x % 256 in
+  // the epilogue (its mma_thread_idx); warp group 0 is the producer.
+  static constexpr int kConsumerThreads = 256;
+
   CUTLASS_HOST_DEVICE Sm90LowRankStaged() {}
+  // The consumers build their collective epilogue (and this node) once, before their first
+  // mainloop: the first tile's rows are copied from here, so they fly during that mainloop.
   CUTLASS_HOST_DEVICE Sm90LowRankStaged(Params const& params, SharedStorage const& storage)
-      : params(params), smem_up(const_cast<uint16_t*>(storage.up)), smem_act(const_cast<uint16_t*>(storage.act)) {}
+      : params(params), smem_up(const_cast<uint16_t*>(storage.up)), smem_act(const_cast<uint16_t*>(storage.act)) {
+#if defined(__CUDA_ARCH__)
+    if (threadIdx.x >= cutlass::NumThreadsPerWarpGroup) prefetch(Scheduler(params.scheduler).get_current_work(), threadIdx.x % kConsumerThreads);
+#endif
+  }
 
   Params params;
   uint16_t* smem_up = nullptr;
@@ -140,6 +153,49 @@ struct Sm90LowRankStaged {
   mutable int tiles_done = 0;
   mutable int prefetched_m = -1, prefetched_n = -1;
 
+  // Row and first rank index of the 8-value chunk that thread vector i copies: chunk slots cover
+  // kMaxRank values per row (compile-time division), those at or past `rank` copy nothing (the
+  // MMA reads only the first `rank`).
+  static CUTLASS_DEVICE void chunk(int i, int thread_idx, int& r, int& c) {
+    constexpr int kVecs = kMaxRank / 8;
+    const int idx = thread_idx + i * kConsumerThreads, q = idx / 8;
+    r = (q / kVecs) * 8 + idx % 8;
+    c = (q % kVecs) * 8;
+  }
+  // Copies kR rows from global (row-major, rank 16-bit values each) into the interleave layout
+  // with 16-byte cp.async, zero-filling rows past the problem's edge. Eight consecutive threads
+  // take one 8-value chunk of eight consecutive rows: one 128-byte core-matrix row block in
+  // shared memory (no bank conflicts). A thread always copies the same chunks, so its own copies
+  // are all that can race with its later ones.
+  template <int kR>
+  CUTLASS_DEVICE void copy_rows(const ElementOp* src, int first, int limit, uint16_t* dst, int thread_idx) const {
+    constexpr int kIters = (kR * kMaxRank / 8 + kConsumerThreads - 1) / kConsumerThreads;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kIters; ++i) {
+      int r, c;
+      chunk(i, thread_idx, r, c);
+      if (r < kR && c < params.rank) {
+        const bool inside = first + r < limit;
+        const ElementOp* from = inside ? src + static_cast<int64_t>(first + r) * params.rank + c : src;
+        const uint32_t to = cute::cast_smem_ptr_to_uint(dst + offset<kR>(r, c));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(from), "r"(inside ? 16 : 0)
+                     : "memory");
+      }
+    }
+  }
+  // Starts the copies of tile (m, n)'s rows (tile indices in the kernel's view).
+  CUTLASS_DEVICE void copy_tile(int m, int n, int thread_idx) const {
+    copy_rows<kRows>(params.up, m * kRows, params.rows, smem_up, thread_idx);
+    copy_rows<kCols>(params.act, n * kCols, params.cols, smem_act, thread_idx);
+  }
+  // Starts the copies of `work`'s rows and remembers which tile they are for.
+  template <class WorkTileInfo>
+  CUTLASS_DEVICE void prefetch(WorkTileInfo const& work, int thread_idx) const {
+    prefetched_m = work.is_valid() ? work.M_idx : -1;
+    prefetched_n = work.is_valid() ? work.N_idx : -1;
+    if (work.is_valid()) copy_tile(work.M_idx, work.N_idx, thread_idx);
+  }
+
   template <class... Args>
   CUTLASS_DEVICE auto get_producer_load_callbacks(cutlass::epilogue::fusion::detail::ProducerLoadArgs<Args...> const&) {
     return cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks{};
@@ -148,7 +204,7 @@ struct Sm90LowRankStaged {
   template <int kThreads, int kEpiM, int kEpiN, class CTensor, class ThrResidue, class RTensor>
   struct ConsumerStoreCallbacks : cutlass::epilogue::fusion::detail::EmptyConsumerStoreCallbacks {
     // Two warp groups of 64 rows each cover a 128-row subtile: the cooperative schedule.
-    static_assert(kThreads == 256 && kEpiM == 128 && kRows % kEpiM == 0,
+    static_assert(kThreads == kConsumerThreads && kEpiM == 128 && kRows % kEpiM == 0,
                   "the staged low-rank node serves the cooperative (two warp group, 128-row) epilogue");
     static_assert(kEpiN % 8 == 0 && kEpiN <= 256 && kCols % kEpiN == 0, "wgmma N: a multiple of 8 up to 256");
     using WgOp = decltype(cute::SM90::GMMA::ss_op_selector<ElementOp, ElementOp, float,
@@ -174,48 +230,17 @@ struct Sm90LowRankStaged {
     int row0, col0;      // the tile's origin
     int thread_idx;      // among the kThreads consumer threads
 
-    // Row and first rank index of the 8-value chunk that thread vector i stages.
-    CUTLASS_DEVICE void chunk(int i, int& r, int& c) const {
-      const int vecs = params.rank / 8, idx = thread_idx + i * kThreads, q = idx / 8;
-      r = (q / vecs) * 8 + idx % 8;
-      c = (q % vecs) * 8;
-    }
-    // Copies kR rows from global (row-major, rank 16-bit values each) into the interleave layout
-    // with 16-byte cp.async, zero-filling rows past the problem's edge. Eight consecutive threads
-    // take one 8-value chunk of eight consecutive rows: one 128-byte core-matrix row block in
-    // shared memory (no bank conflicts), and a warp reads four chunks of eight whole rows from
-    // global memory. A thread always copies the same chunks, so its own copies are all that can
-    // race with its later ones.
-    template <int kR>
-    CUTLASS_DEVICE void copy_rows(const ElementOp* src, int first, int limit, uint16_t* dst) const {
-      constexpr int kIters = (kR * kMaxRank / 8 + kThreads - 1) / kThreads;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kIters; ++i) {
-        int r, c;
-        chunk(i, r, c);
-        if (r < kR) {
-          const bool inside = first + r < limit;
-          const ElementOp* from = inside ? src + static_cast<int64_t>(first + r) * params.rank + c : src;
-          const uint32_t to = cute::cast_smem_ptr_to_uint(dst + offset<kR>(r, c));
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(from), "r"(inside ? 16 : 0)
-                       : "memory");
-        }
-      }
-    }
-    // Starts the copies of tile (m, n)'s rows (tile indices in the kernel's view).
-    CUTLASS_DEVICE void copy_tile(int m, int n) const {
-      copy_rows<kRows>(params.up, m * kRows, rows, smem_up);
-      copy_rows<kCols>(params.act, n * kCols, cols, smem_act);
-    }
     static CUTLASS_DEVICE void wait_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-    // The rows are in flight since the previous tile's `end` if it guessed this tile; otherwise
-    // (a CTA's first tile, or a wrong guess) they are copied now.
+    // The rows are in flight since the previous tile's `end` (or the constructor) if it guessed
+    // this tile; otherwise they are copied now.
     CUTLASS_DEVICE void begin() {
       const int m = row0 / kRows, n = col0 / kCols;
+      // The constructor's copies assumed this numbering of the threads.
+      if (thread_idx != static_cast<int>(threadIdx.x % kConsumerThreads)) __trap();
       if (m != node->prefetched_m || n != node->prefetched_n) {
         wait_copies();  // a wrong guess's copies land first, then this tile's overwrite them
-        copy_tile(m, n);
+        node->copy_tile(m, n, thread_idx);
       }
       wait_copies();
       cutlass::arch::fence_view_async_shared();  // the copies (generic proxy), before wgmma reads them
@@ -226,10 +251,7 @@ struct Sm90LowRankStaged {
     CUTLASS_DEVICE void end() {
       Scheduler scheduler(params.scheduler);
       scheduler.advance_to_next_work(++node->tiles_done);
-      const auto next = scheduler.get_current_work();
-      node->prefetched_m = next.is_valid() ? next.M_idx : -1;
-      node->prefetched_n = next.is_valid() ? next.N_idx : -1;
-      if (next.is_valid()) copy_tile(next.M_idx, next.N_idx);
+      node->prefetch(scheduler.get_current_work(), thread_idx);
     }
 
     CUTLASS_DEVICE bool begin_sync_needed() const { return true; }
@@ -247,19 +269,24 @@ struct Sm90LowRankStaged {
       Tensor t_a = thr.make_fragment_A(thr.partition_A(s_a));  // (MMA, 1, kMaxRank / 16) descriptors
       Tensor t_b = thr.make_fragment_B(thr.partition_B(s_b));
       Tensor d = partition_fragment_C(mma, Shape<_64, Int<kEpiN>>{});  // kEpiN / 2 fp32 values
-      warpgroup_fence_operand(d);
-      warpgroup_arrive();
-      mma.accumulate_ = SM90::GMMA::ScaleOut::Zero;
+      // One straight-line batch per rank (rank / 16 k16 steps): with a branch between the
+      // wgmmas of a batch, ptxas injects warpgroup.arrive fences around each (its C7519 note).
       CUTLASS_PRAGMA_UNROLL
-      for (int s = 0; s < kMaxRank / 16; ++s) {
-        if (16 * s < params.rank) {
-          cute::gemm(mma, t_a(_, _, s), t_b(_, _, s), d);
-          mma.accumulate_ = SM90::GMMA::ScaleOut::One;
+      for (int steps = 1; steps <= kMaxRank / 16; ++steps) {
+        if (16 * steps == params.rank) {
+          warpgroup_fence_operand(d);
+          warpgroup_arrive();
+          mma.accumulate_ = SM90::GMMA::ScaleOut::Zero;
+          CUTLASS_PRAGMA_UNROLL
+          for (int s = 0; s < steps; ++s) {
+            cute::gemm(mma, t_a(_, _, s), t_b(_, _, s), d);
+            mma.accumulate_ = SM90::GMMA::ScaleOut::One;
+          }
+          warpgroup_commit_batch();
+          warpgroup_wait<0>();
+          warpgroup_fence_operand(d);
         }
       }
-      warpgroup_commit_batch();
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(d);
 
       // Where the epilogue put this thread's values against where the fragment has them. The
       // coordinates are offsets from the thread's first value of the tile (compile-time after
