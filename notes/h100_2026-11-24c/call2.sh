@@ -16,6 +16,7 @@ timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_w4a8_kern
 grep -E "passed|failed|FAILED|Error|assert" $R/tests.log | tail -15
 timeout 90 python3 benchmarks/bench_w4a8.py --m-sweep 1 16 24 32 48 64 --reps 15 --out-dir $R/w4a8 > $R/bench.log 2>&1; echo "bench rc=$? at $((SECONDS-t0))s"
 [[ -f $R/w4a8/bench_w4a8.md ]] && cut -d'|' -f2,3,5,7,8,9,10,11,13 $R/w4a8/bench_w4a8.md | head -30
+timeout 90 python3 notes/h100_2026-11-24c/prof_lowrank.py > $R/prof.log 2>&1; echo "prof rc=$? at $((SECONDS-t0))s"; grep -v Warning $R/prof.log | tail -6
 left=$((585 - SECONDS + t0))
 timeout $left ncu --clock-control none --kernel-name regex:"device_kernel" --launch-skip 4 --launch-count 4 --metrics "gpu__time_duration.sum,smsp__inst_executed.avg,regex:smsp__pcsamp_warps_issue_stalled_.*" --csv python3 notes/h100_2026-11-24c/ncu_lowrank.py > $R/ncu.csv 2> $R/ncu.err; echo "ncu rc=$? at $((SECONDS-t0))s"
 python3 notes/h100_2026-11-24c/ncu_summary.py < $R/ncu.csv
