@@ -5,9 +5,11 @@ import collections
 import csv
 import sys
 
+lines = sys.stdin.read().splitlines()
+header = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))  # after ncu's and the app's own output
 t = collections.defaultdict(dict)
 ids = []
-for r in csv.DictReader(line for line in sys.stdin if not line.startswith("==")):
+for r in csv.DictReader(lines[header:]):
     try:
         v = float(r["Metric Value"].replace(",", ""))
     except ValueError:
