@@ -14,6 +14,7 @@ for id in 0 1 2 3; do
   ncu --import $R/src.ncu-rep --page source --print-source sass --csv --launch-skip $id --launch-count 1 > $R/sass_$id.csv 2> $R/sass_$id.err
   echo "sass $id: $(wc -l < $R/sass_$id.csv) lines"
 done
+[[ $(wc -l < $R/sass_1.csv) -lt 100 ]] && { ncu --import $R/src.ncu-rep --page source --print-source sass --csv > $R/sass_all.csv 2>&1; echo "sass all: $(wc -l < $R/sass_all.csv) lines"; head -c 600 $R/sass_1.err; }
 ncu --import $R/src.ncu-rep --page raw --csv --metrics gpu__time_duration.sum > $R/time.csv 2>&1; tail -4 $R/time.csv | cut -c1-300
 head -3 $R/sass_1.csv | cut -c1-600
 tar -C /tmp --exclude=c3/gc -cJf $OUT/c3.tar.xz c3
