@@ -27,7 +27,9 @@
 // synchronously when they differ, so a wrong guess costs time only.
 //
 // Each epilogue subtile (128 rows x kEpiN tokens) is then one warpgroup MMA per warp group and 16
-// of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers.
+// of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers;
+// the next subtile's MMA is issued as soon as this one's has landed, so it runs behind this
+// subtile's stores.
 // That result's fragment is the accumulator's own (a warp holds rows 16w + g and 16w + g + 8,
 // columns 8j + 2t and 8j + 2t + 1), so each thread reads off the values it needs. (The
 // eighteenth session's node ran mma.sync m16n8k16 per 16x8 block with fragments loaded by hand;
@@ -36,8 +38,8 @@
 // config that broke it fails its first test instead of computing wrong values. (An FMA fallback
 // inlined into every subtile was ~2,000 SASS instructions per subtile that never ran, and its
 // instruction-cache misses cost ~5% of the kernel: ncu, nineteenth session.)
-// Overwriting the buffers in `end` is safe: every subtile waits for its wgmma before its TMA
-// store, and each TMA store ends with a barrier of all consumer threads.
+// Overwriting the buffers in `end` is safe: the tile's last subtile issues no further MMA and waits
+// for its own before its TMA store, and each TMA store ends with a barrier of all consumer threads.
 #pragma once
 
 #include <cstdint>
@@ -255,10 +257,17 @@ struct Sm90LowRankStaged {
 
     CUTLASS_DEVICE bool begin_sync_needed() const { return true; }
 
-    CUTLASS_DEVICE void begin_loop(int epi_m, int epi_n) {
+    static constexpr int kSubM = kRows / kEpiM, kSubN = kCols / kEpiN;  // subtiles, visited epi_n-major
+    using Frag = decltype(cute::partition_fragment_C(WgMma{}, cute::Shape<cute::_64, cute::Int<kEpiN>>{}));
+    // The results of the even- and odd-numbered subtiles (kEpiN / 2 fp32 values each): the next
+    // subtile's MMA runs while this one's values go through the rest of the epilogue, so its
+    // latency is hidden (waited for in turn, it was exposed once per subtile).
+    Frag d_even, d_odd;
+
+    // Starts this warp group's MMA for subtile (epi_m, epi_n): 64 rows x kEpiN tokens x rank.
+    CUTLASS_DEVICE void issue(int epi_m, int epi_n, Frag& d) const {
       using namespace cute;
-      // This warp group's 64 rows of the subtile (tile-relative) x the subtile's kEpiN tokens.
-      const int wg = thread_idx / 128, blk_r = epi_m * kEpiM + 64 * wg;
+      const int blk_r = epi_m * kEpiM + 64 * (thread_idx / 128);  // tile-relative first row
       WgMma mma;
       Tensor s_up = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_up)), UpLayout{});
       Tensor s_act = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_act)), ActLayout{});
@@ -267,7 +276,6 @@ struct Sm90LowRankStaged {
       auto thr = mma.get_slice(thread_idx % 128);
       Tensor t_a = thr.make_fragment_A(thr.partition_A(s_a));  // (MMA, 1, kMaxRank / 16) descriptors
       Tensor t_b = thr.make_fragment_B(thr.partition_B(s_b));
-      Tensor d = partition_fragment_C(mma, Shape<_64, Int<kEpiN>>{});  // kEpiN / 2 fp32 values
       // One straight-line batch per rank (rank / 16 k16 steps): with a branch between the
       // wgmmas of a batch, ptxas injects warpgroup.arrive fences around each (its C7519 note).
       CUTLASS_PRAGMA_UNROLL
@@ -282,10 +290,19 @@ struct Sm90LowRankStaged {
             mma.accumulate_ = SM90::GMMA::ScaleOut::One;
           }
           warpgroup_commit_batch();
-          warpgroup_wait<0>();
-          warpgroup_fence_operand(d);
         }
       }
+    }
+
+    CUTLASS_DEVICE void begin_loop(int epi_m, int epi_n) {
+      using namespace cute;
+      const int idx = epi_n * kSubM + epi_m;  // compile-time once the collective's subtile loops unroll
+      Frag& d = idx % 2 == 0 ? d_even : d_odd;
+      if (idx == 0) issue(epi_m, epi_n, d);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(d);
+      if (idx + 1 < kSubM * kSubN) issue((idx + 1) % kSubM, (idx + 1) / kSubM, idx % 2 == 0 ? d_odd : d_even);
+      const int wg = thread_idx / 128;
 
       // Where the epilogue put this thread's values against where the fragment has them. The
       // coordinates are offsets from the thread's first value of the tile (compile-time after
