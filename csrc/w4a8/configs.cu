@@ -68,15 +68,16 @@ struct Entry {
 };
 
 // Which kernel of a config serves the call: plain, the [M, N] low-rank product as the C operand
-// (p.lowrank), or the branch itself (p.lowrank_act: the split-K kernels, or the staged epilogue of
-// the cooperative configs).
+// (p.lowrank), or the branch itself (p.lowrank_act: the split-K kernels; p.lowrank_act_out: the
+// staged epilogue of the cooperative configs).
 bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
 #ifdef QENGINE_HAS_SM90
   using namespace w4a8::sm90;
-  const bool source = p.lowrank != nullptr, staged = p.lowrank_act != nullptr;
+  const bool source = p.lowrank != nullptr, splitk_act = p.lowrank_act != nullptr,
+             staged = p.lowrank_act_out != nullptr;
 #define QENGINE_W4A8_ENTRY(NAME)                                                                     \
   *e = source ? Entry{NAME##_lowrank_run, NAME##_lowrank_workspace} : Entry{NAME##_run, NAME##_workspace}; \
-  return !staged
+  return !staged && !splitk_act
 #define QENGINE_W4A8_ENTRY_STAGED(NAME)                                                          \
   if (staged) {                                                                                  \
     *e = Entry{NAME##_lowrank_staged_run, NAME##_lowrank_staged_workspace};                       \
@@ -92,10 +93,10 @@ bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
     case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop);
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
-      return true;
+      return !staged;
     case W4A8TileConfig::kSm90_Mma_128x64x256_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x256_splitk_run, w4a8_sm90_mma_128x64x256_splitk_workspace};
-      return true;
+      return !staged;
     default: return false;
   }
 #undef QENGINE_W4A8_ENTRY_STAGED
@@ -127,7 +128,9 @@ bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank) {
 
 cudaError_t w4a8_gemm(const W4A8GemmParams& p, W4A8TileConfig c, cudaStream_t stream) {
   if (!supported(p)) return cudaErrorInvalidValue;
-  if (p.lowrank_act != nullptr && (p.lowrank != nullptr || !w4a8_config_fuses_lowrank(c, p.rank))) return cudaErrorInvalidValue;
+  const int branches = (p.lowrank != nullptr) + (p.lowrank_act != nullptr) + (p.lowrank_act_out != nullptr);
+  if (branches > 1 || ((p.lowrank_act != nullptr || p.lowrank_act_out != nullptr) && !w4a8_config_fuses_lowrank(c, p.rank)))
+    return cudaErrorInvalidValue;
   Entry e{};
   if (!lookup(c, p, &e)) return cudaErrorNotSupported;
   return e.run(p, stream);

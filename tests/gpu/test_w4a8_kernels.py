@@ -152,19 +152,21 @@ COOP = [c for c in CONFIGS if c.endswith("_coop")]
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
 def test_coop_lowrank_staged_epilogue(config, out_dtype):
     # The cooperative configs multiply a branch of rank 16 or 32 in their epilogue, from operands
-    # staged in shared memory per tile; other ranks, or operands not 16-byte aligned, go through
-    # the [M, N] product. The GEMM term is zero here (a = 0, no bias), so the output is the branch
-    # alone. N and M are no multiples of the tile (zero-filled staging), and there are 2-4 tiles
-    # per CTA (the staging buffers are reused from tile to tile).
+    # staged in shared memory per tile; other ranks, or a lora_up not 16-byte aligned, go through
+    # the [M, N] product (lowrank_act is always aligned there: the binding hands the epilogue a
+    # copy rounded to the output dtype). The GEMM term is zero here (a = 0, no bias), so the
+    # output is the branch alone. N and M are no multiples of the tile (zero-filled staging), and
+    # there are 2-4 tiles per CTA (the staging buffer is reused from tile to tile).
     assert [EXT.w4a8_config_fuses_lowrank(config, r) for r in (8, 16, 32, 48, 64)] == [False, True, True, False, False]
     m, n, k = 2000, 4112, 256
     _, a_scale, w, w_scale, _, _, _ = operands(m, n, k, seed=7, out_dtype=out_dtype)
     a = torch.zeros(m, k, device=DEV, dtype=torch.int8)
     g = torch.Generator(device=DEV).manual_seed(8)
     for rank, offset in [(16, 0), (32, 0), (32, 1), (64, 0)]:
-        buf = torch.randn(m * rank + offset, device=DEV, generator=g)
-        la = buf[offset:].view(m, rank)  # offset 1: 4-byte aligned only -> the product path
-        up = torch.randn(n, rank, device=DEV, generator=g).to(out_dtype)
+        buf = torch.randn(m * rank + 1, device=DEV, generator=g)
+        la = buf[1:].view(m, rank)  # 4-byte aligned only: the binding's copy is what the epilogue reads
+        up_buf = torch.randn(n * rank + offset, device=DEV, generator=g).to(out_dtype)
+        up = up_buf[offset:].view(n, rank)  # offset 1: 2-byte aligned only -> the product path
         ops = (a, a_scale, w, w_scale, None, la, up)
         poison_allocator(m * n * 2)
         out = run(config, ops, out_dtype)

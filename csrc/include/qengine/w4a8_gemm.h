@@ -13,11 +13,14 @@
 //   bias     [N] out_type, or nullptr
 //   lowrank  [M, N] out_type, row stride ldo, or nullptr: the low-rank branch's product
 //            lowrank_act @ lora_up^T, added in the epilogue (read once, never written back)
-//   lowrank_act [M, rank] fp32 and lora_up [N, rank] out_type (row-major), or nullptr: the same
-//            branch unmultiplied, for the configs where w4a8_config_fuses_lowrank(config, rank)
-//            (they multiply it in their epilogue with 16-bit mma.sync, lowrank_act rounded to
-//            out_type like the product path); rank % 16 == 0; the cooperative configs also need
-//            both pointers 16-byte aligned. At most one of lowrank / lowrank_act is set.
+//   lowrank_act [M, rank] and lora_up [N, rank] out_type (row-major), or nullptr: the same
+//            branch unmultiplied, for the configs where w4a8_config_fuses_lowrank(config, rank),
+//            which multiply it in their epilogue with 16-bit MMAs. The split-K configs take
+//            lowrank_act in fp32 (p.lowrank_act) and round it to out_type as the product path does;
+//            the cooperative configs take it already rounded (p.lowrank_act_out), since their
+//            epilogue copies it into shared memory as it is. rank % 16 == 0; the cooperative
+//            configs also need both pointers 16-byte aligned. At most one of lowrank /
+//            lowrank_act / lowrank_act_out is set.
 //   out      [M, N] bf16 | fp16, row-major, row stride ldo
 // Limits: K % 32 == 0, N % 16 == 0 (the 16x32 weight shuffle atom; also 16-byte rows), M >= 1.
 // INT8 x INT8 (widened INT4) accumulates in int32: exact.
@@ -43,8 +46,9 @@ struct W4A8GemmParams {
   const float* w_scale;
   const void* bias;     // may be nullptr
   const void* lowrank;  // may be nullptr
-  const float* lowrank_act;  // may be nullptr (configs that fuse the branch only)
-  const void* lora_up;       // out_type, with lowrank_act
+  const float* lowrank_act;     // may be nullptr (the split-K configs that fuse the branch)
+  const void* lowrank_act_out;  // out_type, may be nullptr (the cooperative configs that fuse the branch)
+  const void* lora_up;          // out_type, with lowrank_act or lowrank_act_out
   int rank;                  // columns of lowrank_act, % 16 == 0
   void* out;
   int64_t ldo;

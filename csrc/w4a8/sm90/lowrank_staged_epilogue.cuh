@@ -12,15 +12,24 @@
 // which loads its operands from global memory per epilogue subtile: it measured +40% to +116%
 // there (one dependent L2 round trip per subtile, 8 per tile).
 //
-// At the start of each tile's epilogue (`begin`), the consumer threads copy the tile's lora_up
-// rows (kRows x rank, 16-bit) and lowrank_act rows (kCols x rank, fp32 rounded to the 16-bit
-// output type, as the product path rounded it) into shared memory, all loads in flight at once:
-// one L2 round trip per tile. The rows are stored in wgmma's K-major "interleave" layout (8 rows
-// x 16 bytes per core matrix), then fenced for the async proxy; the collective epilogue's barrier
+// The rows of a tile (lora_up: kRows x rank, lowrank_act: kCols x rank, both 16-bit; the binding
+// rounds lowrank_act to the output type as the product path rounds it) are copied into shared
+// memory with cp.async by the consumer threads, in wgmma's K-major "interleave" layout (8 rows x
+// 16 bytes per core matrix), then fenced for the async proxy; the collective epilogue's barrier
 // after `begin` publishes them (begin_sync_needed).
 //
+// The copies for tile t+1 are issued at the end of tile t's epilogue (`end`), and those of a
+// CTA's first tile when the consumers build the node, before their first mainloop; so they fly
+// during a mainloop instead of stalling the epilogue: staged at the start of each epilogue, the
+// L2 round trip was ~3/4 of the node's cost (twentieth session, notes/w4a8.md). The tile
+// coordinates come from a copy of the persistent scheduler's mapping (same parameters, built from
+// the problem shape and SM count); `begin` checks them against the tile it is in and copies
+// synchronously when they differ, so a wrong guess costs time only.
+//
 // Each epilogue subtile (128 rows x kEpiN tokens) is then one warpgroup MMA per warp group and 16
-// of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers.
+// of rank: wgmma m64 x kEpiN x k16, both operands from shared memory, fp32 result in registers;
+// the next subtile's MMA is issued as soon as this one's has landed, so it runs behind this
+// subtile's stores.
 // That result's fragment is the accumulator's own (a warp holds rows 16w + g and 16w + g + 8,
 // columns 8j + 2t and 8j + 2t + 1), so each thread reads off the values it needs. (The
 // eighteenth session's node ran mma.sync m16n8k16 per 16x8 block with fragments loaded by hand;
@@ -29,8 +38,8 @@
 // config that broke it fails its first test instead of computing wrong values. (An FMA fallback
 // inlined into every subtile was ~2,000 SASS instructions per subtile that never ran, and its
 // instruction-cache misses cost ~5% of the kernel: ncu, nineteenth session.)
-// Overwriting the buffers in the next tile's `begin` is safe: every subtile waits for its wgmma
-// before its TMA store, and each TMA store ends with a barrier of all consumer threads.
+// Overwriting the buffers in `end` is safe: the tile's last subtile issues no further MMA and waits
+// for its own before its TMA store, and each TMA store ends with a barrier of all consumer threads.
 #pragma once
 
 #include <cstdint>
@@ -45,22 +54,11 @@
 #include "cutlass/arch/barrier.h"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp"
+#include "cutlass/gemm/kernel/sm90_tile_scheduler.hpp"
+#include "cutlass/kernel_hardware_info.h"
 #include "cutlass/numeric_types.h"
 
 namespace qengine::w4a8::sm90 {
-
-namespace staged_detail {
-template <class E>
-CUTLASS_DEVICE uint32_t pack2(float lo, float hi) {
-  if constexpr (cute::is_same_v<E, cutlass::half_t>) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-}  // namespace staged_detail
 
 template <class CtaTileShapeMNK, class ElementOp, int kMaxRank>
 struct Sm90LowRankStaged {
@@ -89,21 +87,36 @@ struct Sm90LowRankStaged {
     alignas(128) uint16_t act[kCols * kMaxRank];
   };
 
+  // The kernel's tile scheduler (the persistent one; the stream-K configs do not use this node).
+  using Scheduler = cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90;
+
   struct Arguments {
-    const float* act = nullptr;     // lowrank_act [tokens, rank] fp32, row-major, 16-byte aligned
-    const ElementOp* up = nullptr;  // lora_up [channels, rank] in the output type, row-major, 16-byte aligned
-    int rank = 0;                   // multiple of 16, <= kMaxRank
+    const ElementOp* act = nullptr;  // lowrank_act [tokens, rank] in the output type, row-major, 16-byte aligned
+    const ElementOp* up = nullptr;   // lora_up [channels, rank] in the output type, row-major, 16-byte aligned
+    int rank = 0;                    // multiple of 16, <= kMaxRank
+    int sm_count = 0;                // the kernel's KernelHardwareInfo::sm_count (its persistent grid)
   };
-  using Params = Arguments;
+  struct Params {
+    const ElementOp* act;
+    const ElementOp* up;
+    int rank;
+    int rows, cols;                        // problem extent in the kernel's view (channels, tokens)
+    typename Scheduler::Params scheduler;  // as the kernel builds its own, to guess each CTA's next tile
+  };
 
   template <class ProblemShape>
-  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
-    return args;
+  static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void*) {
+    cutlass::KernelHardwareInfo hw{0, args.sm_count, 0};
+    return {args.act, args.up, args.rank, static_cast<int>(cute::get<0>(problem_shape)),
+            static_cast<int>(cute::get<1>(problem_shape)),
+            Scheduler::to_underlying_arguments(cute::append<4>(problem_shape, 1), CtaTileShapeMNK{},
+                                               cute::Shape<cute::_1, cute::_1, cute::_1>{}, hw,
+                                               typename Scheduler::Arguments{})};
   }
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {
     return args.act != nullptr && args.up != nullptr && args.rank > 0 && args.rank % 16 == 0 &&
-           args.rank <= kMaxRank && reinterpret_cast<uintptr_t>(args.act) % 16 == 0 &&
+           args.rank <= kMaxRank && args.sm_count > 0 && reinterpret_cast<uintptr_t>(args.act) % 16 == 0 &&
            reinterpret_cast<uintptr_t>(args.up) % 16 == 0;
   }
   template <class ProblemShape>
@@ -120,13 +133,69 @@ struct Sm90LowRankStaged {
   CUTLASS_DEVICE bool is_C_load_needed() const { return false; }
   CUTLASS_DEVICE bool is_zero() const { return false; }
 
+  // The cooperative kernel's consumer threads: warp groups 1 and 2, numbered threadIdx.x % 256 in
+  // the epilogue (its mma_thread_idx); warp group 0 is the producer.
+  static constexpr int kConsumerThreads = 256;
+
   CUTLASS_HOST_DEVICE Sm90LowRankStaged() {}
+  // The consumers build their collective epilogue (and this node) once, before their first
+  // mainloop: the first tile's rows are copied from here, so they fly during that mainloop.
   CUTLASS_HOST_DEVICE Sm90LowRankStaged(Params const& params, SharedStorage const& storage)
-      : params(params), smem_up(const_cast<uint16_t*>(storage.up)), smem_act(const_cast<uint16_t*>(storage.act)) {}
+      : params(params), smem_up(const_cast<uint16_t*>(storage.up)), smem_act(const_cast<uint16_t*>(storage.act)) {
+#if defined(__CUDA_ARCH__)
+    if (threadIdx.x >= cutlass::NumThreadsPerWarpGroup) prefetch(Scheduler(params.scheduler).get_current_work(), threadIdx.x % kConsumerThreads);
+#endif
+  }
 
   Params params;
   uint16_t* smem_up = nullptr;
   uint16_t* smem_act = nullptr;
+  // Per consumer thread, kept across tiles (this object lives in the consumers' collective
+  // epilogue for the whole kernel): tiles finished, and the tile whose rows `end` copied.
+  mutable int tiles_done = 0;
+  mutable int prefetched_m = -1, prefetched_n = -1;
+
+  // Copies kR rows from global (row-major, rank 16-bit values each) into the interleave layout
+  // with 16-byte cp.async, zero-filling rows past the problem's edge. Eight consecutive threads
+  // take one 8-value chunk of eight consecutive rows: one 128-byte core-matrix row block in
+  // shared memory (no bank conflicts). Chunk slots cover kMaxRank values per row; those at or past
+  // `rank` are zero-filled (the MMA reads only the first `rank`). A thread copies the same rank
+  // chunk c of rows r0, r0 + kStep, ...: the addresses step by constants, and every copy is issued
+  // (a zero-byte read where it is out of range), so the loop has no branches; it runs once per
+  // tile in the epilogue, where the tensor cores wait for it (the branchy version was ~5% of the
+  // kernel at 4608x3072->12288: session 21, ncu per instruction). A thread always copies the same
+  // chunks, so its own copies are all that can race with its later ones.
+  template <int kR>
+  CUTLASS_DEVICE void copy_rows(const ElementOp* src, int first, int limit, uint16_t* dst, int thread_idx) const {
+    constexpr int kVecs = kMaxRank / 8, kStep = kConsumerThreads * 8 / kMaxRank;
+    static_assert(32 % kVecs == 0 && kR % kStep == 0, "whole rows of chunks per pass of the consumer threads");
+    const int r0 = (thread_idx / (8 * kVecs)) * 8 + thread_idx % 8, c = ((thread_idx / 8) % kVecs) * 8;
+    const ElementOp* from = src + static_cast<int64_t>(first + r0) * params.rank + c;
+    const int64_t from_step = static_cast<int64_t>(kStep) * params.rank;
+    const uint32_t to = cute::cast_smem_ptr_to_uint(dst + offset<kR>(r0, c));
+    constexpr uint32_t kToStep = kStep * 8 * sizeof(uint16_t);  // offset<kR>(r + kStep, c) - offset<kR>(r, c)
+    static_assert(offset<kR>(kStep + 1, 8) - offset<kR>(1, 8) == kStep * 8, "kToStep");
+    const bool in_rank = c < params.rank;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kR / kStep; ++i) {
+      const bool ok = in_rank && first + r0 + kStep * i < limit;
+      const ElementOp* p = ok ? from + from_step * i : src;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to + kToStep * i), "l"(p), "r"(ok ? 16 : 0)
+                   : "memory");
+    }
+  }
+  // Starts the copies of tile (m, n)'s rows (tile indices in the kernel's view).
+  CUTLASS_DEVICE void copy_tile(int m, int n, int thread_idx) const {
+    copy_rows<kRows>(params.up, m * kRows, params.rows, smem_up, thread_idx);
+    copy_rows<kCols>(params.act, n * kCols, params.cols, smem_act, thread_idx);
+  }
+  // Starts the copies of `work`'s rows and remembers which tile they are for.
+  template <class WorkTileInfo>
+  CUTLASS_DEVICE void prefetch(WorkTileInfo const& work, int thread_idx) const {
+    prefetched_m = work.is_valid() ? work.M_idx : -1;
+    prefetched_n = work.is_valid() ? work.N_idx : -1;
+    if (work.is_valid()) copy_tile(work.M_idx, work.N_idx, thread_idx);
+  }
 
   template <class... Args>
   CUTLASS_DEVICE auto get_producer_load_callbacks(cutlass::epilogue::fusion::detail::ProducerLoadArgs<Args...> const&) {
@@ -136,7 +205,7 @@ struct Sm90LowRankStaged {
   template <int kThreads, int kEpiM, int kEpiN, class CTensor, class ThrResidue, class RTensor>
   struct ConsumerStoreCallbacks : cutlass::epilogue::fusion::detail::EmptyConsumerStoreCallbacks {
     // Two warp groups of 64 rows each cover a 128-row subtile: the cooperative schedule.
-    static_assert(kThreads == 256 && kEpiM == 128 && kRows % kEpiM == 0,
+    static_assert(kThreads == kConsumerThreads && kEpiM == 128 && kRows % kEpiM == 0,
                   "the staged low-rank node serves the cooperative (two warp group, 128-row) epilogue");
     static_assert(kEpiN % 8 == 0 && kEpiN <= 256 && kCols % kEpiN == 0, "wgmma N: a multiple of 8 up to 256");
     using WgOp = decltype(cute::SM90::GMMA::ss_op_selector<ElementOp, ElementOp, float,
@@ -145,10 +214,11 @@ struct Sm90LowRankStaged {
     using WgMma = decltype(cute::make_tiled_mma(WgOp{}));
 
     CUTLASS_DEVICE ConsumerStoreCallbacks(CTensor tCcD_, ThrResidue residue_, RTensor vals_, Params const& params_,
-                                          uint16_t* smem_up_, uint16_t* smem_act_, int rows_, int cols_, int row0_,
+                                          Sm90LowRankStaged const* node_, int rows_, int cols_, int row0_,
                                           int col0_, int thread_idx_)
-        : tCcD(tCcD_), residue(residue_), vals(vals_), params(params_), smem_up(smem_up_), smem_act(smem_act_),
-          rows(rows_), cols(cols_), row0(row0_), col0(col0_), thread_idx(thread_idx_) {}
+        : tCcD(tCcD_), residue(residue_), vals(vals_), params(params_), smem_up(node_->smem_up),
+          smem_act(node_->smem_act), node(node_), rows(rows_), cols(cols_), row0(row0_), col0(col0_),
+          thread_idx(thread_idx_) {}
 
     CTensor tCcD;        // (CPY,CPY_M,CPY_N,EPI_M,EPI_N) coordinates relative to the thread's first value
     ThrResidue residue;  // (rows, cols) minus the coordinates of the thread's first value
@@ -156,71 +226,48 @@ struct Sm90LowRankStaged {
     Params const& params;
     uint16_t* smem_up;
     uint16_t* smem_act;
+    Sm90LowRankStaged const* node;  // its per-thread state across tiles
     int rows, cols;      // problem extent in the kernel's view (channels, tokens)
     int row0, col0;      // the tile's origin
     int thread_idx;      // among the kThreads consumer threads
 
-    // Row and first rank index of the 8-value chunk that thread vector i stages.
-    CUTLASS_DEVICE void chunk(int i, int& r, int& c) const {
-      const int vecs = params.rank / 8, idx = thread_idx + i * kThreads, q = idx / 8;
-      r = (q / vecs) * 8 + idx % 8;
-      c = (q % vecs) * 8;
-    }
-    // Copies kR rows from global (row-major, rank values each) into the interleave layout, zeros
-    // past the problem's edge. Eight consecutive threads take one 8-value chunk of eight
-    // consecutive rows: one 128-byte core-matrix row block in shared memory (no bank conflicts),
-    // and a warp reads four chunks of eight whole rows from global memory.
-    template <int kR, class Src, int kIters, class Vec>
-    CUTLASS_DEVICE void load_rows(const Src* src, int first, int limit, Vec (&v)[kIters]) const {
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kIters; ++i) {
-        int r, c;
-        chunk(i, r, c);
-        v[i] = Vec{};
-        if (r < kR && first + r < limit) v[i] = load8(src + static_cast<int64_t>(first + r) * params.rank + c);
+    static CUTLASS_DEVICE void wait_copies() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+    // The rows are in flight since the previous tile's `end` (or the constructor) if it guessed
+    // this tile; otherwise they are copied now.
+    CUTLASS_DEVICE void begin() {
+      const int m = row0 / kRows, n = col0 / kCols;
+      // The constructor's copies assumed this numbering of the threads.
+      if (thread_idx != static_cast<int>(threadIdx.x % kConsumerThreads)) __trap();
+      if (m != node->prefetched_m || n != node->prefetched_n) {
+        wait_copies();  // a wrong guess's copies land first, then this tile's overwrite them
+        node->copy_tile(m, n, thread_idx);
       }
-    }
-    template <int kR, int kIters, class Vec>
-    CUTLASS_DEVICE void store_rows(uint16_t* dst, Vec const (&v)[kIters]) const {
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kIters; ++i) {
-        int r, c;
-        chunk(i, r, c);
-        if (r < kR) *reinterpret_cast<uint4*>(dst + offset<kR>(r, c)) = pack8(v[i]);
-      }
-    }
-    struct Fp32x8 { float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = make_float4(0.f, 0.f, 0.f, 0.f); };
-    static CUTLASS_DEVICE uint4 load8(const ElementOp* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
-    static CUTLASS_DEVICE Fp32x8 load8(const float* p) {
-      const float4* q = reinterpret_cast<const float4*>(p);
-      return {__ldg(q), __ldg(q + 1)};
-    }
-    static CUTLASS_DEVICE uint4 pack8(uint4 v) { return v; }
-    static CUTLASS_DEVICE uint4 pack8(Fp32x8 const& v) {
-      using staged_detail::pack2;
-      return make_uint4(pack2<ElementOp>(v.lo.x, v.lo.y), pack2<ElementOp>(v.lo.z, v.lo.w),
-                        pack2<ElementOp>(v.hi.x, v.hi.y), pack2<ElementOp>(v.hi.z, v.hi.w));
+      wait_copies();
+      cutlass::arch::fence_view_async_shared();  // the copies (generic proxy), before wgmma reads them
     }
 
-    // Stages the tile's operands, every load issued before the first store.
-    CUTLASS_DEVICE void begin() {
-      constexpr int kUpIters = (kRows * kMaxRank / 8 + kThreads - 1) / kThreads;
-      constexpr int kActIters = (kCols * kMaxRank / 8 + kThreads - 1) / kThreads;
-      uint4 up_v[kUpIters];
-      Fp32x8 act_v[kActIters];
-      load_rows<kRows>(params.up, row0, rows, up_v);
-      load_rows<kCols>(params.act, col0, cols, act_v);
-      store_rows<kRows>(smem_up, up_v);
-      store_rows<kCols>(smem_act, act_v);
-      cutlass::arch::fence_view_async_shared();  // the generic-proxy stores, before wgmma reads them
+    // After the tile's last subtile (its wgmma done, and the collective's barrier after its TMA
+    // store passed by every consumer thread): start copying the rows of this CTA's next tile.
+    CUTLASS_DEVICE void end() {
+      Scheduler scheduler(params.scheduler);
+      scheduler.advance_to_next_work(++node->tiles_done);
+      node->prefetch(scheduler.get_current_work(), thread_idx);
     }
 
     CUTLASS_DEVICE bool begin_sync_needed() const { return true; }
 
-    CUTLASS_DEVICE void begin_loop(int epi_m, int epi_n) {
+    static constexpr int kSubM = kRows / kEpiM, kSubN = kCols / kEpiN;  // subtiles, visited epi_n-major
+    using Frag = decltype(cute::partition_fragment_C(WgMma{}, cute::Shape<cute::_64, cute::Int<kEpiN>>{}));
+    // The results of the even- and odd-numbered subtiles (kEpiN / 2 fp32 values each): the next
+    // subtile's MMA runs while this one's values go through the rest of the epilogue, so its
+    // latency is hidden (waited for in turn, it was exposed once per subtile).
+    Frag d_even, d_odd;
+
+    // Starts this warp group's MMA for subtile (epi_m, epi_n): 64 rows x kEpiN tokens x rank.
+    CUTLASS_DEVICE void issue(int epi_m, int epi_n, Frag& d) const {
       using namespace cute;
-      // This warp group's 64 rows of the subtile (tile-relative) x the subtile's kEpiN tokens.
-      const int wg = thread_idx / 128, blk_r = epi_m * kEpiM + 64 * wg;
+      const int blk_r = epi_m * kEpiM + 64 * (thread_idx / 128);  // tile-relative first row
       WgMma mma;
       Tensor s_up = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_up)), UpLayout{});
       Tensor s_act = make_tensor(make_smem_ptr(reinterpret_cast<ElementOp*>(smem_act)), ActLayout{});
@@ -229,20 +276,33 @@ struct Sm90LowRankStaged {
       auto thr = mma.get_slice(thread_idx % 128);
       Tensor t_a = thr.make_fragment_A(thr.partition_A(s_a));  // (MMA, 1, kMaxRank / 16) descriptors
       Tensor t_b = thr.make_fragment_B(thr.partition_B(s_b));
-      Tensor d = partition_fragment_C(mma, Shape<_64, Int<kEpiN>>{});  // kEpiN / 2 fp32 values
-      warpgroup_fence_operand(d);
-      warpgroup_arrive();
-      mma.accumulate_ = SM90::GMMA::ScaleOut::Zero;
+      // One straight-line batch per rank (rank / 16 k16 steps): with a branch between the
+      // wgmmas of a batch, ptxas injects warpgroup.arrive fences around each (its C7519 note).
       CUTLASS_PRAGMA_UNROLL
-      for (int s = 0; s < kMaxRank / 16; ++s) {
-        if (16 * s < params.rank) {
-          cute::gemm(mma, t_a(_, _, s), t_b(_, _, s), d);
-          mma.accumulate_ = SM90::GMMA::ScaleOut::One;
+      for (int steps = 1; steps <= kMaxRank / 16; ++steps) {
+        if (16 * steps == params.rank) {
+          warpgroup_fence_operand(d);
+          warpgroup_arrive();
+          mma.accumulate_ = SM90::GMMA::ScaleOut::Zero;
+          CUTLASS_PRAGMA_UNROLL
+          for (int s = 0; s < steps; ++s) {
+            cute::gemm(mma, t_a(_, _, s), t_b(_, _, s), d);
+            mma.accumulate_ = SM90::GMMA::ScaleOut::One;
+          }
+          warpgroup_commit_batch();
         }
       }
-      warpgroup_commit_batch();
+    }
+
+    CUTLASS_DEVICE void begin_loop(int epi_m, int epi_n) {
+      using namespace cute;
+      const int idx = epi_n * kSubM + epi_m;  // compile-time once the collective's subtile loops unroll
+      Frag& d = idx % 2 == 0 ? d_even : d_odd;
+      if (idx == 0) issue(epi_m, epi_n, d);
       warpgroup_wait<0>();
       warpgroup_fence_operand(d);
+      if (idx + 1 < kSubM * kSubN) issue((idx + 1) % kSubM, (idx + 1) / kSubM, idx % 2 == 0 ? d_odd : d_even);
+      const int wg = thread_idx / 128;
 
       // Where the epilogue put this thread's values against where the fragment has them. The
       // coordinates are offsets from the thread's first value of the tile (compile-time after
@@ -288,7 +348,7 @@ struct Sm90LowRankStaged {
     constexpr int kEpiN = decltype(size<1>(args.epi_tile))::value;
     Tensor vals = make_tensor<float>(take<0, 3>(shape(args.tCcD)));  // (CPY,CPY_M,CPY_N)
     return ConsumerStoreCallbacks<kThreads, kEpiM, kEpiN, decltype(args.tCcD), decltype(args.residue_tCcD),
-                                  decltype(vals)>(args.tCcD, args.residue_tCcD, vals, params, smem_up, smem_act,
+                                  decltype(vals)>(args.tCcD, args.residue_tCcD, vals, params, this,
                                                   static_cast<int>(M), static_cast<int>(N),
                                                   static_cast<int>(m) * kRows, static_cast<int>(n) * kCols,
                                                   args.thread_idx);

@@ -81,7 +81,8 @@ struct EpilogueTree {
     if constexpr (kLowRank == LowRank::kSource) {
       return {a_scale, acc_w, {bias, {}, {}}, {}};
     } else if constexpr (kLowRank == LowRank::kStaged) {
-      typename Staged::Arguments staged{p.lowrank_act, static_cast<const ElementOut*>(p.lora_up), p.rank};
+      typename Staged::Arguments staged{static_cast<const ElementOut*>(p.lowrank_act_out),
+                                        static_cast<const ElementOut*>(p.lora_up), p.rank, p.sm_count};
       return {a_scale, acc_w, {bias, staged, {}}, {}};
     } else {
       return {a_scale, acc_w, bias, {}};
