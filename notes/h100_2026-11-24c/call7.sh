@@ -14,7 +14,7 @@ lines = open(sys.argv[1]).read().splitlines()
 h = next(i for i, l in enumerate(lines) if l.startswith('"ID"'))
 t = [float(r["Metric Value"].replace(",", "")) / 1e3 for r in csv.DictReader(lines[h:]) if r["Metric Name"] == "gpu__time_duration.sum"]
 shapes = ["4608x3072->3072", "4608x3072->12288", "4608x15360->3072", "4096x3072->3072", "4096x3072->12288", "4096x12288->3072"]
-print("| shape | plain us (2 rounds) | r32 us (2 rounds) | overhead (medians... mean of 2) |")
+print("| shape | plain us (2 rounds) | r32 us (2 rounds) | overhead (both rounds) |")
 for i, s in enumerate(shapes):
     p = [t[2 * i], t[12 + 2 * i]]; l = [t[2 * i + 1], t[12 + 2 * i + 1]]
     print(f"| {s} | {p[0]:.1f} / {p[1]:.1f} | {l[0]:.1f} / {l[1]:.1f} | {(sum(l) / sum(p) - 1) * 100:+.1f}% |")
