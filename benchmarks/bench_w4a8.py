@@ -12,7 +12,12 @@ and SD3-medium from benchmarks/shapes.py, an M sweep 1..256 at FLUX's K/N (3072-
 (M = 1: 3072->18432, 3072->9216, 3072->6144), which are 4-bit only when a config quantizes them.
 
 Timing as benchmarks/bench_gemm.py (CUDA-graph replay of one call per rotated operand set, sets
-exceeding L2, median of --reps samples). Ratios are of medians measured in this same run.
+exceeding L2, median of --reps samples), the six ops of a shape interleaved: each round takes one
+sample of every op, in an order that rotates from round to round. The big GEMMs hold the GPU at
+its power cap, where the SM clock moves between ~1.4 and ~2.0 GHz within a second; timed one op
+after the other, two ops of a ratio saw different clocks and the low-rank overhead moved by
++-10 points between runs (notes/h100_2026-11-24c, call 9). Ratios are of medians measured in this
+same run.
 Writes bench_w4a8.{csv,json,md} to --out-dir and prints the markdown table.
 
     python benchmarks/bench_w4a8.py --out-dir out/w4a8 [--sweep-configs] [--quick]
@@ -31,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import gpu_info, rotation_count, time_fn  # noqa: E402
+from bench_gemm import TimedOp, gpu_info, rotation_count, time_fn, time_ops  # noqa: E402
 from shapes import load_shapes  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -81,14 +86,18 @@ def bench_shape(label, m, k, n, reps, l2, ext, sweep, max_sets):
         return time_fn(lambda i: (lambda s=sets[i]: fn(s)), ns, reps, "graph")
 
     r = {"shape": label, "M": m, "K": k, "N": n}
-    r["bf16_us"] = t(lambda s: F.linear(s["x"], s["w"], s["b"])) * 1e6
-    r["w8a8_fp8_us"] = t(lambda s: q.w8a8_fp8_gemm(s["xf"], s["xs"], s["wf"], s["ws"], s["b"], None, None, bf)) * 1e6
-    r["w8a8_int8_us"] = t(lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], None, None, bf)) * 1e6
-    r["w8a8_int8_r32_us"] = t(lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], s["la"], s["up"],
-                                                         bf)) * 1e6
-    r["w4a8_us"] = t(lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], None, None, bf)) * 1e6
-    r["w4a8_r32_us"] = t(lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], s["la"], s["up"],
-                                               bf)) * 1e6
+    ops = {
+        "bf16": lambda s: F.linear(s["x"], s["w"], s["b"]),
+        "w8a8_fp8": lambda s: q.w8a8_fp8_gemm(s["xf"], s["xs"], s["wf"], s["ws"], s["b"], None, None, bf),
+        "w8a8_int8": lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], None, None, bf),
+        "w8a8_int8_r32": lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], s["la"], s["up"], bf),
+        "w4a8": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], None, None, bf),
+        "w4a8_r32": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], s["la"], s["up"], bf),
+    }
+    timed = time_ops([TimedOp(name, [lambda fn=fn, s=s: fn(s) for s in sets]) for name, fn in ops.items()], reps,
+                     "graph")
+    for name in ops:
+        r[f"{name}_us"] = timed[name] * 1e6
     r["w4a8_config"] = ext.w4a8_gemm_heuristic(m, n, k)
     if sweep:
         for c in ext.w4a8_gemm_configs():
