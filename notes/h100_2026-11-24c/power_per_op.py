@@ -38,15 +38,16 @@ for name, fn in ops.items():
     with torch.cuda.graph(g):
         for _ in range(20):
             fn()
-    time.sleep(2.0)  # cool down to idle between ops
-    t0 = time.time(); calls = 0; e0 = torch.cuda.Event(enable_timing=True); e1 = torch.cuda.Event(enable_timing=True)
-    while time.time() - t0 < 4.0:
-        if time.time() - t0 > 1.0 and calls == 0:
-            torch.cuda.synchronize(); t1 = time.time(); e0.record()
-        g.replay()
-        if time.time() - t0 > 1.0:
-            calls += 20
-        torch.cuda.synchronize() if calls % 200 == 0 else None
+    time.sleep(2.0)  # back to idle between ops
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.time()
+    while time.time() - t0 < 1.0:  # 1 s to reach the sustained state, not measured
+        g.replay(); g.replay(); torch.cuda.synchronize()
+    t1, calls = time.time(), 0
+    e0.record()
+    while time.time() - t1 < 3.0:
+        g.replay(); g.replay(); torch.cuda.synchronize()  # the host follows the GPU
+        calls += 40
     e1.record(); torch.cuda.synchronize(); t2 = time.time()
     spans[name] = (t1, t2, e0.elapsed_time(e1) * 1e3 / max(calls, 1))
 smi.terminate()
