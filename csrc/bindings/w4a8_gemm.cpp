@@ -94,8 +94,8 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
     fused_lowrank = reinterpret_cast<uintptr_t>(act_t.data_ptr()) % act_align == 0 &&
                     reinterpret_cast<uintptr_t>(lora_up_t.data_ptr()) % up_align == 0;
   }
-  if (!fused_lowrank && rank > 0)
-    lowrank_t = at::mm(lowrank_act->to(out_dtype), lora_up->to(out_dtype).t());
+  if (!fused_lowrank && rank > 0)  // reuses the rounded copy made above when a misaligned lora_up led here
+    lowrank_t = at::mm(act_out_t.defined() ? act_out_t : lowrank_act->to(out_dtype), lora_up->to(out_dtype).t());
 
   W4A8GemmParams p{};
   p.a = a.data_ptr<int8_t>();
