@@ -80,7 +80,7 @@ def test_qlinear_forward_geglu_equals_the_unfused_call(scheme, smooth, rank):
     q = _qlinear(scheme, 128, 64, smooth=smooth, rank=rank)
     proj = _proj(10, 128, seed=2).reshape(2, 5, 256)
     expect = q(_geglu(proj))
-    fused_path = q.supports_gelu_cat()
+    fused_path = q.supports_producer_quant()
     assert fused_path == (rank == 0 and scheme != "w4a4")
     with mock.patch.object(ops, "quantize_act_geglu", wraps=ops.quantize_act_geglu) as spy:
         out = q.forward_geglu(proj)

@@ -42,6 +42,48 @@ def test_op_quantizes_the_gelu_concatenation(name, fmt):
     assert torch.equal(s0, es0) and torch.equal(q0.view(torch.uint8), eq0.view(torch.uint8))
 
 
+@pytest.mark.parametrize("name,fmt", [("quantize_act_fp8_gelu_cat_lowrank", "quantize_act_fp8"),
+                                      ("quantize_act_int8_gelu_cat_lowrank", "quantize_act_int8")])
+def test_lowrank_op_quantizes_and_projects_the_gelu_concatenation(name, fmt):
+    x, g = _inputs(9, 32, 48)
+    gen = torch.Generator().manual_seed(1)
+    smooth = torch.rand(80, generator=gen).bfloat16() + 0.5
+    down = torch.randn(16, 80, generator=gen).bfloat16()
+    q, s, lr = getattr(Q, name)(x, g, smooth, down)
+    eq, es, elr = getattr(Q, fmt)(torch.cat([x, F.gelu(g, approximate="tanh")], 1), smooth, down)
+    assert torch.equal(s, es) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8)) and torch.equal(lr, elr)
+    assert q.shape == (9, 80) and lr.shape == (9, 16) and lr.dtype == torch.float32
+    q0, s0, lr0 = getattr(Q, name)(None, g, None, down[:, :48].contiguous())
+    eq0, es0, elr0 = getattr(Q, fmt)(F.gelu(g, approximate="tanh"), None, down[:, :48].contiguous())
+    assert torch.equal(s0, es0) and torch.equal(q0.view(torch.uint8), eq0.view(torch.uint8)) and torch.equal(lr0, elr0)
+
+
+def test_lowrank_cat_op_equals_the_lowrank_cat_quantization_of_the_concatenation():
+    x, g = _inputs(7, 16, 64)
+    gen = torch.Generator().manual_seed(2)
+    down = torch.randn(32, 80, generator=gen).bfloat16()
+    inv_c = torch.rand(32, generator=gen) + 0.5
+    q, s = Q.quantize_act_fp8_gelu_cat_lowrank_cat(x, g, None, down, inv_c)
+    eq, es = Q.quantize_act_fp8_lowrank_cat(torch.cat([x, F.gelu(g, approximate="tanh")], 1), None, down, inv_c)
+    assert q.shape == eq.shape == (7, 80 + 128)
+    assert torch.equal(s, es) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
+
+
+def test_lowrank_ops_errors_name_the_problem():
+    x, g = _inputs(4, 32, 48)
+    down = torch.randn(16, 80).bfloat16()
+    with pytest.raises(OpInputError, match=r"lora_down must have shape \[\*, 80\]"):
+        Q.quantize_act_int8_gelu_cat_lowrank(x, g, None, down[:, :48].contiguous())
+    with pytest.raises(OpInputError, match="multiples of 16"):
+        Q.quantize_act_int8_gelu_cat_lowrank(x, g[:, :40].contiguous(), None, down)
+    with pytest.raises(OpInputError, match="multiple of 16 in 16..256"):
+        Q.quantize_act_fp8_gelu_cat_lowrank_cat(x, g, None, down[:8].contiguous(), torch.ones(8))
+    with pytest.raises(OpInputError, match=r"inv_c must have shape \[16\]"):
+        Q.quantize_act_fp8_gelu_cat_lowrank_cat(x, g, None, down, torch.ones(8))
+    with pytest.raises(OpInputError, match="no gelu-cat quantization"):
+        ops.quantize_act_gelu_cat_lowrank(x, g, get_scheme("w4a4"), None, down)
+
+
 def test_op_errors_name_the_problem():
     x, g = _inputs(4, 32, 48)
     op = Q.quantize_act_fp8_gelu_cat
@@ -67,6 +109,13 @@ def test_fake_gives_the_shapes():
         fx, fg = mode.from_tensor(x), mode.from_tensor(g)
         q, s = Q.quantize_act_int8_gelu_cat(fx, fg, None)
     assert q.shape == (6, 80) and q.dtype == torch.int8 and s.shape == (6,) and s.dtype == torch.float32
+    down, down_g, inv_c = torch.randn(32, 80).bfloat16(), torch.randn(32, 48).bfloat16(), torch.ones(32)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fx, fg, fd, fc = mode.from_tensor(x), mode.from_tensor(g), mode.from_tensor(down), mode.from_tensor(inv_c)
+        q, s, lr = Q.quantize_act_fp8_gelu_cat_lowrank(fx, fg, None, fd)
+        qc, sc = Q.quantize_act_fp8_gelu_cat_lowrank_cat(None, fg, None, mode.from_tensor(down_g), fc)
+    assert q.shape == (6, 80) and q.dtype == torch.float8_e4m3fn and lr.shape == (6, 32) and lr.dtype == torch.float32
+    assert qc.shape == (6, 48 + 128) and sc.shape == (6,)
 
 
 def _qlinear(scheme, k, n, *, smooth=False, rank=0, seed=0):
@@ -77,16 +126,23 @@ def _qlinear(scheme, k, n, *, smooth=False, rank=0, seed=0):
     return QLinear.from_float(lin, LayerQuantConfig(scheme=scheme, rank=rank, group_size=group), smooth=s)
 
 
-@pytest.mark.parametrize("scheme,smooth,rank", [("w8a8-fp8", False, 0), ("w8a8-int8", True, 0), ("w4a8", False, 0),
-                                                ("w8a8-fp8", False, 16), ("w4a4", False, 0)])
-def test_qlinear_forward_gelu_cat_equals_the_unfused_call(scheme, smooth, rank):
+@pytest.mark.parametrize("scheme,smooth,rank,cat", [
+    ("w8a8-fp8", False, 0, False), ("w8a8-int8", True, 0, False), ("w4a8", False, 0, False),
+    ("w8a8-fp8", False, 16, False), ("w8a8-fp8", True, 16, True), ("w8a8-int8", True, 16, False),
+    ("w4a8", True, 16, False), ("w4a4", False, 0, False)])
+def test_qlinear_forward_gelu_cat_equals_the_unfused_call(scheme, smooth, rank, cat):
     q = _qlinear(scheme, 64 + 128, 64, smooth=smooth, rank=rank)
+    if cat:
+        assert q.enable_lowrank_cat()
     x, g = _inputs(10, 64, 128, seed=2)
     x3, g3 = x.reshape(2, 5, 64), g.reshape(2, 5, 128)
     expect = q(torch.cat([x3, F.gelu(g3, approximate="tanh")], -1))
     fused_path = q.supports_gelu_cat()
-    assert fused_path == (rank == 0 and scheme != "w4a4")
-    with mock.patch.object(ops, "quantize_act_gelu_cat", wraps=ops.quantize_act_gelu_cat) as spy:
+    assert fused_path == (scheme != "w4a4")
+    assert q.supports_producer_quant() == (fused_path and rank == 0)
+    # the op the layer's kind takes: plain, with the down-projection, or the FP8 cat variant
+    op = "quantize_act_gelu_cat_lowrank_cat" if cat else "quantize_act_gelu_cat_lowrank" if rank else "quantize_act_gelu_cat"
+    with mock.patch.object(ops, op, wraps=getattr(ops, op)) as spy:
         out = q.forward_gelu_cat(x3, g3)
     assert spy.called == fused_path  # the other layers take the unfused call
     assert out.shape == (2, 5, 64)
@@ -165,11 +221,29 @@ def test_gelu_cat_forwards_fall_back_off_the_kernel_device():
         model(**inputs)
 
 
-def test_low_rank_layers_keep_their_forward():
+@pytest.mark.parametrize("scheme,op", [("w4a8", "quantize_act_int8_gelu_cat_lowrank"),
+                                       ("w8a8-fp8", "quantize_act_fp8_gelu_cat_lowrank"),
+                                       ("w8a8-fp8", "quantize_act_fp8_gelu_cat_lowrank_cat")])
+def test_low_rank_layers_take_the_gelu_cat_forward_with_the_down_projection(monkeypatch, scheme, op):
     pytest.importorskip("diffusers")
+    monkeypatch.setattr(fused, "_kernel_device", lambda t, built: True)  # the fused path on CPU (reference ops)
     model = _flux()
-    qengine.quantize(model, qengine.QuantConfig.preset("w8a8-fp8", rank=16))
-    assert not any(hasattr(m, "_qengine_gelu_cat") for m in model.modules())
+    qengine.quantize(model, qengine.QuantConfig.preset(scheme, rank=16))
+    if op.endswith("_cat"):  # what enable_fused_kernels does on CUDA
+        assert all(m.enable_lowrank_cat() for m in model.modules() if isinstance(m, QLinear) and m.lora_up is not None)
+    swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
+    assert len(swapped) == 3
+    inputs = _flux_inputs(torch.Generator().manual_seed(5))
+    calls = []
+    real = getattr(Q, op)
+    with torch.no_grad():
+        with mock.patch.object(Q, op, lambda *a: calls.append(a[1].shape) or real(*a)):
+            out = model(**inputs)[0]
+        for m in swapped:
+            del m.forward
+        expect = model(**inputs)[0]
+    assert len(calls) == 3
+    assert torch.equal(out, expect)
 
 
 def test_gelu_cat_forward_in_training_mode_with_dropout_uses_the_stock_path(monkeypatch):

@@ -209,10 +209,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_producer(const char* op, QuantType q
   return {q, scale};
 }
 
-// Gelu-cat input (quantize_act.h): the row [x | gelu_tanh(gelu_x)] quantized without being
-// concatenated in memory; x may be absent (the whole row is the gelu part).
-std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType qt, const std::optional<at::Tensor>& x,
-                                                     const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth) {
+// The checked operands of a gelu-cat op: x [M, K_plain] (may be absent or empty) and gelu_x [M, K_gelu].
+struct GeluCatInput {
+  at::Tensor x;  // undefined when there are no plain columns
+  int64_t M, K_plain, K_gelu;
+};
+
+GeluCatInput checked_gelu_cat(const char* op, const std::optional<at::Tensor>& x, const at::Tensor& gelu_x) {
   check_tensor(op, "gelu_x", gelu_x, gelu_x.device(), {at::kBFloat16, at::kHalf}, {-1, -1});
   const int64_t M = gelu_x.size(0), K_gelu = gelu_x.size(1);
   int64_t K_plain = 0;
@@ -222,12 +225,100 @@ std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType q
   }
   QENGINE_CHECK(op, K_gelu > 0 && K_gelu % 16 == 0 && K_plain % 16 == 0, "the columns of x (", K_plain,
                 ") and gelu_x (", K_gelu, ") must be multiples of 16, gelu_x's positive");
-  const int64_t K = K_plain + K_gelu;
-  const at::Tensor smooth_t = checked_smooth(op, smooth, K, gelu_x);
+  return {x.has_value() && K_plain > 0 ? *x : at::Tensor(), M, K_plain, K_gelu};
+}
+
+// Gelu-cat input (quantize_act.h): the row [x | gelu_tanh(gelu_x)] quantized without being
+// concatenated in memory; x may be absent (the whole row is the gelu part).
+std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType qt, const std::optional<at::Tensor>& x,
+                                                     const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth) {
+  const GeluCatInput in = checked_gelu_cat(op, x, gelu_x);
+  const at::Tensor smooth_t = checked_smooth(op, smooth, in.K_plain + in.K_gelu, gelu_x);
   check_arch(op, gelu_x.device());
 
-  return quantize_producer(op, qt, x.has_value() && K_plain > 0 ? *x : at::Tensor(), K_plain, gelu_x, K_gelu, K_gelu,
-                           smooth_t, false);
+  return quantize_producer(op, qt, in.x, in.K_plain, gelu_x, in.K_gelu, in.K_gelu, smooth_t, false);
+}
+
+// Gelu-cat input with the low-rank down-projection (quantize_act.h): the tile kernel reads x and
+// gelu_x in place. inv_c given: FP8 cat mode (q [M, K + W], no lowrank); else lowrank [M, r] fp32 is
+// the third output (undefined in cat mode). Ranks that are not multiples of 16 form the row with
+// torch (gelu + cat) and take quantize_act's unfused path.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const char* op, QuantType qt,
+                                                                         const std::optional<at::Tensor>& x,
+                                                                         const at::Tensor& gelu_x,
+                                                                         const std::optional<at::Tensor>& smooth,
+                                                                         const at::Tensor& lora_down,
+                                                                         const std::optional<at::Tensor>& inv_c) {
+  const GeluCatInput in = checked_gelu_cat(op, x, gelu_x);
+  const int64_t K = in.K_plain + in.K_gelu;
+  const at::Tensor smooth_t = checked_smooth(op, smooth, K, gelu_x);
+  check_tensor(op, "lora_down", lora_down, gelu_x.device(), {at::kBFloat16, at::kHalf, at::kFloat}, {-1, K});
+  const int64_t rank = lora_down.size(0);
+  if (inv_c.has_value()) check_cat_rank(op, "rows of lora_down", rank, *inv_c, gelu_x.device());
+  check_arch(op, gelu_x.device());
+  if (rank == 0 || rank % 16 != 0) {
+    c10::cuda::CUDAGuard guard(gelu_x.device());
+    const at::Tensor g = at::gelu(gelu_x, "tanh");
+    const at::Tensor row = in.x.defined() ? at::cat({in.x, g}, 1) : g;
+    return quantize_act(op, qt, row, smooth, lora_down);
+  }
+
+  c10::cuda::CUDAGuard guard(gelu_x.device());
+  const at::Tensor g = aligned16(gelu_x);
+  const at::Tensor xp = in.x.defined() ? aligned16(in.x) : at::Tensor();
+  const int64_t width = inv_c.has_value() ? lowrank_cat_width(static_cast<int>(rank)) : 0;
+  auto q = at::empty({in.M, K + width}, g.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
+  auto scale = at::empty({in.M}, g.options().dtype(at::kFloat));
+  at::Tensor lowrank;
+  if (!inv_c.has_value()) lowrank = at::empty({in.M, rank}, g.options().dtype(at::kFloat));
+  if (in.M == 0) return {q, scale, lowrank};  // (empty tensors may have null data pointers)
+  const at::Tensor down = down_for_kernel(lora_down);
+  QuantizeActParams p{};
+  p.x = xp.defined() ? xp.data_ptr() : nullptr;
+  p.ldx = in.K_plain;
+  p.x_type = float_type(op, "gelu_x", g.scalar_type());
+  p.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
+  p.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : p.x_type;
+  p.q = q.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.M = in.M;
+  p.K = K;
+  p.q_type = qt;
+  p.sm_count = device_arch(g.device()).sm_count;
+  p.lora_down = down.data_ptr();
+  p.rank = static_cast<int>(rank);
+  if (inv_c.has_value()) {
+    p.lowrank_inv_c = inv_c->data_ptr<float>();
+  } else {
+    p.lowrank = lowrank.data_ptr<float>();
+  }
+  p.gelu_x = g.data_ptr();
+  p.ld_gelu = in.K_gelu;
+  p.K_gelu = in.K_gelu;
+  launch(op, p);
+  return {q, scale, lowrank};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_int8_gelu_cat_lowrank(
+    const std::optional<at::Tensor>& x, const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth,
+    const at::Tensor& lora_down) {
+  return quantize_gelu_cat_lowrank("quantize_act_int8_gelu_cat_lowrank", QuantType::kInt8, x, gelu_x, smooth,
+                                   lora_down, std::nullopt);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_fp8_gelu_cat_lowrank(
+    const std::optional<at::Tensor>& x, const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth,
+    const at::Tensor& lora_down) {
+  return quantize_gelu_cat_lowrank("quantize_act_fp8_gelu_cat_lowrank", QuantType::kFP8E4M3, x, gelu_x, smooth,
+                                   lora_down, std::nullopt);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_gelu_cat_lowrank_cat(
+    const std::optional<at::Tensor>& x, const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth,
+    const at::Tensor& lora_down, const at::Tensor& inv_c) {
+  auto [q, scale, lowrank] = quantize_gelu_cat_lowrank("quantize_act_fp8_gelu_cat_lowrank_cat", QuantType::kFP8E4M3,
+                                                       x, gelu_x, smooth, lora_down, inv_c);
+  return {q, scale};
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_act_int8_gelu_cat(const std::optional<at::Tensor>& x, const at::Tensor& gelu_x,
@@ -335,6 +426,9 @@ TORCH_LIBRARY_IMPL(qengine, CUDA, m) {
   m.impl("quantize_act_fp8_lowrank_cat_from", &qengine::bindings::quantize_act_fp8_lowrank_cat_from);
   m.impl("quantize_act_int8_gelu_cat", &qengine::bindings::quantize_act_int8_gelu_cat);
   m.impl("quantize_act_fp8_gelu_cat", &qengine::bindings::quantize_act_fp8_gelu_cat);
+  m.impl("quantize_act_int8_gelu_cat_lowrank", &qengine::bindings::quantize_act_int8_gelu_cat_lowrank);
+  m.impl("quantize_act_fp8_gelu_cat_lowrank", &qengine::bindings::quantize_act_fp8_gelu_cat_lowrank);
+  m.impl("quantize_act_fp8_gelu_cat_lowrank_cat", &qengine::bindings::quantize_act_fp8_gelu_cat_lowrank_cat);
   m.impl("quantize_act_int8_geglu", &qengine::bindings::quantize_act_int8_geglu);
   m.impl("quantize_act_fp8_geglu", &qengine::bindings::quantize_act_fp8_geglu);
   m.impl("layer_norm_quant_int8", &qengine::bindings::layer_norm_quant_int8);

@@ -403,14 +403,40 @@ __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
   for (int e = 0; e < 8; ++e) f[e] -= __bfloat162float(__float2bfloat16_rn(f[e]));
 }
 
+// The 8 columns c .. c + 7 of a row of the quantized input: x's, or with gelu-cat input past x's
+// columns gelu_x's (a lane's 8 columns never straddle the two: both widths are multiples of 16).
+// Returns whether they are gelu_x's; the caller applies the GELU once all its loads are issued.
+template <typename T, int kAct>
+__device__ __forceinline__ bool load_cols(Cols8<T>& v, const T* __restrict__ x, int64_t ldx, const RowSource<T>& src,
+                                          int64_t row, bool ok, int64_t c) {
+  if constexpr (kAct == kActGeluCat) {
+    const int64_t plain = static_cast<int64_t>(src.nvec_plain) * Vec<T>::kN;
+    if (c >= plain) {
+      v.load(src.gelu_x, src.ld_gelu, row, ok, c - plain);
+      return true;
+    }
+  }
+  v.load(x, ldx, row, ok, c);
+  return false;
+}
+
+template <typename T>
+__device__ __forceinline__ void gelu_cols(Cols8<T>& v) {
+#pragma unroll
+  for (int j = 0; j < Cols8<T>::kVecs; ++j) gelu_in_place(v.v[j]);
+}
+
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
-template <typename T, typename S, QuantType Q, int kNT, bool kCat>
+// kAct: kActNone (rows of x) or kActGeluCat (rows [x | gelu_tanh(gelu_x)], 16-bit input; the GELU is
+// computed in both passes, which costs ALU but never writes the [M, K] rows out).
+template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kAct>
 __global__ void __launch_bounds__(kLowRankWarps * 32, 4)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
                         float* __restrict__ lowrank, const float* __restrict__ inv_c, int64_t M, int64_t K, int rank,
-                        int cat_width, int cat_terms) {
+                        int cat_width, int cat_terms, RowSource<T> src) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
+  static_assert(kAct == kActNone || (kAct == kActGeluCat && !std::is_same_v<T, float>), "gelu-cat input is 16-bit");
   constexpr int kW = kLowRankWarps;
   constexpr int kU = kLowRankUnroll;
   constexpr int kCols = kNT * 8;
@@ -438,12 +464,13 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
     for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU) {
       C8 xv[kU][2];
       uint4 dv[kU][kNT];
+      bool gl[kU];
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
-        xv[u][0].load(x, ldx, row0, ok0 && in, c);
-        xv[u][1].load(x, ldx, row1, ok1 && in, c);
+        gl[u] = load_cols<T, kAct>(xv[u][0], x, ldx, src, row0, ok0 && in, c);
+        load_cols<T, kAct>(xv[u][1], x, ldx, src, row1, ok1 && in, c);
 #pragma unroll
         for (int j = 0; j < kNT; ++j)
           dv[u][j] = in ? *reinterpret_cast<const uint4*>(down + (chunk + j * 8 + g) * K + c) : make_uint4(0, 0, 0, 0);
@@ -452,6 +479,10 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
+        if (kAct == kActGeluCat && gl[u]) {
+          gelu_cols(xv[u][0]);
+          gelu_cols(xv[u][1]);
+        }
         float f0[8], f1[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
@@ -579,38 +610,46 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   constexpr int kU2 = kLowRankUnroll2;
   for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU2) {
     C8 xv[kU2][2];
+    bool gl[kU2];
 #pragma unroll
     for (int u = 0; u < kU2; ++u) {
       const int64_t c = (s0 + u * kW) * 32 + 8 * t;
-      xv[u][0].load(x, ldx, row0, ok0 && c < K, c);
-      xv[u][1].load(x, ldx, row1, ok1 && c < K, c);
+      gl[u] = load_cols<T, kAct>(xv[u][0], x, ldx, src, row0, ok0 && c < K, c);
+      load_cols<T, kAct>(xv[u][1], x, ldx, src, row1, ok1 && c < K, c);
     }
 #pragma unroll
     for (int u = 0; u < kU2; ++u) {
       const int64_t c = (s0 + u * kW) * 32 + 8 * t;
       if (c >= K) continue;
+      if (kAct == kActGeluCat && gl[u]) {
+        gelu_cols(xv[u][0]);
+        gelu_cols(xv[u][1]);
+      }
       if (ok0) emit(xv[u][0], row0, c, fast0, div0);
       if (ok1) emit(xv[u][1], row1, c, fast1, div1);
     }
   }
 }
 
-template <typename T, typename S, QuantType Q>
+template <typename T, typename S, QuantType Q, int kAct = kActNone>
 cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
   const int64_t blocks = (p.M + 15) / 16;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  const RowSource<T> src{static_cast<const T*>(p.gelu_x), p.ld_gelu, static_cast<int>((p.K - p.K_gelu) / Vec<T>::kN)};
   auto run = [&](auto kernel) {
     kernel<<<static_cast<unsigned>(blocks), kLowRankWarps * 32, 0, stream>>>(
         static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
         static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank,
-        p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank));
+        p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank), src);
     return cudaGetLastError();
   };
   if constexpr (Q == QuantType::kFP8E4M3) {
     if (p.lowrank_inv_c != nullptr)
-      return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, true>) : run(quantize_lowrank_kernel<T, S, Q, 2, true>);
+      return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, true, kAct>)
+                              : run(quantize_lowrank_kernel<T, S, Q, 2, true, kAct>);
   }
-  return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, false>) : run(quantize_lowrank_kernel<T, S, Q, 2, false>);
+  return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, false, kAct>)
+                          : run(quantize_lowrank_kernel<T, S, Q, 2, false, kAct>);
 }
 
 template <typename T, typename S, QuantType Q>
@@ -622,6 +661,7 @@ cudaError_t dispatch_shape(const QuantizeActParams& p, cudaStream_t stream) {
   }
   if (p.K_gelu > 0) {  // [x | gelu(gelu_x)] or GEGLU (16-bit input only; valid() checked the rest)
     if constexpr (!std::is_same_v<T, float>) {
+      if (p.rank > 0) return launch_lowrank<T, S, Q, kActGeluCat>(p, stream);  // gelu-cat only (valid_gelu)
       const Config c = choose_config(p.M, p.K / Vec<T>::kN, p.sm_count);
       return p.geglu ? launch_config<T, S, Q, false, kActGeglu>(p, c, stream)
                      : launch_config<T, S, Q, false, kActGeluCat>(p, c, stream);
@@ -657,8 +697,8 @@ bool valid_gelu(const QuantizeActParams& p) {
   if (p.geglu && (p.x != nullptr || p.K_gelu != p.K || p.ld_gelu < 2 * p.K)) return false;
   return p.x_type != FloatType::kFP32 && p.K_gelu > 0 && p.K_gelu <= p.K && p.K_gelu % 16 == 0 &&
          p.gelu_x != nullptr && reinterpret_cast<uintptr_t>(p.gelu_x) % 16 == 0 && p.ld_gelu >= p.K_gelu &&
-         (p.ld_gelu * 2) % 16 == 0 && (p.x != nullptr || p.K_gelu == p.K) && p.rank == 0 &&
-         p.lowrank_inv_c == nullptr && p.lowrank_in == nullptr;
+         (p.ld_gelu * 2) % 16 == 0 && (p.x != nullptr || p.K_gelu == p.K) && p.lowrank_in == nullptr &&
+         (!p.geglu || (p.rank == 0 && p.lowrank_inv_c == nullptr));
 }
 
 bool valid(const QuantizeActParams& p) {

@@ -17,8 +17,9 @@ compiled SDXL step the GEGLU pass and the quantize pass that read it took ~1 ms 
 ``notes/h100_2026-11-23b``).
 The forward is replaced on the instance (the class, so its name, stays diffusers': regional
 compilation and ``_repeated_blocks`` find blocks by class name), and it falls back to the class's
-own forward wherever the fused path does not apply (no CUDA kernel for the device, fp32, a layer
-with a low-rank branch). A test runs each fused forward against the stock one, which catches a
+own forward wherever the fused path does not apply (no CUDA kernel for the device, fp32; GEGLU: a
+layer with a low-rank branch). With a low-rank branch the gelu-cat path takes the quantize kernel
+that also computes the down-projection (``quantize_act_*_gelu_cat_lowrank``). A test runs each fused forward against the stock one, which catches a
 diffusers release whose forward changed.
 """
 from __future__ import annotations
@@ -38,7 +39,10 @@ def _gelu_cat_op_built(linear: QLinear, kind: str = "gelu_cat") -> bool:
     from .. import ops
     from . import fused
 
-    return fused._has_cuda_kernel(ops.producer_quantize_op(linear.scheme, kind))
+    op = ops.producer_quantize_op(linear.scheme, kind)
+    if kind == "gelu_cat" and linear.lora_up is not None:
+        op += "_lowrank"  # the branch's variants (plain and cat) come from the same binding
+    return fused._has_cuda_kernel(op)
 
 
 def _applies(module: nn.Module, linear: nn.Module, t: torch.Tensor) -> bool:
@@ -158,7 +162,8 @@ def swap_gelu_cat_forwards(model: nn.Module, geglu: bool = False) -> int:
             linear, forward, kind = mod.net[2], _geglu_feed_forward, "geglu"
         else:
             continue
-        if not (isinstance(linear, QLinear) and linear.supports_gelu_cat()):
+        if not (isinstance(linear, QLinear)
+                and (linear.supports_gelu_cat() if kind == "gelu_cat" else linear.supports_producer_quant())):
             continue
         setattr(mod, _MARK, _gelu_cat_op_built(linear, kind))
         # A partial of a module-level function, not a bound method: it pickles (torch.save of the

@@ -63,7 +63,7 @@ def foldable_pairs(block: nn.Module) -> list[tuple[nn.LayerNorm, QLinear]]:
     if type(ff).__name__ == "FeedForward" and len(ff.net) and isinstance(getattr(ff.net[0], "proj", None), QLinear):
         pairs.append((block.norm3, ff.net[0].proj))
     return [(n, lin) for n, lin in pairs
-            if type(n) is nn.LayerNorm and isinstance(lin, QLinear) and lin.supports_gelu_cat()
+            if type(n) is nn.LayerNorm and isinstance(lin, QLinear) and lin.supports_producer_quant()
             and lin._pre_norm is None and not hasattr(n, _MARK) and tuple(n.normalized_shape) == (lin.in_features,)
             and lin.in_features % 16 == 0 and lin.in_features <= LAYER_NORM_QUANT_MAX_C]
 

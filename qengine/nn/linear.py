@@ -207,17 +207,21 @@ class QLinear(nn.Module):
     # ------------------------------------------------------------ gelu-cat input
 
     def supports_gelu_cat(self) -> bool:
-        """Whether :meth:`forward_gelu_cat` and :meth:`forward_geglu` run fused here: an
-        8-bit-activation scheme without a low-rank branch (the branch's down-projection needs the
-        activation itself), with dynamic activation scales (static ones leave the fusing to
-        torch.compile)."""
-        return (ops.supports_gelu_cat(self.scheme) and self.lora_up is None and self._w_cat is None
-                and self.input_scale is None)
+        """Whether :meth:`forward_gelu_cat` runs fused here: an 8-bit-activation scheme with dynamic
+        activation scales (static ones leave the fusing to torch.compile). A low-rank branch is
+        fine: the quantize kernel computes its down-projection from the rows it reads in place."""
+        return ops.supports_gelu_cat(self.scheme) and self.input_scale is None
+
+    def supports_producer_quant(self) -> bool:
+        """Whether the GEGLU and LayerNorm producer-fused quantizations run here: as
+        :meth:`supports_gelu_cat`, without a low-rank branch (those kernels have no down-projection)."""
+        return self.supports_gelu_cat() and self.lora_up is None and self._w_cat is None
 
     def forward_gelu_cat(self, x: torch.Tensor | None, gelu_x: torch.Tensor) -> torch.Tensor:
         """``self(torch.cat([x, gelu_tanh(gelu_x)], -1))`` (``x`` may be None: ``self(gelu(gelu_x))``)
         without forming the GELU output or the concatenation: the quantize kernel reads both inputs
-        in place (``ops.quantize_act_gelu_cat``). Same result as the unfused call, bit for bit.
+        in place (``ops.quantize_act_gelu_cat``; with a low-rank branch the ``_lowrank`` variants,
+        which also compute the down-projection). Same result as the unfused call, bit for bit.
         FLUX's single blocks (proj_out of [attention | GELU MLP]) and GELU feed-forwards use it."""
         kx = 0 if x is None else x.shape[-1]
         if kx + gelu_x.shape[-1] != self.in_features:
@@ -227,14 +231,28 @@ class QLinear(nn.Module):
             raise ValueError(f"QLinear.forward_gelu_cat: x {tuple(x.shape)} {x.dtype} and gelu_x "
                              f"{tuple(gelu_x.shape)} {gelu_x.dtype} must share leading dims and dtype")
         if not (self.supports_gelu_cat() and gelu_x.dtype in fused._FUSED_DTYPES
-                and kx % 16 == 0 and gelu_x.shape[-1] % 16 == 0):
+                and kx % 16 == 0 and gelu_x.shape[-1] % 16 == 0
+                and not (self._w_cat is not None and self.lowrank_cat_down == "matmul")):
             g = torch.nn.functional.gelu(gelu_x, approximate="tanh")
             return self(g if x is None else torch.cat([x, g], dim=-1))
         lead = gelu_x.shape[:-1]
         g2 = gelu_x.reshape(-1, gelu_x.shape[-1]).contiguous()
         x2 = None if x is None else x.reshape(-1, kx).contiguous()
-        q, scale = ops.quantize_act_gelu_cat(x2, g2, self.scheme, self.smooth, backend=self._quantize_backend())
-        return self._gemm_quantized(q, scale, lead, gelu_x.dtype)
+        qbackend = self._quantize_backend()
+        if self._w_cat is not None:  # the branch rides in the FP8 GEMM's K
+            q, scale = ops.quantize_act_gelu_cat_lowrank_cat(x2, g2, self.smooth, self.lora_down, self._lowrank_inv_c,
+                                                             backend=qbackend)
+            w, lowrank_act, up = self._w_cat, None, None
+        elif self.lora_up is not None:
+            q, scale, lowrank_act = ops.quantize_act_gelu_cat_lowrank(x2, g2, self.scheme, self.smooth, self.lora_down,
+                                                                      backend=qbackend)
+            w, up = self.weight, self.lora_up
+        else:
+            q, scale = ops.quantize_act_gelu_cat(x2, g2, self.scheme, self.smooth, backend=qbackend)
+            return self._gemm_quantized(q, scale, lead, gelu_x.dtype)
+        y = ops.gemm(self.scheme, q, scale, w, self.weight_scale, self.bias, lowrank_act, up, out_dtype=gelu_x.dtype,
+                     backend=self.backend)
+        return y.reshape(*lead, self.out_features)
 
     def forward_geglu(self, proj: torch.Tensor) -> torch.Tensor:
         """``self(h * F.gelu(gate))`` with ``h, gate = proj.chunk(2, -1)`` (diffusers' ``GEGLU``
@@ -244,7 +262,7 @@ class QLinear(nn.Module):
         if proj.shape[-1] != 2 * self.in_features:
             raise ValueError(f"QLinear.forward_geglu: proj must have 2 * in_features = {2 * self.in_features} columns, "
                              f"got shape {tuple(proj.shape)}")
-        if not (self.supports_gelu_cat() and proj.dtype in fused._FUSED_DTYPES):
+        if not (self.supports_producer_quant() and proj.dtype in fused._FUSED_DTYPES):
             h, gate = proj.chunk(2, dim=-1)
             return self(h * torch.nn.functional.gelu(gate))
         lead = proj.shape[:-1]

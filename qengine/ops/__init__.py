@@ -106,6 +106,22 @@ def quantize_act_gelu_cat(x: torch.Tensor | None, gelu_x: torch.Tensor, scheme: 
     return _resolve(op, backend)(x, gelu_x, smooth)
 
 
+def quantize_act_gelu_cat_lowrank(x: torch.Tensor | None, gelu_x: torch.Tensor, scheme: Scheme,
+                                  smooth: torch.Tensor | None, lora_down: torch.Tensor, backend: str = "auto"):
+    """:func:`quantize_act_gelu_cat` with the low-rank down-projection of the same rows:
+    ``(q, scale, lowrank_act [M, r] f32)``, equal to :func:`quantize_act` of the concatenation with
+    ``lora_down``."""
+    op = producer_quantize_op(scheme, "gelu_cat", "quantize_act_gelu_cat_lowrank") + "_lowrank"
+    return _resolve(op, backend)(x, gelu_x, smooth, lora_down)
+
+
+def quantize_act_gelu_cat_lowrank_cat(x: torch.Tensor | None, gelu_x: torch.Tensor, smooth: torch.Tensor | None,
+                                      lora_down: torch.Tensor, inv_c: torch.Tensor, backend: str = "auto"):
+    """:func:`quantize_act_lowrank_cat` of the rows ``cat([x, gelu_tanh(gelu_x)], 1)`` without forming
+    them: ``(q [M, K + W], scale [M])`` (FP8)."""
+    return _resolve("quantize_act_fp8_gelu_cat_lowrank_cat", backend)(x, gelu_x, smooth, lora_down, inv_c)
+
+
 def quantize_act_geglu(proj: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = None,
                        backend: str = "auto"):
     """Quantize the rows ``h * gelu(gate)`` (``[h | gate] = proj [M, 2K]``, diffusers' GEGLU) for

@@ -19,6 +19,7 @@ from . import reference_norms as ref_norms
 _GEMM_ARGS = ("Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias, Tensor? lowrank_act, "
               "Tensor? lora_up, ScalarType out_dtype) -> Tensor")
 _QUANT_ARGS = "(Tensor x, Tensor? smooth, Tensor? lora_down) -> (Tensor, Tensor, Tensor)"
+_GELU_CAT_LOWRANK_ARGS = "(Tensor? x, Tensor gelu_x, Tensor? smooth, Tensor lora_down) -> (Tensor, Tensor, Tensor)"
 _CONV_ARGS = ("(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor? x_scale, int[2] stride, int[2] padding, "
               "int[2] dilation, Tensor? x2=None, Tensor? x2_scale=None, Tensor? residual=None, "
               "ScalarType? out_dtype=None) -> Tensor")
@@ -32,6 +33,10 @@ SCHEMAS: dict[str, str] = {
     "quantize_act_fp8_lowrank_cat_from": "(Tensor x, Tensor? smooth, Tensor lowrank, Tensor inv_c) -> (Tensor, Tensor)",
     "quantize_act_int8_gelu_cat": "(Tensor? x, Tensor gelu_x, Tensor? smooth) -> (Tensor, Tensor)",
     "quantize_act_fp8_gelu_cat": "(Tensor? x, Tensor gelu_x, Tensor? smooth) -> (Tensor, Tensor)",
+    "quantize_act_int8_gelu_cat_lowrank": _GELU_CAT_LOWRANK_ARGS,
+    "quantize_act_fp8_gelu_cat_lowrank": _GELU_CAT_LOWRANK_ARGS,
+    "quantize_act_fp8_gelu_cat_lowrank_cat": ("(Tensor? x, Tensor gelu_x, Tensor? smooth, Tensor lora_down, "
+                                              "Tensor inv_c) -> (Tensor, Tensor)"),
     "quantize_act_int8_geglu": "(Tensor proj, Tensor? smooth) -> (Tensor, Tensor)",
     "quantize_act_fp8_geglu": "(Tensor proj, Tensor? smooth) -> (Tensor, Tensor)",
     "layer_norm_quant_int8": "(Tensor x, Tensor? weight, Tensor? bias, float eps, Tensor? smooth) -> (Tensor, Tensor)",
@@ -121,6 +126,29 @@ def _fake_quantize_gelu_cat(op, q_dtype):
 
 for _name, _qdtype in (("quantize_act_int8_gelu_cat", torch.int8), ("quantize_act_fp8_gelu_cat", torch.float8_e4m3fn)):
     torch.library.register_fake(f"qengine::{_name}", _fake_quantize_gelu_cat(_name, _qdtype), lib=_lib)
+
+
+def _fake_quantize_gelu_cat_lowrank(op, q_dtype):
+    def fake(x, gelu_x, smooth, lora_down):
+        m, k, r = ref.check_quantize_gelu_cat_lowrank_args(op, x, gelu_x, smooth, lora_down)
+        return (gelu_x.new_empty(m, k, dtype=q_dtype), gelu_x.new_empty(m, dtype=torch.float32),
+                gelu_x.new_empty(m, r, dtype=torch.float32))
+    return fake
+
+
+for _name, _qdtype in (("quantize_act_int8_gelu_cat_lowrank", torch.int8),
+                       ("quantize_act_fp8_gelu_cat_lowrank", torch.float8_e4m3fn)):
+    torch.library.register_fake(f"qengine::{_name}", _fake_quantize_gelu_cat_lowrank(_name, _qdtype), lib=_lib)
+
+
+def _fake_gelu_cat_lowrank_cat(x, gelu_x, smooth, lora_down, inv_c):
+    m, k, r = ref.check_quantize_gelu_cat_lowrank_args("quantize_act_fp8_gelu_cat_lowrank_cat", x, gelu_x, smooth,
+                                                       lora_down, inv_c)
+    return (gelu_x.new_empty(m, k + lowrank_cat_layout(r)[1], dtype=torch.float8_e4m3fn),
+            gelu_x.new_empty(m, dtype=torch.float32))
+
+
+torch.library.register_fake("qengine::quantize_act_fp8_gelu_cat_lowrank_cat", _fake_gelu_cat_lowrank_cat, lib=_lib)
 
 
 def _fake_quantize_geglu(op, q_dtype):

@@ -17,6 +17,10 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
   quantize_act_{int8,fp8}_gelu_cat(x [M,Kx]?, gelu_x [M,Kg], smooth [Kx+Kg]?)
       -> q [M,Kx+Kg], scale [M]: quantize_act_* of cat([x, gelu_tanh(gelu_x)]) (16-bit inputs; the
          CUDA kernel reads both in place, e.g. FLUX's attention output and proj_mlp's pre-activation)
+  quantize_act_{int8,fp8}_gelu_cat_lowrank(x [M,Kx]?, gelu_x [M,Kg], smooth?, lora_down [r,Kx+Kg])
+      -> q, scale, lowrank_act [M,r] f32: quantize_act_* of the same rows with lora_down
+  quantize_act_fp8_gelu_cat_lowrank_cat(x [M,Kx]?, gelu_x [M,Kg], smooth?, lora_down [r,K], inv_c [r])
+      -> q [M,K+W], scale [M]: quantize_act_fp8_lowrank_cat of the same rows
   quantize_act_{int8,fp8}_geglu(proj [M,2K], smooth [K]?)
       -> q [M,K], scale [M]: quantize_act_* of h * gelu(gate), [h | gate] = proj (diffusers' GEGLU,
          erf GELU, each step rounded to proj's 16-bit dtype; the CUDA kernel never writes it out)
@@ -152,6 +156,45 @@ def quantize_act_int8_gelu_cat(x, gelu_x, smooth=None):
 def quantize_act_fp8_gelu_cat(x, gelu_x, smooth=None):
     check_quantize_gelu_cat_args("quantize_act_fp8_gelu_cat", x, gelu_x, smooth)
     return quantize_rows(_smoothed(gelu_cat_input(x, gelu_x), smooth), Format.FP8_E4M3)
+
+
+def check_quantize_gelu_cat_lowrank_args(op, x, gelu_x, smooth, lora_down, inv_c=None):
+    """Validate a gelu-cat quantization with the low-rank down-projection (metadata only); returns
+    ``(M, K, r)``. ``inv_c`` given: the FP8 low-rank-cat variant's rank rules apply."""
+    m, k = check_quantize_gelu_cat_args(op, x, gelu_x, smooth)
+    checks.check_tensor(op, "lora_down", lora_down, dtypes=FLOAT_ACT_DTYPES, shape=(None, k), device=gelu_x.device)
+    r = lora_down.shape[0]
+    if inv_c is not None:
+        _check_cat_rank(op, "rows of lora_down", r, inv_c, gelu_x.device)
+    return m, k, r
+
+
+def _gelu_cat_lowrank(op, x, gelu_x, smooth, lora_down, fmt):
+    check_quantize_gelu_cat_lowrank_args(op, x, gelu_x, smooth, lora_down)
+    xf = _smoothed(gelu_cat_input(x, gelu_x), smooth)
+    q, scale = quantize_rows(xf, fmt)
+    return q, scale, xf @ lora_down.float().t()
+
+
+def quantize_act_int8_gelu_cat_lowrank(x, gelu_x, smooth, lora_down):
+    """:func:`quantize_act_int8_gelu_cat` plus the low-rank down-projection of the same rows:
+    ``(q, scale, lowrank_act [M, r] f32)``, equal to ``quantize_act_int8`` of the concatenation
+    with ``lora_down`` (the CUDA kernel reads x and gelu_x in place in both of its passes)."""
+    return _gelu_cat_lowrank("quantize_act_int8_gelu_cat_lowrank", x, gelu_x, smooth, lora_down, Format.INT8)
+
+
+def quantize_act_fp8_gelu_cat_lowrank(x, gelu_x, smooth, lora_down):
+    """The FP8 twin of :func:`quantize_act_int8_gelu_cat_lowrank`."""
+    return _gelu_cat_lowrank("quantize_act_fp8_gelu_cat_lowrank", x, gelu_x, smooth, lora_down, Format.FP8_E4M3)
+
+
+def quantize_act_fp8_gelu_cat_lowrank_cat(x, gelu_x, smooth, lora_down, inv_c):
+    """:func:`quantize_act_fp8_lowrank_cat` of the rows ``cat([x, gelu_tanh(gelu_x)], 1)``, read in
+    place: ``(q [M, K + W], scale [M])``."""
+    op = "quantize_act_fp8_gelu_cat_lowrank_cat"
+    check_quantize_gelu_cat_lowrank_args(op, x, gelu_x, smooth, lora_down, inv_c)
+    xf = _smoothed(gelu_cat_input(x, gelu_x), smooth)
+    return lowrank_cat_quantize(xf, xf @ lora_down.float().t(), inv_c)
 
 
 def check_quantize_geglu_args(op, proj, smooth):

@@ -8,6 +8,9 @@
   scheme it serves, with CUDA graph capture and torch.compile(fullgraph=True).
 - A FLUX transformer (two blocks, real head size) quantized on CUDA gives the same output with
   the gelu-cat forwards as without them.
+- The `_lowrank` variants (lora_down; FP8 cat mode too) equal the tile kernel on the concatenated
+  row, bit for bit (q, scale and lowrank_act), and QLinear.forward_gelu_cat with a branch equals
+  the unfused call (graphs, compile, a FLUX model with W4A8 + rank 16).
 - opcheck, and clear errors for bad input.
 
 Skipped, with the reason, where there is no CUDA GPU or qengine._C lacks the kernels.
@@ -205,3 +208,173 @@ def test_bad_inputs():
         op(x, torch.cat([g, g], 1)[:, ::2], None)
     with pytest.raises(ValueError, match="CUDA tensor"):
         op(x.cpu(), g, None)
+
+
+# ---------------------------------------------------------------- with the low-rank down-projection
+
+LOWRANK_OPS = {"fp8": "quantize_act_fp8_gelu_cat_lowrank", "int8": "quantize_act_int8_gelu_cat_lowrank"}
+
+
+def lora_down(rank, k, seed=0):
+    gen = torch.Generator(device=DEV).manual_seed(seed + 101)
+    return (torch.randn(rank, k, device=DEV, generator=gen) / k ** 0.5).bfloat16()
+
+
+def concatenated(x, g):
+    row = F.gelu(g, approximate="tanh")
+    return row if x is None else torch.cat([x, row], dim=1)
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,kx,kg,rank", [(1, 16, 16, 16), (7, 0, 64, 32), (33, 48, 80, 48), (130, 3072, 12288, 32),
+                                          (64, 0, 12288, 32), (5, 320, 1280, 64), (17, 16, 4080, 128)])
+@pytest.mark.parametrize("smooth_kind", [None, "same", "fp32"])
+def test_lowrank_equals_the_concatenated_row(fmt, dtype, m, kx, kg, rank, smooth_kind):
+    """The gelu-cat kernel with lora_down reads x and gelu_x in place and gives what the tile kernel
+    gives for the concatenated row (torch's GELU): q, scale and lowrank_act equal, bit for bit."""
+    x, g = inputs(m, kx, kg, dtype, seed=m + kx + rank)
+    smooth = None
+    if smooth_kind is not None:
+        gen = torch.Generator(device=DEV).manual_seed(13)
+        smooth = (torch.rand(kx + kg, device=DEV, generator=gen) * 4 + 0.25)
+        smooth = smooth.to(dtype if smooth_kind == "same" else torch.float32)
+    down = lora_down(rank, kx + kg, seed=m)
+    q, s, lr = getattr(Q, LOWRANK_OPS[fmt])(x, g, smooth, down)
+    eq, es, elr = getattr(Q, f"quantize_act_{fmt}")(concatenated(x, g), smooth, down)
+    assert lr.shape == (m, rank) and lr.dtype == torch.float32
+    assert torch.equal(s, es)
+    assert torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
+    assert torch.equal(lr, elr)
+    # and the q / scale of the plain gelu-cat kernel (the branch does not change the quantization)
+    pq, ps = getattr(Q, OPS[fmt])(x, g, smooth)
+    assert torch.equal(s, ps) and torch.equal(q.view(torch.uint8), pq.view(torch.uint8))
+
+
+@pytest.mark.parametrize("m,kx,kg,rank", [(9, 64, 192, 16), (130, 3072, 12288, 32), (40, 0, 1024, 256)])
+def test_lowrank_cat_equals_the_concatenated_row(m, kx, kg, rank):
+    x, g = inputs(m, kx, kg, torch.bfloat16, seed=rank)
+    down = lora_down(rank, kx + kg, seed=rank)
+    inv_c = torch.rand(rank, device=DEV) * 4 + 0.5
+    q, s = Q.quantize_act_fp8_gelu_cat_lowrank_cat(x, g, None, down, inv_c)
+    eq, es = Q.quantize_act_fp8_lowrank_cat(concatenated(x, g), None, down, inv_c)
+    assert q.shape == eq.shape
+    assert torch.equal(s, es)
+    assert torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
+
+
+def test_lowrank_other_ranks_and_empty_input():
+    x, g = inputs(12, 32, 96, torch.bfloat16)
+    for rank in (8, 24):  # not multiples of 16: the binding forms the row and takes the unfused product
+        down = lora_down(rank, 128)
+        q, s, lr = Q.quantize_act_int8_gelu_cat_lowrank(x, g, None, down)
+        eq, es, elr = Q.quantize_act_int8(concatenated(x, g), None, down)
+        assert torch.equal(s, es) and torch.equal(q, eq) and torch.equal(lr, elr)
+    q, s, lr = Q.quantize_act_fp8_gelu_cat_lowrank(x[:0], g[:0], None, lora_down(32, 128))
+    assert q.shape == (0, 128) and s.shape == (0,) and lr.shape == (0, 32)
+
+
+LOWRANK_SCHEMES = [("w8a8-fp8", True), ("w8a8-fp8", False), ("w8a8-int8", False), ("w4a8", False)]
+
+
+@pytest.mark.parametrize("scheme,cat", LOWRANK_SCHEMES)
+@pytest.mark.parametrize("kx,smooth", [(256, False), (0, False), (256, True)])
+def test_qlinear_lowrank_forward_gelu_cat_equals_unfused(scheme, cat, kx, smooth):
+    kg = 1024
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(kx + kg, 512).to(DEV, torch.bfloat16)
+    s = torch.rand(kx + kg, device=DEV).bfloat16() + 0.5 if smooth else None
+    q = QLinear.from_float(lin, LayerQuantConfig(scheme=scheme, rank=32), smooth=s)
+    if cat:
+        assert q.enable_lowrank_cat()
+    assert q.supports_gelu_cat() and not q.supports_producer_quant()
+    x, g = inputs(77, kx, kg, torch.bfloat16, seed=9)
+    x3 = None if x is None else x.reshape(7, 11, kx)
+    g3 = g.reshape(7, 11, kg)
+    gelu = F.gelu(g3, approximate="tanh")
+    expect = q(gelu if x3 is None else torch.cat([x3, gelu], -1))
+    assert torch.equal(q.forward_gelu_cat(x3, g3), expect)
+
+
+@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                    reason="graph capture needs the caching allocator (cudaMalloc is illegal while capturing)")
+def test_lowrank_cuda_graph_and_compile():
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(512, 256).to(DEV, torch.bfloat16)
+    q = QLinear.from_float(lin, LayerQuantConfig(scheme="w4a8", rank=32))
+    x, g = inputs(64, 128, 384, torch.bfloat16)
+    static = torch.cat([x, g], 1)
+
+    def fn(t):
+        return q.forward_gelu_cat(t[:, :128].contiguous(), t[:, 128:].contiguous())
+
+    def make_x(seed):
+        a, b = inputs(64, 128, 384, torch.bfloat16, seed=seed + 1)
+        return torch.cat([a, b], 1)
+    assert_replays_equal_eager(fn, static, make_x)
+    compiled = torch.compile(q.forward_gelu_cat, fullgraph=True)
+    assert torch.equal(compiled(x, g), q.forward_gelu_cat(x, g))
+
+
+def test_flux_blocks_lowrank_fused_equal_stock():
+    """As test_flux_blocks_fused_equal_stock, with W4A8 + a rank-16 branch: the swapped forwards take
+    the down-projecting gelu-cat kernel and give the stock output."""
+    diffusers = pytest.importorskip("diffusers")
+    import qengine
+
+    torch.manual_seed(0)
+    model = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=128,
+        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56)).to(DEV, torch.bfloat16).eval()
+    qengine.quantize(model, qengine.QuantConfig.preset("w4a8", rank=16))
+    swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
+    assert len(swapped) == 3 and all(getattr(m, "_qengine_gelu_cat") for m in swapped)
+    gen = torch.Generator(device=DEV).manual_seed(1)
+    n_img, n_txt = 64, 16
+    inp = dict(hidden_states=torch.randn(1, n_img, 16, device=DEV, generator=gen).bfloat16(),
+               encoder_hidden_states=torch.randn(1, n_txt, 64, device=DEV, generator=gen).bfloat16(),
+               pooled_projections=torch.randn(1, 32, device=DEV, generator=gen).bfloat16(),
+               timestep=torch.tensor([0.5], device=DEV), guidance=torch.tensor([3.5], device=DEV),
+               img_ids=torch.zeros(n_img, 3, device=DEV), txt_ids=torch.zeros(n_txt, 3, device=DEV))
+    calls = []
+    real = Q.quantize_act_int8_gelu_cat_lowrank
+
+    import unittest.mock as mock
+
+    with torch.no_grad():
+        with mock.patch.object(Q, "quantize_act_int8_gelu_cat_lowrank", lambda *a: calls.append(1) or real(*a)):
+            out = model(**inp)[0]
+        for m in swapped:
+            del m.forward
+        expect = model(**inp)[0]
+    assert len(calls) == 3
+    assert torch.isfinite(expect).all()
+    assert torch.equal(out, expect)
+
+
+def test_lowrank_opcheck():
+    x, g = inputs(33, 64, 128, torch.bfloat16)
+    s = torch.rand(192, device=DEV).bfloat16() + 0.5
+    down = lora_down(32, 192)
+    for op in LOWRANK_OPS.values():
+        torch.library.opcheck(getattr(Q, op).default, (x, g, s, down))
+        torch.library.opcheck(getattr(Q, op).default, (None, g, None, down[:, 64:].contiguous()))
+    inv_c = torch.rand(32, device=DEV) + 0.5
+    torch.library.opcheck(Q.quantize_act_fp8_gelu_cat_lowrank_cat.default, (x, g, s, down, inv_c))
+
+
+def test_lowrank_bad_inputs():
+    x, g = inputs(8, 64, 128, torch.bfloat16)
+    down = lora_down(16, 192)
+    op = Q.quantize_act_int8_gelu_cat_lowrank
+    with pytest.raises(ValueError, match=r"lora_down must have shape \[\*, 192\]"):
+        op(x, g, None, down[:, :128].contiguous())
+    with pytest.raises(ValueError, match="lora_down must be a CUDA tensor"):
+        op(x, g, None, down.cpu())
+    with pytest.raises(ValueError, match="multiples of 16"):
+        op(x, g[:, :40].contiguous(), None, down)
+    with pytest.raises(ValueError, match="multiple of 16 in 16..256"):
+        Q.quantize_act_fp8_gelu_cat_lowrank_cat(x, g, None, down[:8].contiguous(), torch.ones(8, device=DEV))
+    with pytest.raises(ValueError, match=r"inv_c must have shape \[16\]"):
+        Q.quantize_act_fp8_gelu_cat_lowrank_cat(x, g, None, down, torch.ones(8, device=DEV))

@@ -30,13 +30,16 @@
 // is not written (may be nullptr). q and scale are bit-exact with the reference given the same
 // lowrank values; lowrank itself carries the tensor-core rounding above.
 //
-// Gelu-cat input (16-bit x, no low-rank; K_gelu > 0): the row that is quantized is
+// Gelu-cat input (16-bit x; K_gelu > 0): the row that is quantized is
 //   [x[m, :K - K_gelu] | gelu_tanh(gelu_x[m, :K_gelu])]
 // read from the two tensors in place (never concatenated in memory), with gelu_tanh computed as
 // PyTorch's CUDA gelu(approximate="tanh") does (fp32: 0.5 x (1 + tanh(b (x + k x^3)))) and rounded
 // to x_type, so the result is bit-exact with quantizing torch.cat([x, F.gelu(g, "tanh")], -1).
 // FLUX's single blocks feed proj_out with cat(attention output, gelu(proj_mlp(.))): this reads
-// both once instead of writing and re-reading the concatenation.
+// both once instead of writing and re-reading the concatenation. With a low-rank down-projection
+// (rank > 0, plain or cat mode) the tile kernel reads the row the same way in both of its passes
+// (computing the GELU in each), so q, scale and lowrank equal those of the concatenated row, bit for
+// bit; only GEGLU input has no low-rank path.
 //
 // GEGLU input (geglu = true; 16-bit, no low-rank): the row quantized is
 //   h[m, k] * gelu_erf(gate[m, k]),   h = gelu_x[m, :K], gate = gelu_x[m, K:2K]
