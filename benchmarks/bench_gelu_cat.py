@@ -3,7 +3,10 @@
 A FLUX layer that takes GELU output (a single block's proj_out takes [attention | gelu(mlp)], a
 feed-forward's output layer gelu(proj)) and has a low-rank branch used to run ``F.gelu``, then
 ``torch.cat``, then the quantize kernel with lora_down: three kernels and two [M, K] round trips.
-``quantize_act_*_gelu_cat_lowrank`` (and the FP8 cat-mode twin) read x and gelu_x in place.
+``quantize_act_*_gelu_cat_lowrank`` (and the FP8 cat-mode twin) run torch's GELU, then the tile
+kernel reads [x | GELU] in place: the concatenation is gone (single blocks), the GELU pass stays.
+(A first version computed the GELU in both of the tile kernel's passes: slower than unfused,
+notes/h100_2026-11-24d call 1.)
 
 Per shape and format, timed interleaved (``bench_gemm.time_ops``, CUDA graphs, operands rotated past
 L2), medians:

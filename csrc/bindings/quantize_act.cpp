@@ -239,10 +239,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_gelu_cat(const char* op, QuantType q
   return quantize_producer(op, qt, in.x, in.K_plain, gelu_x, in.K_gelu, in.K_gelu, smooth_t, false);
 }
 
-// Gelu-cat input with the low-rank down-projection (quantize_act.h): the tile kernel reads x and
-// gelu_x in place. inv_c given: FP8 cat mode (q [M, K + W], no lowrank); else lowrank [M, r] fp32 is
-// the third output (undefined in cat mode). Ranks that are not multiples of 16 form the row with
-// torch (gelu + cat) and take quantize_act's unfused path.
+// Gelu-cat input with the low-rank down-projection: torch's GELU of gelu_x, then the tile kernel
+// reads [x | gelu] in place as a two-part row (quantize_act.h says why the GELU is not in the
+// kernel). inv_c given: FP8 cat mode (q [M, K + W], no lowrank); else lowrank [M, r] fp32 is the
+// third output (undefined in cat mode). Ranks that are not multiples of 16 concatenate with torch
+// and take quantize_act's unfused path.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const char* op, QuantType qt,
                                                                          const std::optional<at::Tensor>& x,
                                                                          const at::Tensor& gelu_x,
@@ -264,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
   }
 
   c10::cuda::CUDAGuard guard(gelu_x.device());
-  const at::Tensor g = aligned16(gelu_x);
+  const at::Tensor g = at::gelu(gelu_x, "tanh");  // contiguous, fresh: 16-byte aligned
   const at::Tensor xp = in.x.defined() ? aligned16(in.x) : at::Tensor();
   const int64_t width = inv_c.has_value() ? lowrank_cat_width(static_cast<int>(rank)) : 0;
   auto q = at::empty({in.M, K + width}, g.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
@@ -292,9 +293,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
   } else {
     p.lowrank = lowrank.data_ptr<float>();
   }
-  p.gelu_x = g.data_ptr();
-  p.ld_gelu = in.K_gelu;
-  p.K_gelu = in.K_gelu;
+  p.x2 = g.data_ptr();
+  p.ld_x2 = in.K_gelu;
+  p.K_x2 = in.K_gelu;
   launch(op, p);
   return {q, scale, lowrank};
 }

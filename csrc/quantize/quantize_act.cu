@@ -334,7 +334,7 @@ Config choose_config(int64_t M, int64_t nvec, int sm_count) {
 // lowrank = xs @ lora_down^T is a [M,K]x[K,r] product: on CUDA cores it would cost more issue
 // slots than the quantization itself (r FMAs + r weight loads per element), so it runs on tensor
 // cores (mma.sync m16n8k16 bf16 -> fp32), which needs tiles of 16 rows. A block owns 16 rows;
-// warp w of kLowRankWarps owns the 32-column slots s = w, w + kLowRankWarps, ... In a slot, lane
+// warp w of kW owns the 32-column slots s = w, w + kW, ... In a slot, lane
 // (g = lane / 4, t = lane % 4) loads the 8 consecutive columns 32 s + 8 t .. + 7 of rows g and
 // g + 8: one 16-byte vector per row (16-bit input). Read as mma operands, these registers are the
 // A fragments of two m16n8k16 MMAs whose k index is a fixed permutation of the slot's 32 columns
@@ -349,8 +349,8 @@ Config choose_config(int64_t M, int64_t nvec, int sm_count) {
 // 288 row tiles of M = 4608 needed 1.09 waves and each SM held only ~2 tiles, so the kernel ran
 // near the latency of one tile's two passes (2.3x the row kernel). 4 warps per block and
 // <= 128 registers let all tiles of the FLUX shapes be resident at once (4 blocks per SM), and
-// pass 2 (loads only) keeps 4 slots of loads in flight instead of 2.
-constexpr int kLowRankWarps = 4;
+// pass 2 (loads only) keeps 4 slots of loads in flight instead of 2. Fewer tiles than that
+// (launch_lowrank) get 8 or 16 warps per block.
 constexpr int kLowRankUnroll = 2;   // slots of loads in flight per warp in pass 1 (x + lora_down)
 constexpr int kLowRankUnroll2 = 4;  // the same in pass 2 (x only)
 
@@ -403,41 +403,33 @@ __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
   for (int e = 0; e < 8; ++e) f[e] -= __bfloat162float(__float2bfloat16_rn(f[e]));
 }
 
-// The 8 columns c .. c + 7 of a row of the quantized input: x's, or with gelu-cat input past x's
-// columns gelu_x's (a lane's 8 columns never straddle the two: both widths are multiples of 16).
-// Returns whether they are gelu_x's; the caller applies the GELU once all its loads are issued.
-template <typename T, int kAct>
-__device__ __forceinline__ bool load_cols(Cols8<T>& v, const T* __restrict__ x, int64_t ldx, const RowSource<T>& src,
-                                          int64_t row, bool ok, int64_t c) {
-  if constexpr (kAct == kActGeluCat) {
-    const int64_t plain = static_cast<int64_t>(src.nvec_plain) * Vec<T>::kN;
-    if (c >= plain) {
-      v.load(src.gelu_x, src.ld_gelu, row, ok, c - plain);
-      return true;
-    }
-  }
-  v.load(x, ldx, row, ok, c);
-  return false;
-}
-
+// The 8 columns c .. c + 7 of a row of the quantized input: x's, or for a two-part row past x's
+// `plain` columns those of the second part (src.gelu_x; a lane's 8 columns never straddle the two:
+// both widths are multiples of 16). One-part rows have plain = K. A run-time select, not a template
+// parameter: it costs a compare per 16-byte load and halves the kernel's instantiations.
 template <typename T>
-__device__ __forceinline__ void gelu_cols(Cols8<T>& v) {
-#pragma unroll
-  for (int j = 0; j < Cols8<T>::kVecs; ++j) gelu_in_place(v.v[j]);
+__device__ __forceinline__ void load_cols(Cols8<T>& v, const T* __restrict__ x, int64_t ldx, const RowSource<T>& src,
+                                          int64_t plain, int64_t row, bool ok, int64_t c) {
+  if (c >= plain) {
+    v.load(src.gelu_x, src.ld_gelu, row, ok, c - plain);
+  } else {
+    v.load(x, ldx, row, ok, c);
+  }
 }
 
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
-// kAct: kActNone (rows of x) or kActGeluCat (rows [x | gelu_tanh(gelu_x)], 16-bit input; the GELU is
-// computed in both passes, which costs ALU but never writes the [M, K] rows out).
-template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kAct>
-__global__ void __launch_bounds__(kLowRankWarps * 32, 4)
+// kW: warps per block, sharing the 32-column slots of the block's 16 rows (launch_lowrank: more for
+// fewer row tiles, whose blocks would otherwise run long serial chains on few SMs).
+// src: the second part of a two-part row [x | src.gelu_x] (quantize_act.h; src.nvec_plain = K / kN
+// for a one-part row).
+template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW>
+__global__ void __launch_bounds__(kW * 32, 16 / kW)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
                         float* __restrict__ lowrank, const float* __restrict__ inv_c, int64_t M, int64_t K, int rank,
                         int cat_width, int cat_terms, RowSource<T> src) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
-  static_assert(kAct == kActNone || (kAct == kActGeluCat && !std::is_same_v<T, float>), "gelu-cat input is 16-bit");
-  constexpr int kW = kLowRankWarps;
+  static_assert(kW == 4 || kW == 8 || (kW == 16 && !kCat), "4, 8 or 16 warps (the cat buffers leave room for 8)");
   constexpr int kU = kLowRankUnroll;
   constexpr int kCols = kNT * 8;
   // bf16 input without smoothing is exact in one bf16 fragment; anything else gets a lo part.
@@ -449,6 +441,7 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   const bool ok0 = row0 < M, ok1 = row1 < M;
   const int64_t nslots = (K + 31) / 32;
   const int64_t ldq = kCat ? K + cat_width : K;
+  const int64_t plain = static_cast<int64_t>(src.nvec_plain) * Vec<T>::kN;  // x's columns
   __shared__ float red_lr[kW][16][kCols + 1];
   __shared__ float red_max[kW][16];
   // Cat mode only (1-element stand-ins otherwise); +1 column: the row-max reads hit distinct banks.
@@ -464,13 +457,12 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
     for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU) {
       C8 xv[kU][2];
       uint4 dv[kU][kNT];
-      bool gl[kU];
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
-        gl[u] = load_cols<T, kAct>(xv[u][0], x, ldx, src, row0, ok0 && in, c);
-        load_cols<T, kAct>(xv[u][1], x, ldx, src, row1, ok1 && in, c);
+        load_cols<T>(xv[u][0], x, ldx, src, plain, row0, ok0 && in, c);
+        load_cols<T>(xv[u][1], x, ldx, src, plain, row1, ok1 && in, c);
 #pragma unroll
         for (int j = 0; j < kNT; ++j)
           dv[u][j] = in ? *reinterpret_cast<const uint4*>(down + (chunk + j * 8 + g) * K + c) : make_uint4(0, 0, 0, 0);
@@ -479,10 +471,6 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
-        if (kAct == kActGeluCat && gl[u]) {
-          gelu_cols(xv[u][0]);
-          gelu_cols(xv[u][1]);
-        }
         float f0[8], f1[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
@@ -551,13 +539,16 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
     red_max[warp][g + 8] = amax1;
   }
   if constexpr (kCat) {
-    // max_j |v[row, j]|: 8 consecutive lanes per row (the chunk loop's last barrier made cat_v whole).
-    const int r = threadIdx.x / 8, l = threadIdx.x % 8;
-    float m = 0.f;
-    for (int j = l; j < rank; j += 8) m = fmaxf(m, fabsf(cat_v[r][j]));
+    // max_j |v[row, j]|: 8 consecutive lanes per row, the first 4 warps (the chunk loop's last
+    // barrier made cat_v whole).
+    if (threadIdx.x < 16 * 8) {
+      const int r = threadIdx.x / 8, l = threadIdx.x % 8;
+      float m = 0.f;
+      for (int j = l; j < rank; j += 8) m = fmaxf(m, fabsf(cat_v[r][j]));
 #pragma unroll
-    for (int off = 1; off < 8; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (l == 0) cat_max[r] = m;
+      for (int off = 1; off < 8; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (l == 0) cat_max[r] = m;
+    }
   }
   __syncthreads();
 #pragma unroll
@@ -610,46 +601,60 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   constexpr int kU2 = kLowRankUnroll2;
   for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU2) {
     C8 xv[kU2][2];
-    bool gl[kU2];
 #pragma unroll
     for (int u = 0; u < kU2; ++u) {
       const int64_t c = (s0 + u * kW) * 32 + 8 * t;
-      gl[u] = load_cols<T, kAct>(xv[u][0], x, ldx, src, row0, ok0 && c < K, c);
-      load_cols<T, kAct>(xv[u][1], x, ldx, src, row1, ok1 && c < K, c);
+      load_cols<T>(xv[u][0], x, ldx, src, plain, row0, ok0 && c < K, c);
+      load_cols<T>(xv[u][1], x, ldx, src, plain, row1, ok1 && c < K, c);
     }
 #pragma unroll
     for (int u = 0; u < kU2; ++u) {
       const int64_t c = (s0 + u * kW) * 32 + 8 * t;
       if (c >= K) continue;
-      if (kAct == kActGeluCat && gl[u]) {
-        gelu_cols(xv[u][0]);
-        gelu_cols(xv[u][1]);
-      }
       if (ok0) emit(xv[u][0], row0, c, fast0, div0);
       if (ok1) emit(xv[u][1], row1, c, fast1, div1);
     }
   }
 }
 
-template <typename T, typename S, QuantType Q, int kAct = kActNone>
+// Warps per block: 4 where the row tiles fill the GPU (<= 4 blocks per SM, all resident at FLUX's
+// 4608 tokens: notes/kernels.md); with fewer tiles than two per SM, 8; with at most one per SM, 16
+// (8 in cat mode), so the few blocks split K over more warps instead of each running K / 128
+// columns per warp in a serial chain (512 tokens: 32 tiles on 132 SMs).
+template <typename T, typename S, QuantType Q>
 cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
   const int64_t blocks = (p.M + 15) / 16;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  const RowSource<T> src{static_cast<const T*>(p.gelu_x), p.ld_gelu, static_cast<int>((p.K - p.K_gelu) / Vec<T>::kN)};
-  auto run = [&](auto kernel) {
-    kernel<<<static_cast<unsigned>(blocks), kLowRankWarps * 32, 0, stream>>>(
+  const RowSource<T> src{static_cast<const T*>(p.x2), p.ld_x2, static_cast<int>((p.K - p.K_x2) / Vec<T>::kN)};
+  const int64_t sms = p.sm_count > 0 ? p.sm_count : 132;
+  const int warps = blocks <= sms ? 16 : blocks <= 2 * sms ? 8 : 4;
+  auto run = [&](auto kernel, int w) {
+    kernel<<<static_cast<unsigned>(blocks), w * 32, 0, stream>>>(
         static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
         static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank,
         p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank), src);
     return cudaGetLastError();
   };
+  // kNT 4 for ranks that are multiples of 32, else 2; fp32 input (rare: diffusers runs 16-bit) keeps
+  // 4 warps, which saves instantiations.
+  auto by_rank = [&](auto kernel32, auto kernel16, int w) { return p.rank % 32 == 0 ? run(kernel32, w) : run(kernel16, w); };
+  constexpr bool kWide = !std::is_same_v<T, float>;
   if constexpr (Q == QuantType::kFP8E4M3) {
-    if (p.lowrank_inv_c != nullptr)
-      return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, true, kAct>)
-                              : run(quantize_lowrank_kernel<T, S, Q, 2, true, kAct>);
+    if (p.lowrank_inv_c != nullptr) {
+      if constexpr (kWide) {
+        if (warps >= 8)
+          return by_rank(quantize_lowrank_kernel<T, S, Q, 4, true, 8>, quantize_lowrank_kernel<T, S, Q, 2, true, 8>, 8);
+      }
+      return by_rank(quantize_lowrank_kernel<T, S, Q, 4, true, 4>, quantize_lowrank_kernel<T, S, Q, 2, true, 4>, 4);
+    }
   }
-  return p.rank % 32 == 0 ? run(quantize_lowrank_kernel<T, S, Q, 4, false, kAct>)
-                          : run(quantize_lowrank_kernel<T, S, Q, 2, false, kAct>);
+  if constexpr (kWide) {
+    if (warps == 16)
+      return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 16>, quantize_lowrank_kernel<T, S, Q, 2, false, 16>, 16);
+    if (warps == 8)
+      return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 8>, quantize_lowrank_kernel<T, S, Q, 2, false, 8>, 8);
+  }
+  return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 4>, quantize_lowrank_kernel<T, S, Q, 2, false, 4>, 4);
 }
 
 template <typename T, typename S, QuantType Q>
@@ -661,11 +666,14 @@ cudaError_t dispatch_shape(const QuantizeActParams& p, cudaStream_t stream) {
   }
   if (p.K_gelu > 0) {  // [x | gelu(gelu_x)] or GEGLU (16-bit input only; valid() checked the rest)
     if constexpr (!std::is_same_v<T, float>) {
-      if (p.rank > 0) return launch_lowrank<T, S, Q, kActGeluCat>(p, stream);  // gelu-cat only (valid_gelu)
       const Config c = choose_config(p.M, p.K / Vec<T>::kN, p.sm_count);
       return p.geglu ? launch_config<T, S, Q, false, kActGeglu>(p, c, stream)
                      : launch_config<T, S, Q, false, kActGeluCat>(p, c, stream);
     }
+    return cudaErrorInvalidValue;
+  }
+  if (p.K_x2 > 0) {  // two-part row [x | x2] with the down-projection (16-bit only; valid() checked the rest)
+    if constexpr (!std::is_same_v<T, float>) return launch_lowrank<T, S, Q>(p, stream);
     return cudaErrorInvalidValue;
   }
   if (p.rank > 0) return launch_lowrank<T, S, Q>(p, stream);
@@ -697,14 +705,21 @@ bool valid_gelu(const QuantizeActParams& p) {
   if (p.geglu && (p.x != nullptr || p.K_gelu != p.K || p.ld_gelu < 2 * p.K)) return false;
   return p.x_type != FloatType::kFP32 && p.K_gelu > 0 && p.K_gelu <= p.K && p.K_gelu % 16 == 0 &&
          p.gelu_x != nullptr && reinterpret_cast<uintptr_t>(p.gelu_x) % 16 == 0 && p.ld_gelu >= p.K_gelu &&
-         (p.ld_gelu * 2) % 16 == 0 && (p.x != nullptr || p.K_gelu == p.K) && p.lowrank_in == nullptr &&
-         (!p.geglu || (p.rank == 0 && p.lowrank_inv_c == nullptr));
+         (p.ld_gelu * 2) % 16 == 0 && (p.x != nullptr || p.K_gelu == p.K) && p.rank == 0 &&
+         p.lowrank_inv_c == nullptr && p.lowrank_in == nullptr && p.K_x2 == 0;
+}
+
+bool valid_x2(const QuantizeActParams& p) {
+  if (p.K_x2 == 0) return p.x2 == nullptr;
+  return p.x_type != FloatType::kFP32 && p.K_x2 > 0 && p.K_x2 <= p.K && p.K_x2 % 16 == 0 && p.x2 != nullptr &&
+         reinterpret_cast<uintptr_t>(p.x2) % 16 == 0 && p.ld_x2 >= p.K_x2 && (p.ld_x2 * 2) % 16 == 0 &&
+         (p.x != nullptr || p.K_x2 == p.K) && p.rank > 0 && p.lowrank_in == nullptr && p.K_gelu == 0;
 }
 
 bool valid(const QuantizeActParams& p) {
   const int64_t elem = p.x_type == FloatType::kFP32 ? 4 : 2;
-  const int64_t plain = p.K - p.K_gelu;  // the columns read from x
-  return valid_gelu(p) && p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= plain &&
+  const int64_t plain = p.K - p.K_gelu - p.K_x2;  // the columns read from x
+  return valid_gelu(p) && valid_x2(p) && p.M >= 0 && p.K > 0 && p.K % 16 == 0 && p.K / (16 / elem) <= INT_MAX && p.ldx >= plain &&
          (p.ldx * elem) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
          (p.rank == 0 || p.lowrank_in != nullptr || (p.rank > 0 && p.rank % 16 == 0 && p.lora_down != nullptr &&

@@ -18,8 +18,9 @@ compiled SDXL step the GEGLU pass and the quantize pass that read it took ~1 ms 
 The forward is replaced on the instance (the class, so its name, stays diffusers': regional
 compilation and ``_repeated_blocks`` find blocks by class name), and it falls back to the class's
 own forward wherever the fused path does not apply (no CUDA kernel for the device, fp32; GEGLU: a
-layer with a low-rank branch). With a low-rank branch the gelu-cat path takes the quantize kernel
-that also computes the down-projection (``quantize_act_*_gelu_cat_lowrank``). A test runs each fused forward against the stock one, which catches a
+layer with a low-rank branch). With a low-rank branch the gelu-cat path runs torch's GELU, then the
+quantize kernel that also computes the down-projection reads [x | GELU] in place
+(``quantize_act_*_gelu_cat_lowrank``): the concatenation is saved, the GELU pass is not. A test runs each fused forward against the stock one, which catches a
 diffusers release whose forward changed.
 """
 from __future__ import annotations

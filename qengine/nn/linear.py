@@ -220,8 +220,10 @@ class QLinear(nn.Module):
     def forward_gelu_cat(self, x: torch.Tensor | None, gelu_x: torch.Tensor) -> torch.Tensor:
         """``self(torch.cat([x, gelu_tanh(gelu_x)], -1))`` (``x`` may be None: ``self(gelu(gelu_x))``)
         without forming the GELU output or the concatenation: the quantize kernel reads both inputs
-        in place (``ops.quantize_act_gelu_cat``; with a low-rank branch the ``_lowrank`` variants,
-        which also compute the down-projection). Same result as the unfused call, bit for bit.
+        in place (``ops.quantize_act_gelu_cat``; with a low-rank branch the ``_lowrank`` variants:
+        torch's GELU, then a quantize kernel that reads both parts in place and also computes the
+        down-projection, so only the concatenation is saved). Same result as the unfused call, bit
+        for bit.
         FLUX's single blocks (proj_out of [attention | GELU MLP]) and GELU feed-forwards use it."""
         kx = 0 if x is None else x.shape[-1]
         if kx + gelu_x.shape[-1] != self.in_features:

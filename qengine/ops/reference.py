@@ -179,7 +179,8 @@ def _gelu_cat_lowrank(op, x, gelu_x, smooth, lora_down, fmt):
 def quantize_act_int8_gelu_cat_lowrank(x, gelu_x, smooth, lora_down):
     """:func:`quantize_act_int8_gelu_cat` plus the low-rank down-projection of the same rows:
     ``(q, scale, lowrank_act [M, r] f32)``, equal to ``quantize_act_int8`` of the concatenation
-    with ``lora_down`` (the CUDA kernel reads x and gelu_x in place in both of its passes)."""
+    with ``lora_down`` (the CUDA op runs torch's GELU, then the tile kernel reads x and the GELU
+    output in place: no concatenation)."""
     return _gelu_cat_lowrank("quantize_act_int8_gelu_cat_lowrank", x, gelu_x, smooth, lora_down, Format.INT8)
 
 

@@ -231,8 +231,8 @@ def concatenated(x, g):
                                           (64, 0, 12288, 32), (5, 320, 1280, 64), (17, 16, 4080, 128)])
 @pytest.mark.parametrize("smooth_kind", [None, "same", "fp32"])
 def test_lowrank_equals_the_concatenated_row(fmt, dtype, m, kx, kg, rank, smooth_kind):
-    """The gelu-cat kernel with lora_down reads x and gelu_x in place and gives what the tile kernel
-    gives for the concatenated row (torch's GELU): q, scale and lowrank_act equal, bit for bit."""
+    """The gelu-cat op with lora_down (torch's GELU, then the tile kernel on the two-part row) gives
+    what the tile kernel gives for the concatenated row: q, scale and lowrank_act equal, bit for bit."""
     x, g = inputs(m, kx, kg, dtype, seed=m + kx + rank)
     smooth = None
     if smooth_kind is not None:
@@ -249,6 +249,29 @@ def test_lowrank_equals_the_concatenated_row(fmt, dtype, m, kx, kg, rank, smooth
     # and the q / scale of the plain gelu-cat kernel (the branch does not change the quantization)
     pq, ps = getattr(Q, OPS[fmt])(x, g, smooth)
     assert torch.equal(s, ps) and torch.equal(q.view(torch.uint8), pq.view(torch.uint8))
+
+
+SMS = torch.cuda.get_device_properties(DEV).multi_processor_count
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "fp8-cat"])
+@pytest.mark.parametrize("tiles_per_sm", [1.5, 2.5])
+def test_lowrank_equals_the_concatenated_row_at_every_block_size(fmt, tiles_per_sm):
+    """Enough 16-row tiles for the 8- and 4-warp blocks (launch_lowrank picks by tiles per SM)."""
+    m = int(16 * SMS * tiles_per_sm) + 5
+    x, g = inputs(m, 64, 192, torch.bfloat16, seed=m)
+    down = lora_down(32, 256, seed=m)
+    if fmt == "fp8-cat":
+        inv_c = torch.rand(32, device=DEV) * 4 + 0.5
+        q, s = Q.quantize_act_fp8_gelu_cat_lowrank_cat(x, g, None, down, inv_c)
+        eq, es = Q.quantize_act_fp8_lowrank_cat(concatenated(x, g), None, down, inv_c)
+    else:
+        q, s, lr = getattr(Q, LOWRANK_OPS[fmt])(x, g, None, down)
+        eq, es, elr = getattr(Q, f"quantize_act_{fmt}")(concatenated(x, g), None, down)
+        assert torch.equal(lr, elr)
+        exact = concatenated(x, g).float() @ down.float().t()
+        assert ((lr - exact).norm() / exact.norm()).item() < 1e-5
+    assert torch.equal(s, es) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
 
 
 @pytest.mark.parametrize("m,kx,kg,rank", [(9, 64, 192, 16), (130, 3072, 12288, 32), (40, 0, 1024, 256)])
@@ -318,7 +341,7 @@ def test_lowrank_cuda_graph_and_compile():
 
 def test_flux_blocks_lowrank_fused_equal_stock():
     """As test_flux_blocks_fused_equal_stock, with W4A8 + a rank-16 branch: the swapped forwards take
-    the down-projecting gelu-cat kernel and give the stock output."""
+    the down-projecting gelu-cat op and give the stock output."""
     diffusers = pytest.importorskip("diffusers")
     import qengine
 

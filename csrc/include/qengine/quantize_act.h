@@ -36,10 +36,15 @@
 // PyTorch's CUDA gelu(approximate="tanh") does (fp32: 0.5 x (1 + tanh(b (x + k x^3)))) and rounded
 // to x_type, so the result is bit-exact with quantizing torch.cat([x, F.gelu(g, "tanh")], -1).
 // FLUX's single blocks feed proj_out with cat(attention output, gelu(proj_mlp(.))): this reads
-// both once instead of writing and re-reading the concatenation. With a low-rank down-projection
-// (rank > 0, plain or cat mode) the tile kernel reads the row the same way in both of its passes
-// (computing the GELU in each), so q, scale and lowrank equal those of the concatenated row, bit for
-// bit; only GEGLU input has no low-rank path.
+// both once instead of writing and re-reading the concatenation. No low-rank branch here: see the
+// two-part row below.
+//
+// Two-part row (16-bit x; K_x2 > 0; rank > 0, plain or cat mode): the row quantized and projected
+// is [x[m, :K - K_x2] | x2[m, :K_x2]], read from the two tensors in place by the tile kernel's two
+// passes, so q, scale and lowrank equal those of the concatenated row, bit for bit. The gelu-cat
+// ops with a low-rank branch pass torch's GELU output as x2: the tile kernel reads each element
+// twice, and a GELU in both passes (~30 instructions per element) made it slower than the three
+// separate kernels (notes/h100_2026-11-24d, call 1); this way only the concatenation is saved.
 //
 // GEGLU input (geglu = true; 16-bit, no low-rank): the row quantized is
 //   h[m, k] * gelu_erf(gate[m, k]),   h = gelu_x[m, :K], gate = gelu_x[m, K:2K]
@@ -89,6 +94,11 @@ struct QuantizeActParams {
   // GEGLU input (see above): with K_gelu == K and x == nullptr, a gelu_x row holds [h | gate]
   // (2K columns, ld_gelu >= 2K) and the row quantized is h * gelu_erf(gate).
   bool geglu = false;
+  // Two-part row (see above): x2 has x_type, 16-byte aligned rows of stride ld_x2 elements; x may
+  // be nullptr when K_x2 == K. Needs rank > 0 (the row kernel has gelu-cat input for rank 0).
+  const void* x2 = nullptr;
+  int64_t ld_x2 = 0;
+  int64_t K_x2 = 0;
 };
 
 // Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.
