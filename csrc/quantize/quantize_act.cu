@@ -350,7 +350,7 @@ Config choose_config(int64_t M, int64_t nvec, int sm_count) {
 // near the latency of one tile's two passes (2.3x the row kernel). 4 warps per block and
 // <= 128 registers let all tiles of the FLUX shapes be resident at once (4 blocks per SM), and
 // pass 2 (loads only) keeps 4 slots of loads in flight instead of 2. Fewer tiles than that
-// (launch_lowrank) get 8 or 16 warps per block.
+// (launch_lowrank) get 8 warps per block.
 constexpr int kLowRankUnroll = 2;   // slots of loads in flight per warp in pass 1 (x + lora_down)
 constexpr int kLowRankUnroll2 = 4;  // the same in pass 2 (x only)
 
@@ -405,16 +405,14 @@ __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
 
 // The 8 columns c .. c + 7 of a row of the quantized input: x's, or for a two-part row past x's
 // `plain` columns those of the second part (src.gelu_x; a lane's 8 columns never straddle the two:
-// both widths are multiples of 16). One-part rows have plain = K. A run-time select, not a template
-// parameter: it costs a compare per 16-byte load and halves the kernel's instantiations.
+// both widths are multiples of 16). One-part rows have plain = K. Run-time selects of the address,
+// not a template parameter (half the instantiations) and not a branch: with the load in an if/else
+// the kernel ran 2x slower (notes/h100_2026-11-24d, call 2), its loads no longer all in flight at once.
 template <typename T>
 __device__ __forceinline__ void load_cols(Cols8<T>& v, const T* __restrict__ x, int64_t ldx, const RowSource<T>& src,
                                           int64_t plain, int64_t row, bool ok, int64_t c) {
-  if (c >= plain) {
-    v.load(src.gelu_x, src.ld_gelu, row, ok, c - plain);
-  } else {
-    v.load(x, ldx, row, ok, c);
-  }
+  const bool second = c >= plain;
+  v.load(second ? src.gelu_x : x, second ? src.ld_gelu : ldx, row, ok, second ? c - plain : c);
 }
 
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
@@ -429,7 +427,7 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
                         float* __restrict__ lowrank, const float* __restrict__ inv_c, int64_t M, int64_t K, int rank,
                         int cat_width, int cat_terms, RowSource<T> src) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
-  static_assert(kW == 4 || kW == 8 || (kW == 16 && !kCat), "4, 8 or 16 warps (the cat buffers leave room for 8)");
+  static_assert(kW == 4 || kW == 8, "4 or 8 warps (launch_lowrank)");
   constexpr int kU = kLowRankUnroll;
   constexpr int kCols = kNT * 8;
   // bf16 input without smoothing is exact in one bf16 fragment; anything else gets a lo part.
@@ -618,16 +616,18 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
 }
 
 // Warps per block: 4 where the row tiles fill the GPU (<= 4 blocks per SM, all resident at FLUX's
-// 4608 tokens: notes/kernels.md); with fewer tiles than two per SM, 8; with at most one per SM, 16
-// (8 in cat mode), so the few blocks split K over more warps instead of each running K / 128
-// columns per warp in a serial chain (512 tokens: 32 tiles on 132 SMs).
+// 4608 tokens: notes/kernels.md); with at most two tiles per SM, 8, so the few blocks split K over
+// more warps instead of each running K / 128 columns per warp in a serial chain (512 tokens: 32
+// tiles on 132 SMs). Not 16: the cat buffers leave no static shared memory for it, and the plain
+// and cat kernels must pick the same warps to sum the product in the same order (the cat tests
+// compare against the plain kernel's product).
 template <typename T, typename S, QuantType Q>
 cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
   const int64_t blocks = (p.M + 15) / 16;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
   const RowSource<T> src{static_cast<const T*>(p.x2), p.ld_x2, static_cast<int>((p.K - p.K_x2) / Vec<T>::kN)};
   const int64_t sms = p.sm_count > 0 ? p.sm_count : 132;
-  const int warps = blocks <= sms ? 16 : blocks <= 2 * sms ? 8 : 4;
+  const int warps = blocks <= 2 * sms ? 8 : 4;
   auto run = [&](auto kernel, int w) {
     kernel<<<static_cast<unsigned>(blocks), w * 32, 0, stream>>>(
         static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
@@ -649,8 +649,6 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
     }
   }
   if constexpr (kWide) {
-    if (warps == 16)
-      return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 16>, quantize_lowrank_kernel<T, S, Q, 2, false, 16>, 16);
     if (warps == 8)
       return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 8>, quantize_lowrank_kernel<T, S, Q, 2, false, 8>, 8);
   }
