@@ -371,8 +371,9 @@ struct Cols8 {
   static constexpr int kVecs = 8 / Vec<T>::kN;
   Vec<T> v[kVecs];
   __device__ __forceinline__ T at(int e) const { return v[e / Vec<T>::kN].v[e % Vec<T>::kN]; }
-  __device__ __forceinline__ void load(const T* __restrict__ x, int64_t ldx, int64_t row, bool ok, int64_t c) {
-    const Vec<T>* p = reinterpret_cast<const Vec<T>*>(x + row * ldx + c);
+  // From the row that starts at xrow (columns c .. c + 7; zeros unless ok).
+  __device__ __forceinline__ void load(const T* __restrict__ xrow, bool ok, int64_t c) {
+    const Vec<T>* p = reinterpret_cast<const Vec<T>*>(xrow + c);
 #pragma unroll
     for (int j = 0; j < kVecs; ++j) {
       if (ok) {
@@ -403,17 +404,22 @@ __device__ __forceinline__ void remainder_bf16(float (&f)[8]) {
   for (int e = 0; e < 8; ++e) f[e] -= __bfloat162float(__float2bfloat16_rn(f[e]));
 }
 
-// The 8 columns c .. c + 7 of a row of the quantized input: x's, or for a two-part row past x's
-// `plain` columns those of the second part (src.gelu_x; a lane's 8 columns never straddle the two:
-// both widths are multiples of 16). One-part rows have plain = K. Run-time selects of the address,
-// not a template parameter (half the instantiations) and not a branch: with the load in an if/else
-// the kernel ran 2x slower (notes/h100_2026-11-24d, call 2), its loads no longer all in flight at once.
+// One row of the quantized input: x's, or for a two-part row past x's `plain` columns those of the
+// second part (src.gelu_x; a lane's 8 columns never straddle the two: both widths are multiples of
+// 16). One-part rows have plain = K. Each part's row start is computed once; a load selects between
+// them (run-time, not a template parameter: half the instantiations). With the select inside the
+// address arithmetic (row * ld per load) or a branch, the kernel ran 10% and 2x slower
+// (notes/h100_2026-11-24d, calls 2 and 3).
 template <typename T>
-__device__ __forceinline__ void load_cols(Cols8<T>& v, const T* __restrict__ x, int64_t ldx, const RowSource<T>& src,
-                                          int64_t plain, int64_t row, bool ok, int64_t c) {
-  const bool second = c >= plain;
-  v.load(second ? src.gelu_x : x, second ? src.ld_gelu : ldx, row, ok, second ? c - plain : c);
-}
+struct RowParts {
+  const T* first;   // x + row * ldx
+  const T* second;  // src.gelu_x + row * ld - plain (indexed by the row's column), or first
+  int64_t plain;
+  __device__ __forceinline__ RowParts(const T* x, int64_t ldx, const RowSource<T>& src, int64_t plain_cols, int64_t row)
+      : first(x + row * ldx), second(src.gelu_x != nullptr ? src.gelu_x + row * src.ld_gelu - plain_cols : first),
+        plain(plain_cols) {}
+  __device__ __forceinline__ void load(Cols8<T>& v, bool ok, int64_t c) const { v.load(c >= plain ? second : first, ok, c); }
+};
 
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
 // kW: warps per block, sharing the 32-column slots of the block's 16 rows (launch_lowrank: more for
@@ -440,6 +446,7 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   const int64_t nslots = (K + 31) / 32;
   const int64_t ldq = kCat ? K + cat_width : K;
   const int64_t plain = static_cast<int64_t>(src.nvec_plain) * Vec<T>::kN;  // x's columns
+  const RowParts<T> r0(x, ldx, src, plain, row0), r1(x, ldx, src, plain, row1);
   __shared__ float red_lr[kW][16][kCols + 1];
   __shared__ float red_max[kW][16];
   // Cat mode only (1-element stand-ins otherwise); +1 column: the row-max reads hit distinct banks.
@@ -459,8 +466,8 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
-        load_cols<T>(xv[u][0], x, ldx, src, plain, row0, ok0 && in, c);
-        load_cols<T>(xv[u][1], x, ldx, src, plain, row1, ok1 && in, c);
+        r0.load(xv[u][0], ok0 && in, c);
+        r1.load(xv[u][1], ok1 && in, c);
 #pragma unroll
         for (int j = 0; j < kNT; ++j)
           dv[u][j] = in ? *reinterpret_cast<const uint4*>(down + (chunk + j * 8 + g) * K + c) : make_uint4(0, 0, 0, 0);
@@ -602,8 +609,8 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
 #pragma unroll
     for (int u = 0; u < kU2; ++u) {
       const int64_t c = (s0 + u * kW) * 32 + 8 * t;
-      load_cols<T>(xv[u][0], x, ldx, src, plain, row0, ok0 && c < K, c);
-      load_cols<T>(xv[u][1], x, ldx, src, plain, row1, ok1 && c < K, c);
+      r0.load(xv[u][0], ok0 && c < K, c);
+      r1.load(xv[u][1], ok1 && c < K, c);
     }
 #pragma unroll
     for (int u = 0; u < kU2; ++u) {
