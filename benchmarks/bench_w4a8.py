@@ -17,7 +17,7 @@ sample of every op, in an order that rotates from round to round. The big GEMMs 
 its power cap, where the SM clock moves between ~1.4 and ~2.0 GHz within a second; timed one op
 after the other, two ops of a ratio saw different clocks and the low-rank overhead moved by
 +-10 points between runs (notes/h100_2026-11-24c, call 9). Ratios are of medians measured in this
-same run.
+same run. ``--sweep-configs`` times the forced configs interleaved among themselves in the same way.
 Writes bench_w4a8.{csv,json,md} to --out-dir and prints the markdown table.
 
     python benchmarks/bench_w4a8.py --out-dir out/w4a8 [--sweep-configs] [--quick]
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import TimedOp, gpu_info, rotation_count, time_fn, time_ops  # noqa: E402
+from bench_gemm import TimedOp, gpu_info, rotation_count, time_ops  # noqa: E402
 from shapes import load_shapes  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -78,12 +78,8 @@ def operand_sets(m, k, n, l2_bytes, max_sets):
 
 def bench_shape(label, m, k, n, reps, l2, ext, sweep, max_sets):
     sets = operand_sets(m, k, n, l2, max_sets)
-    ns = len(sets)
     q = torch.ops.qengine
     bf = torch.bfloat16
-
-    def t(fn):
-        return time_fn(lambda i: (lambda s=sets[i]: fn(s)), ns, reps, "graph")
 
     r = {"shape": label, "M": m, "K": k, "N": n}
     ops = {
@@ -99,10 +95,12 @@ def bench_shape(label, m, k, n, reps, l2, ext, sweep, max_sets):
     for name in ops:
         r[f"{name}_us"] = timed[name] * 1e6
     r["w4a8_config"] = ext.w4a8_gemm_heuristic(m, n, k)
-    if sweep:
-        for c in ext.w4a8_gemm_configs():
-            r[f"cfg:{c}_us"] = t(lambda s, c=c: ext.w4a8_gemm_with_config(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"],
-                                                                          None, None, "bfloat16", c)) * 1e6
+    if sweep:  # the forced configs interleaved among themselves, so their ratios share the clock (power cap)
+        cfg_ops = [TimedOp(f"cfg:{c}", [lambda c=c, s=s: ext.w4a8_gemm_with_config(
+            s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], None, None, "bfloat16", c) for s in sets])
+            for c in ext.w4a8_gemm_configs()]
+        for name, sec in time_ops(cfg_ops, reps, "graph").items():
+            r[f"{name}_us"] = sec * 1e6
     flops = 2 * m * n * k
     r["w4a8_tops"] = flops / r["w4a8_us"] / 1e6
     r["w4a8_r32_vs_bf16"] = r["bf16_us"] / r["w4a8_r32_us"]
