@@ -99,21 +99,27 @@ def test_gelu_rounds_like_torch_on_every_bf16_value():
         assert torch.equal(s.cpu(), es) and torch.equal(q.cpu().view(torch.uint8), eq.view(torch.uint8))
 
 
-SCHEMES = ["w8a8-fp8", "w8a8-int8", "w4a8"]
+# (scheme, rank, FP8 branch in K): without a branch, then with one (the down-projecting variants).
+LAYERS = [("w8a8-fp8", 0, False), ("w8a8-int8", 0, False), ("w4a8", 0, False),
+          ("w8a8-fp8", 32, True), ("w8a8-fp8", 32, False), ("w8a8-int8", 32, False), ("w4a8", 32, False)]
 
 
-def qlinear(scheme, k, n, smooth=False, seed=0):
+def qlinear(scheme, k, n, smooth=False, seed=0, rank=0, cat=False):
     torch.manual_seed(seed)
     lin = torch.nn.Linear(k, n).to(DEV, torch.bfloat16)
     s = torch.rand(k, device=DEV).bfloat16() + 0.5 if smooth else None
-    return QLinear.from_float(lin, LayerQuantConfig(scheme=scheme), smooth=s)
+    q = QLinear.from_float(lin, LayerQuantConfig(scheme=scheme, rank=rank), smooth=s)
+    if cat:
+        assert q.enable_lowrank_cat()
+    return q
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme,rank,cat", LAYERS)
 @pytest.mark.parametrize("kx,smooth", [(256, False), (0, False), (256, True)])
-def test_qlinear_forward_gelu_cat_equals_unfused(scheme, kx, smooth):
+def test_qlinear_forward_gelu_cat_equals_unfused(scheme, rank, cat, kx, smooth):
     kg = 1024
-    q = qlinear(scheme, kx + kg, 512, smooth)
+    q = qlinear(scheme, kx + kg, 512, smooth, rank=rank, cat=cat)
+    assert q.supports_gelu_cat() and q.supports_producer_quant() == (rank == 0)
     x, g = inputs(77, kx, kg, torch.bfloat16, seed=5)
     x3 = None if x is None else x.reshape(7, 11, kx)
     g3 = g.reshape(7, 11, kg)
@@ -124,8 +130,9 @@ def test_qlinear_forward_gelu_cat_equals_unfused(scheme, kx, smooth):
 
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture needs the caching allocator (cudaMalloc is illegal while capturing)")
-def test_cuda_graph():
-    q = qlinear("w8a8-fp8", 512, 256)
+@pytest.mark.parametrize("scheme,rank", [("w8a8-fp8", 0), ("w4a8", 32)])
+def test_cuda_graph(scheme, rank):
+    q = qlinear(scheme, 512, 256, rank=rank)
     x, g = inputs(64, 128, 384, torch.bfloat16)
     static = torch.cat([x, g], 1)
 
@@ -138,16 +145,19 @@ def test_cuda_graph():
     assert_replays_equal_eager(fn, static, make_x)
 
 
-def test_torch_compile():
-    q = qlinear("w8a8-fp8", 512, 256)
+@pytest.mark.parametrize("scheme,rank", [("w8a8-fp8", 0), ("w4a8", 32)])
+def test_torch_compile(scheme, rank):
+    q = qlinear(scheme, 512, 256, rank=rank)
     x, g = inputs(64, 128, 384, torch.bfloat16)
     compiled = torch.compile(q.forward_gelu_cat, fullgraph=True)
     assert torch.equal(compiled(x, g), q.forward_gelu_cat(x, g))
 
 
-def test_flux_blocks_fused_equal_stock():
+@pytest.mark.parametrize("rank,op", [(0, "quantize_act_fp8_gelu_cat"), (16, "quantize_act_int8_gelu_cat_lowrank")])
+def test_flux_blocks_fused_equal_stock(rank, op):
     """Two FLUX blocks at the real head size, quantized on CUDA: the gelu-cat forwards (installed
-    by qengine.quantize) give the same output as the blocks' own forwards."""
+    by qengine.quantize) give the same output as the blocks' own forwards. W8A8-FP8, and W4A8 with
+    a rank-16 branch (the down-projecting gelu-cat op)."""
     diffusers = pytest.importorskip("diffusers")
     import qengine
 
@@ -156,9 +166,10 @@ def test_flux_blocks_fused_equal_stock():
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=128,
         num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56)).to(DEV, torch.bfloat16).eval()
-    qengine.quantize(model, "w8a8-fp8")
+    qengine.quantize(model, qengine.QuantConfig.preset("w4a8", rank=rank) if rank else "w8a8-fp8")
     swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
     assert len(swapped) == 3  # the single block, ff and ff_context
+    assert all(getattr(m, "_qengine_gelu_cat") for m in swapped)  # the op's kernel is built
     assert qengine.enable_fused_kernels(model)["gelu_cat"] == 0  # already done by quantize
     gen = torch.Generator(device=DEV).manual_seed(1)
     n_img, n_txt = 64, 16
@@ -168,12 +179,12 @@ def test_flux_blocks_fused_equal_stock():
                timestep=torch.tensor([0.5], device=DEV), guidance=torch.tensor([3.5], device=DEV),
                img_ids=torch.zeros(n_img, 3, device=DEV), txt_ids=torch.zeros(n_txt, 3, device=DEV))
     calls = []
-    real = Q.quantize_act_fp8_gelu_cat
+    real = getattr(Q, op)
 
     import unittest.mock as mock
 
     with torch.no_grad():
-        with mock.patch.object(Q, "quantize_act_fp8_gelu_cat", lambda *a: calls.append(1) or real(*a)):
+        with mock.patch.object(Q, op, lambda *a: calls.append(1) or real(*a)):
             out = model(**inp)[0]
         for m in swapped:
             del m.forward  # back to the class's forward
@@ -295,85 +306,6 @@ def test_lowrank_other_ranks_and_empty_input():
         assert torch.equal(s, es) and torch.equal(q, eq) and torch.equal(lr, elr)
     q, s, lr = Q.quantize_act_fp8_gelu_cat_lowrank(x[:0], g[:0], None, lora_down(32, 128))
     assert q.shape == (0, 128) and s.shape == (0,) and lr.shape == (0, 32)
-
-
-LOWRANK_SCHEMES = [("w8a8-fp8", True), ("w8a8-fp8", False), ("w8a8-int8", False), ("w4a8", False)]
-
-
-@pytest.mark.parametrize("scheme,cat", LOWRANK_SCHEMES)
-@pytest.mark.parametrize("kx,smooth", [(256, False), (0, False), (256, True)])
-def test_qlinear_lowrank_forward_gelu_cat_equals_unfused(scheme, cat, kx, smooth):
-    kg = 1024
-    torch.manual_seed(1)
-    lin = torch.nn.Linear(kx + kg, 512).to(DEV, torch.bfloat16)
-    s = torch.rand(kx + kg, device=DEV).bfloat16() + 0.5 if smooth else None
-    q = QLinear.from_float(lin, LayerQuantConfig(scheme=scheme, rank=32), smooth=s)
-    if cat:
-        assert q.enable_lowrank_cat()
-    assert q.supports_gelu_cat() and not q.supports_producer_quant()
-    x, g = inputs(77, kx, kg, torch.bfloat16, seed=9)
-    x3 = None if x is None else x.reshape(7, 11, kx)
-    g3 = g.reshape(7, 11, kg)
-    gelu = F.gelu(g3, approximate="tanh")
-    expect = q(gelu if x3 is None else torch.cat([x3, gelu], -1))
-    assert torch.equal(q.forward_gelu_cat(x3, g3), expect)
-
-
-@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
-                    reason="graph capture needs the caching allocator (cudaMalloc is illegal while capturing)")
-def test_lowrank_cuda_graph_and_compile():
-    torch.manual_seed(2)
-    lin = torch.nn.Linear(512, 256).to(DEV, torch.bfloat16)
-    q = QLinear.from_float(lin, LayerQuantConfig(scheme="w4a8", rank=32))
-    x, g = inputs(64, 128, 384, torch.bfloat16)
-    static = torch.cat([x, g], 1)
-
-    def fn(t):
-        return q.forward_gelu_cat(t[:, :128].contiguous(), t[:, 128:].contiguous())
-
-    def make_x(seed):
-        a, b = inputs(64, 128, 384, torch.bfloat16, seed=seed + 1)
-        return torch.cat([a, b], 1)
-    assert_replays_equal_eager(fn, static, make_x)
-    compiled = torch.compile(q.forward_gelu_cat, fullgraph=True)
-    assert torch.equal(compiled(x, g), q.forward_gelu_cat(x, g))
-
-
-def test_flux_blocks_lowrank_fused_equal_stock():
-    """As test_flux_blocks_fused_equal_stock, with W4A8 + a rank-16 branch: the swapped forwards take
-    the down-projecting gelu-cat op and give the stock output."""
-    diffusers = pytest.importorskip("diffusers")
-    import qengine
-
-    torch.manual_seed(0)
-    model = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=128,
-        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
-        axes_dims_rope=(16, 56, 56)).to(DEV, torch.bfloat16).eval()
-    qengine.quantize(model, qengine.QuantConfig.preset("w4a8", rank=16))
-    swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
-    assert len(swapped) == 3 and all(getattr(m, "_qengine_gelu_cat") for m in swapped)
-    gen = torch.Generator(device=DEV).manual_seed(1)
-    n_img, n_txt = 64, 16
-    inp = dict(hidden_states=torch.randn(1, n_img, 16, device=DEV, generator=gen).bfloat16(),
-               encoder_hidden_states=torch.randn(1, n_txt, 64, device=DEV, generator=gen).bfloat16(),
-               pooled_projections=torch.randn(1, 32, device=DEV, generator=gen).bfloat16(),
-               timestep=torch.tensor([0.5], device=DEV), guidance=torch.tensor([3.5], device=DEV),
-               img_ids=torch.zeros(n_img, 3, device=DEV), txt_ids=torch.zeros(n_txt, 3, device=DEV))
-    calls = []
-    real = Q.quantize_act_int8_gelu_cat_lowrank
-
-    import unittest.mock as mock
-
-    with torch.no_grad():
-        with mock.patch.object(Q, "quantize_act_int8_gelu_cat_lowrank", lambda *a: calls.append(1) or real(*a)):
-            out = model(**inp)[0]
-        for m in swapped:
-            del m.forward
-        expect = model(**inp)[0]
-    assert len(calls) == 3
-    assert torch.isfinite(expect).all()
-    assert torch.equal(out, expect)
 
 
 def test_lowrank_opcheck():
