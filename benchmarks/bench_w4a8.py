@@ -3,7 +3,8 @@ against cuBLAS bf16 and our W8A8 GEMMs.
 
 Per shape (M, K, N): cuBLAS bf16 ``F.linear`` (with bias), our W8A8 FP8 and INT8 GEMMs (scales +
 bias epilogue), and our W4A8 GEMM without and with the low-rank term (r = 32: lowrank_act [M, 32]
-fp32, lora_up [N, 32] bf16; the cooperative and split-K configs multiply it in their epilogue,
+bf16, as QLinear has the quantize kernel write it for W4A8 (fp32 for the W8A8 INT8 GEMM), lora_up
+[N, 32] bf16; the cooperative and split-K configs multiply it in their epilogue,
 the others add its [M, N] cuBLAS product there: ``w4a8_config_fuses_lowrank``), each timed
 through the registered ``torch.ops.qengine`` op (heuristic config).
 ``--sweep-configs`` also times every W4A8 tile config (forced, without low-rank). Shapes: FLUX.1-dev
@@ -72,7 +73,8 @@ def operand_sets(m, k, n, l2_bytes, max_sets):
         ws4 = ws[:, None].contiguous()
         la = torch.randn(m, RANK, device=DEV, generator=g)
         up = torch.randn(n, RANK, device=DEV, generator=g).bfloat16()
-        sets.append(dict(x=x, w=w, b=b, xi=xi, xf=xf, xs=xs, wi=wi, wf=wf, ws=ws, w4=w4, ws4=ws4, la=la, up=up))
+        sets.append(dict(x=x, w=w, b=b, xi=xi, xf=xf, xs=xs, wi=wi, wf=wf, ws=ws, w4=w4, ws4=ws4, la=la,
+                         la16=la.bfloat16(), up=up))
     return sets
 
 
@@ -88,7 +90,7 @@ def bench_shape(label, m, k, n, reps, l2, ext, sweep, max_sets):
         "w8a8_int8": lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], None, None, bf),
         "w8a8_int8_r32": lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], s["la"], s["up"], bf),
         "w4a8": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], None, None, bf),
-        "w4a8_r32": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], s["la"], s["up"], bf),
+        "w4a8_r32": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], s["la16"], s["up"], bf),
     }
     timed = time_ops([TimedOp(name, [lambda fn=fn, s=s: fn(s) for s in sets]) for name, fn in ops.items()], reps,
                      "graph")

@@ -140,6 +140,27 @@ def test_gemm_matches_float64(scheme, rank, group):
     assert rel_err(y16, epilogue64(ref - bias.double(), None, None, None)) < 1e-2
 
 
+def test_lowrank_act_in_16_bits():
+    """quantize_act_{int8,fp8}(..., lowrank_dtype) rounds lowrank_act once; q and scale are those of the
+    fp32 call. The W4A8 GEMM takes such a lowrank_act (its cooperative configs round to 16 bits
+    anyway); the W8A8 GEMMs read fp32 only."""
+    x, down = randn(8, 64, dtype=torch.bfloat16), randn(16, 64, dtype=torch.bfloat16)
+    for op in (Q.quantize_act_int8, Q.quantize_act_fp8):
+        q, s, lr = op(x, None, down)
+        for dt in (torch.bfloat16, torch.float16, torch.float32):
+            q2, s2, lr2 = op(x, None, down, dt)
+            assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(s2, s)
+            assert lr2.dtype == dt and torch.equal(lr2, lr.to(dt))
+        with pytest.raises(OpInputError, match="lowrank_dtype must be"):
+            op(x, None, down, torch.int8)
+    a, a_scale, w, w_scale, bias, lowrank, up = operands("w4a8", 19, 256, 48, 32, 0)
+    y = Q.w4a8_gemm(a, a_scale, w, w_scale, bias, lowrank.bfloat16(), up, torch.float32)
+    assert torch.equal(y, Q.w4a8_gemm(a, a_scale, w, w_scale, bias, lowrank.bfloat16().float(), up, torch.float32))
+    a, a_scale, w, w_scale, bias, lowrank, up = operands("int8", 19, 256, 48, 32)
+    with pytest.raises(OpInputError, match="lowrank_act must have dtype"):
+        Q.w8a8_int8_gemm(a, a_scale, w, w_scale, bias, lowrank.bfloat16(), up, torch.bfloat16)
+
+
 # ---------------------------------------------------------------- conv2d
 
 
@@ -226,7 +247,7 @@ def sample_args():
     down = randn(16, 64, dtype=torch.bfloat16)
     cases = {
         "quantize_act_int8": (x, smooth, down),
-        "quantize_act_fp8": (x, None, None),
+        "quantize_act_fp8": (x, None, down, torch.bfloat16),
         "quantize_act_int4": (x, smooth, down),
         "quantize_act_fp8_lowrank_cat": (x, smooth, down, randn(16).abs() * 1e-2),
         "quantize_act_fp8_lowrank_cat_from": (x, smooth, randn(8, 16), randn(16).abs() * 1e-2),

@@ -82,10 +82,20 @@ at::Tensor down_for_kernel(const at::Tensor& lora_down) {
   return reinterpret_cast<uintptr_t>(d.data_ptr()) % 16 ? d.clone() : d;
 }
 
+// lowrank_act's dtype: fp32 by default, or a 16-bit float (the W4A8 GEMM takes it rounded so).
+at::ScalarType checked_lowrank_dtype(const char* op, const std::optional<at::ScalarType>& lowrank_dtype) {
+  const at::ScalarType t = lowrank_dtype.value_or(at::kFloat);
+  QENGINE_CHECK(op, t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, "lowrank_dtype must be torch.float32, "
+                "torch.bfloat16 or torch.float16, got ", t);
+  return t;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const char* op, QuantType qt, const at::Tensor& x,
                                                             const std::optional<at::Tensor>& smooth,
-                                                            const std::optional<at::Tensor>& lora_down) {
+                                                            const std::optional<at::Tensor>& lora_down,
+                                                            const std::optional<at::ScalarType>& lowrank_dtype) {
   Input in = checked_input(op, x, smooth);
+  const at::ScalarType lr_dtype = checked_lowrank_dtype(op, lowrank_dtype);
   const auto device = x.device();
   int64_t rank = 0;
   if (lora_down.has_value()) {
@@ -104,9 +114,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const char* op, Quan
   at::Tensor down_bf16, lowrank;
   if (fused_lowrank) {
     down_bf16 = down_for_kernel(*lora_down);
-    lowrank = at::empty({in.M, rank}, x.options().dtype(at::kFloat));
+    lowrank = at::empty({in.M, rank}, x.options().dtype(lr_dtype));
     p.lora_down = down_bf16.data_ptr();
-    p.lowrank = lowrank.data_ptr<float>();
+    p.lowrank = lowrank.data_ptr();
+    p.lowrank_type = float_type(op, "lowrank_dtype", lr_dtype);
     p.rank = static_cast<int>(rank);
   }
   launch(op, p);
@@ -114,9 +125,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const char* op, Quan
     if (rank > 0) {
       at::Tensor xs = x.to(at::kFloat);
       if (smooth.has_value()) xs = xs / smooth->to(at::kFloat);
-      lowrank = at::matmul(xs, lora_down->to(at::kFloat).t());
+      lowrank = at::matmul(xs, lora_down->to(at::kFloat).t()).to(lr_dtype);
     } else {
-      lowrank = at::empty({in.M, 0}, x.options().dtype(at::kFloat));
+      lowrank = at::empty({in.M, 0}, x.options().dtype(lr_dtype));
     }
   }
   return {q, scale, lowrank};
@@ -249,8 +260,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
                                                                          const at::Tensor& gelu_x,
                                                                          const std::optional<at::Tensor>& smooth,
                                                                          const at::Tensor& lora_down,
-                                                                         const std::optional<at::Tensor>& inv_c) {
+                                                                         const std::optional<at::Tensor>& inv_c,
+                                                                         const std::optional<at::ScalarType>& lowrank_dtype) {
   const GeluCatInput in = checked_gelu_cat(op, x, gelu_x);
+  const at::ScalarType lr_dtype = checked_lowrank_dtype(op, lowrank_dtype);
   const int64_t K = in.K_plain + in.K_gelu;
   const at::Tensor smooth_t = checked_smooth(op, smooth, K, gelu_x);
   check_tensor(op, "lora_down", lora_down, gelu_x.device(), {at::kBFloat16, at::kHalf, at::kFloat}, {-1, K});
@@ -261,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
     c10::cuda::CUDAGuard guard(gelu_x.device());
     const at::Tensor g = at::gelu(gelu_x, "tanh");
     const at::Tensor row = in.x.defined() ? at::cat({in.x, g}, 1) : g;
-    return quantize_act(op, qt, row, smooth, lora_down);
+    return quantize_act(op, qt, row, smooth, lora_down, lowrank_dtype);
   }
 
   c10::cuda::CUDAGuard guard(gelu_x.device());
@@ -271,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
   auto q = at::empty({in.M, K + width}, g.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
   auto scale = at::empty({in.M}, g.options().dtype(at::kFloat));
   at::Tensor lowrank;
-  if (!inv_c.has_value()) lowrank = at::empty({in.M, rank}, g.options().dtype(at::kFloat));
+  if (!inv_c.has_value()) lowrank = at::empty({in.M, rank}, g.options().dtype(lr_dtype));
   if (in.M == 0) return {q, scale, lowrank};  // (empty tensors may have null data pointers)
   const at::Tensor down = down_for_kernel(lora_down);
   QuantizeActParams p{};
@@ -291,7 +304,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
   if (inv_c.has_value()) {
     p.lowrank_inv_c = inv_c->data_ptr<float>();
   } else {
-    p.lowrank = lowrank.data_ptr<float>();
+    p.lowrank = lowrank.data_ptr();
+    p.lowrank_type = float_type(op, "lowrank_dtype", lr_dtype);
   }
   p.x2 = g.data_ptr();
   p.ld_x2 = in.K_gelu;
@@ -302,23 +316,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_int8_gelu_cat_lowrank(
     const std::optional<at::Tensor>& x, const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth,
-    const at::Tensor& lora_down) {
+    const at::Tensor& lora_down, std::optional<at::ScalarType> lowrank_dtype) {
   return quantize_gelu_cat_lowrank("quantize_act_int8_gelu_cat_lowrank", QuantType::kInt8, x, gelu_x, smooth,
-                                   lora_down, std::nullopt);
+                                   lora_down, std::nullopt, lowrank_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_fp8_gelu_cat_lowrank(
     const std::optional<at::Tensor>& x, const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth,
-    const at::Tensor& lora_down) {
+    const at::Tensor& lora_down, std::optional<at::ScalarType> lowrank_dtype) {
   return quantize_gelu_cat_lowrank("quantize_act_fp8_gelu_cat_lowrank", QuantType::kFP8E4M3, x, gelu_x, smooth,
-                                   lora_down, std::nullopt);
+                                   lora_down, std::nullopt, lowrank_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_act_fp8_gelu_cat_lowrank_cat(
     const std::optional<at::Tensor>& x, const at::Tensor& gelu_x, const std::optional<at::Tensor>& smooth,
     const at::Tensor& lora_down, const at::Tensor& inv_c) {
   auto [q, scale, lowrank] = quantize_gelu_cat_lowrank("quantize_act_fp8_gelu_cat_lowrank_cat", QuantType::kFP8E4M3,
-                                                       x, gelu_x, smooth, lora_down, inv_c);
+                                                       x, gelu_x, smooth, lora_down, inv_c, std::nullopt);
   return {q, scale};
 }
 
@@ -408,13 +422,15 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_quant_fp8(const at::Tensor& x, con
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_int8(const at::Tensor& x, const std::optional<at::Tensor>& smooth,
-                                                                 const std::optional<at::Tensor>& lora_down) {
-  return quantize_act("quantize_act_int8", QuantType::kInt8, x, smooth, lora_down);
+                                                                 const std::optional<at::Tensor>& lora_down,
+                                                                 std::optional<at::ScalarType> lowrank_dtype) {
+  return quantize_act("quantize_act_int8", QuantType::kInt8, x, smooth, lora_down, lowrank_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_fp8(const at::Tensor& x, const std::optional<at::Tensor>& smooth,
-                                                                const std::optional<at::Tensor>& lora_down) {
-  return quantize_act("quantize_act_fp8", QuantType::kFP8E4M3, x, smooth, lora_down);
+                                                                const std::optional<at::Tensor>& lora_down,
+                                                                std::optional<at::ScalarType> lowrank_dtype) {
+  return quantize_act("quantize_act_fp8", QuantType::kFP8E4M3, x, smooth, lora_down, lowrank_dtype);
 }
 
 }  // namespace

@@ -52,7 +52,7 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   if (bias.has_value()) check_tensor(kOp, "bias", *bias, device, {at::kBFloat16, at::kHalf, at::kFloat}, {N});
   QENGINE_CHECK(kOp, lowrank_act.has_value() == lora_up.has_value(), "lowrank_act and lora_up must be given together");
   if (lowrank_act.has_value()) {
-    check_tensor(kOp, "lowrank_act", *lowrank_act, device, {at::kFloat}, {M, -1});
+    check_tensor(kOp, "lowrank_act", *lowrank_act, device, {at::kFloat, at::kBFloat16, at::kHalf}, {M, -1});
     check_tensor(kOp, "lora_up", *lora_up, device, {at::kBFloat16, at::kHalf, at::kFloat}, {N, lowrank_act->size(1)});
   }
   QENGINE_CHECK(kOp, M <= INT32_MAX && N <= INT32_MAX, "M and N must fit in int32, got M=", M, " N=", N);
@@ -76,8 +76,9 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   if (bias.has_value()) bias_t = bias->scalar_type() == out_dtype ? *bias : bias->to(out_dtype);
   // The low-rank branch. The split-K configs (any rank % 16 == 0) and the cooperative wgmma
   // configs (rank % 16 == 0, <= kW4A8StagedMaxRank) multiply it in their epilogue (lora_up in
-  // out_dtype; the cooperative ones take lowrank_act rounded to out_dtype here, since their
-  // epilogue copies it to shared memory as it is). For the others its [M, N] product comes from
+  // out_dtype; the cooperative ones take lowrank_act rounded to out_dtype, since their epilogue
+  // copies it to shared memory as it is: QLinear has the quantize kernel write it so, any other
+  // dtype is rounded here; split-K reads fp32). For the others its [M, N] product comes from
   // one cuBLAS GEMM in out_dtype (fp32 accumulation; lowrank_act rounded to out_dtype first) and
   // is read once by the W4A8 epilogue as its C operand, so the output is written once.
   const int64_t rank = lowrank_act.has_value() ? lowrank_act->size(1) : 0;
@@ -85,11 +86,15 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   // lora_up in 4-byte pieces; the cooperative (staged) epilogue both in 16-byte pieces.
   const bool splitk = cfg == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || cfg == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
   const uintptr_t act_align = splitk ? 8 : 16, up_align = splitk ? 4 : 16;
-  at::Tensor lowrank_t, lora_up_t, act_out_t;
+  at::Tensor lowrank_t, lora_up_t, act_out_t, act_f32_t;
   bool fused_lowrank = rank > 0 && rank <= INT32_MAX && w4a8_config_fuses_lowrank(cfg, static_cast<int>(rank));
   if (fused_lowrank) {
-    if (!splitk) act_out_t = lowrank_act->to(out_dtype).contiguous();
-    const at::Tensor& act_t = splitk ? *lowrank_act : act_out_t;
+    if (splitk) {
+      act_f32_t = lowrank_act->scalar_type() == at::kFloat ? *lowrank_act : lowrank_act->to(at::kFloat);
+    } else {
+      act_out_t = lowrank_act->scalar_type() == out_dtype ? *lowrank_act : lowrank_act->to(out_dtype);
+    }
+    const at::Tensor& act_t = splitk ? act_f32_t : act_out_t;
     lora_up_t = lora_up->scalar_type() == out_dtype ? *lora_up : lora_up->to(out_dtype);
     fused_lowrank = reinterpret_cast<uintptr_t>(act_t.data_ptr()) % act_align == 0 &&
                     reinterpret_cast<uintptr_t>(lora_up_t.data_ptr()) % up_align == 0;
@@ -105,7 +110,7 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   p.w_scale = w_scale.data_ptr<float>();
   p.bias = bias_t.defined() ? bias_t.data_ptr() : nullptr;
   p.lowrank = lowrank_t.defined() ? lowrank_t.data_ptr() : nullptr;
-  p.lowrank_act = fused_lowrank && splitk ? lowrank_act->data_ptr<float>() : nullptr;
+  p.lowrank_act = fused_lowrank && splitk ? act_f32_t.data_ptr<float>() : nullptr;
   p.lowrank_act_out = fused_lowrank && !splitk ? act_out_t.data_ptr() : nullptr;
   p.lora_up = fused_lowrank ? lora_up_t.data_ptr() : nullptr;
   p.rank = fused_lowrank ? static_cast<int>(rank) : 0;

@@ -421,6 +421,18 @@ struct RowParts {
   __device__ __forceinline__ void load(Cols8<T>& v, bool ok, int64_t c) const { v.load(c >= plain ? second : first, ok, c); }
 };
 
+// One lowrank value in the dtype the caller asked for (rounded once, to nearest even, as torch's
+// .to() would round the fp32 value).
+__device__ __forceinline__ void store_lowrank(void* __restrict__ lowrank, FloatType t, int64_t i, float v) {
+  if (t == FloatType::kBF16) {
+    static_cast<__nv_bfloat16*>(lowrank)[i] = __float2bfloat16_rn(v);
+  } else if (t == FloatType::kFP16) {
+    static_cast<__half*>(lowrank)[i] = __float2half_rn(v);
+  } else {
+    static_cast<float*>(lowrank)[i] = v;
+  }
+}
+
 // kNT: n8 tiles per rank chunk (4: chunks of 32, 2: chunks of 16 for ranks that are odd multiples of 16).
 // kW: warps per block, sharing the 32-column slots of the block's 16 rows (launch_lowrank: more for
 // fewer row tiles, whose blocks would otherwise run long serial chains on few SMs).
@@ -430,8 +442,8 @@ template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW>
 __global__ void __launch_bounds__(kW * 32, 16 / kW)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
-                        float* __restrict__ lowrank, const float* __restrict__ inv_c, int64_t M, int64_t K, int rank,
-                        int cat_width, int cat_terms, RowSource<T> src) {
+                        void* __restrict__ lowrank, FloatType lowrank_type, const float* __restrict__ inv_c, int64_t M,
+                        int64_t K, int rank, int cat_width, int cat_terms, RowSource<T> src) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
   static_assert(kW == 4 || kW == 8, "4 or 8 warps (launch_lowrank)");
   constexpr int kU = kLowRankUnroll;
@@ -527,7 +539,7 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
       if constexpr (kCat) {
         cat_v[r][chunk + col] = sum * inv_c[chunk + col];
       } else {
-        if (row < M) lowrank[row * rank + chunk + col] = sum;
+        if (row < M) store_lowrank(lowrank, lowrank_type, row * rank + chunk + col, sum);
       }
     }
     __syncthreads();  // red_lr is reused by the next chunk
@@ -639,7 +651,7 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
     kernel<<<static_cast<unsigned>(blocks), w * 32, 0, stream>>>(
         static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
         static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank,
-        p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank), src);
+        p.lowrank_type, p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank), src);
     return cudaGetLastError();
   };
   // kNT 4 for ranks that are multiples of 32, else 2; fp32 input (rare: diffusers runs 16-bit) keeps

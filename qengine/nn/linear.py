@@ -173,13 +173,23 @@ class QLinear(nn.Module):
                                                         backend=qbackend)
             w, lowrank_act, up = self._w_cat, None, None
         else:
-            q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=qbackend)
+            q, scale, lowrank_act = ops.quantize_act(x2, self.scheme, self.smooth, self.lora_down, backend=qbackend,
+                                                     lowrank_dtype=self._lowrank_dtype(x2))
             w, up = self.weight, self.lora_up
             if up is None:
                 lowrank_act = None
         y = ops.gemm(self.scheme, q, scale, w, self.weight_scale, self.bias, lowrank_act, up, out_dtype=x.dtype,
                      backend=self.backend)
         return y.reshape(*lead, self.out_features)
+
+    def _lowrank_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """lowrank_act's dtype: the W4A8 CUDA GEMM takes it rounded to its 16-bit output dtype (its
+        cooperative configs read it so), so the quantize kernel writes it that way, which saves the
+        GEMM binding a conversion launch per call; float32 (None) everywhere else."""
+        if (self.lora_up is not None and self.scheme.name == "w4a8" and self.backend == "auto" and x.is_cuda
+                and x.dtype in (torch.bfloat16, torch.float16)):
+            return x.dtype
+        return None
 
     def _forward_layer_norm(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
         """``self(norm(x))`` with the LayerNorm and the activation quantization in one kernel."""
@@ -247,7 +257,8 @@ class QLinear(nn.Module):
             w, lowrank_act, up = self._w_cat, None, None
         elif self.lora_up is not None:
             q, scale, lowrank_act = ops.quantize_act_gelu_cat_lowrank(x2, g2, self.scheme, self.smooth, self.lora_down,
-                                                                      backend=qbackend)
+                                                                      backend=qbackend,
+                                                                      lowrank_dtype=self._lowrank_dtype(g2))
             w, up = self.weight, self.lora_up
         else:
             q, scale = ops.quantize_act_gelu_cat(x2, g2, self.scheme, self.smooth, backend=qbackend)

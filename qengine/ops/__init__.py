@@ -42,9 +42,16 @@ def _resolve(name: str, backend: str):
 
 
 def quantize_act(x: torch.Tensor, scheme: Scheme, smooth: torch.Tensor | None = None,
-                 lora_down: torch.Tensor | None = None, backend: str = "auto"):
-    """Quantize activations ``x [M, K]`` for ``scheme``: returns ``(q, scale, lowrank_act)``."""
-    return _resolve(_QUANTIZE_OP[scheme.name], backend)(x, smooth, lora_down)
+                 lora_down: torch.Tensor | None = None, backend: str = "auto",
+                 lowrank_dtype: torch.dtype | None = None):
+    """Quantize activations ``x [M, K]`` for ``scheme``: returns ``(q, scale, lowrank_act)``.
+    ``lowrank_dtype`` (8-bit schemes): lowrank_act's dtype, float32 by default."""
+    op = _resolve(_QUANTIZE_OP[scheme.name], backend)
+    if lowrank_dtype is None:
+        return op(x, smooth, lora_down)
+    if scheme.name not in _ROW_QUANT_FORMAT:
+        raise OpInputError(f"quantize_act: scheme {scheme.name} writes lowrank_act in float32 only")
+    return op(x, smooth, lora_down, lowrank_dtype)
 
 
 def supports_static(scheme: Scheme) -> bool:
@@ -107,12 +114,13 @@ def quantize_act_gelu_cat(x: torch.Tensor | None, gelu_x: torch.Tensor, scheme: 
 
 
 def quantize_act_gelu_cat_lowrank(x: torch.Tensor | None, gelu_x: torch.Tensor, scheme: Scheme,
-                                  smooth: torch.Tensor | None, lora_down: torch.Tensor, backend: str = "auto"):
+                                  smooth: torch.Tensor | None, lora_down: torch.Tensor, backend: str = "auto",
+                                  lowrank_dtype: torch.dtype | None = None):
     """:func:`quantize_act_gelu_cat` with the low-rank down-projection of the same rows:
-    ``(q, scale, lowrank_act [M, r] f32)``, equal to :func:`quantize_act` of the concatenation with
-    ``lora_down``."""
+    ``(q, scale, lowrank_act [M, r])``, equal to :func:`quantize_act` of the concatenation with
+    ``lora_down`` (and ``lowrank_dtype``)."""
     op = producer_quantize_op(scheme, "gelu_cat", "quantize_act_gelu_cat_lowrank") + "_lowrank"
-    return _resolve(op, backend)(x, gelu_x, smooth, lora_down)
+    return _resolve(op, backend)(x, gelu_x, smooth, lora_down, lowrank_dtype)
 
 
 def quantize_act_gelu_cat_lowrank_cat(x: torch.Tensor | None, gelu_x: torch.Tensor, smooth: torch.Tensor | None,

@@ -50,13 +50,23 @@ def check_out_dtype(op: str, out_dtype: torch.dtype) -> None:
 
 
 def check_lowrank(op: str, m: int, n: int, lowrank_act: torch.Tensor | None,
-                  lora_up: torch.Tensor | None, device: torch.device) -> None:
+                  lora_up: torch.Tensor | None, device: torch.device,
+                  act_dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> None:
     if (lowrank_act is None) != (lora_up is None):
         _fail(op, "lowrank_act and lora_up must be given together")
     if lowrank_act is None:
         return
-    check_tensor(op, "lowrank_act", lowrank_act, dtypes=(torch.float32,), shape=(m, None), device=device)
+    check_tensor(op, "lowrank_act", lowrank_act, dtypes=act_dtypes, shape=(m, None), device=device)
     check_tensor(op, "lora_up", lora_up, dtypes=FLOAT_ACT_DTYPES, shape=(n, lowrank_act.shape[1]), device=device)
+
+
+def check_lowrank_dtype(op: str, lowrank_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a quantize op writes lowrank_act in: float32 (the default) or a 16-bit float."""
+    if lowrank_dtype is None:
+        return torch.float32
+    if lowrank_dtype not in FLOAT_ACT_DTYPES:
+        _fail(op, f"lowrank_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {lowrank_dtype}")
+    return lowrank_dtype
 
 
 def check_bias(op: str, n: int, bias: torch.Tensor | None, device: torch.device) -> None:

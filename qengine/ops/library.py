@@ -13,21 +13,26 @@ from __future__ import annotations
 import torch
 
 from ..formats.lowrank_cat import lowrank_cat_layout
+from . import checks
 from . import reference as ref
 from . import reference_norms as ref_norms
 
 _GEMM_ARGS = ("Tensor a, Tensor a_scale, Tensor w, Tensor w_scale, Tensor? bias, Tensor? lowrank_act, "
               "Tensor? lora_up, ScalarType out_dtype) -> Tensor")
 _QUANT_ARGS = "(Tensor x, Tensor? smooth, Tensor? lora_down) -> (Tensor, Tensor, Tensor)"
-_GELU_CAT_LOWRANK_ARGS = "(Tensor? x, Tensor gelu_x, Tensor? smooth, Tensor lora_down) -> (Tensor, Tensor, Tensor)"
+# The 8-bit quantizations can write lowrank_act in 16 bits (lowrank_dtype) for the W4A8 GEMM.
+_QUANT8_ARGS = ("(Tensor x, Tensor? smooth, Tensor? lora_down, ScalarType? lowrank_dtype=None) "
+                "-> (Tensor, Tensor, Tensor)")
+_GELU_CAT_LOWRANK_ARGS = ("(Tensor? x, Tensor gelu_x, Tensor? smooth, Tensor lora_down, "
+                          "ScalarType? lowrank_dtype=None) -> (Tensor, Tensor, Tensor)")
 _CONV_ARGS = ("(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, Tensor? x_scale, int[2] stride, int[2] padding, "
               "int[2] dilation, Tensor? x2=None, Tensor? x2_scale=None, Tensor? residual=None, "
               "ScalarType? out_dtype=None) -> Tensor")
 _GN_QUANT_ARGS = "(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, bool silu, Tensor? add, Tensor scale) -> Tensor"
 
 SCHEMAS: dict[str, str] = {
-    "quantize_act_int8": _QUANT_ARGS,
-    "quantize_act_fp8": _QUANT_ARGS,
+    "quantize_act_int8": _QUANT8_ARGS,
+    "quantize_act_fp8": _QUANT8_ARGS,
     "quantize_act_int4": _QUANT_ARGS,
     "quantize_act_fp8_lowrank_cat": "(Tensor x, Tensor? smooth, Tensor lora_down, Tensor inv_c) -> (Tensor, Tensor)",
     "quantize_act_fp8_lowrank_cat_from": "(Tensor x, Tensor? smooth, Tensor lowrank, Tensor inv_c) -> (Tensor, Tensor)",
@@ -75,13 +80,14 @@ for _name in ("w4a8_prepack", "w4a8_unprepack"):
 
 
 def _fake_quantize(op, q_dtype):
-    def fake(x, smooth=None, lora_down=None):
+    def fake(x, smooth=None, lora_down=None, lowrank_dtype=None):
         m, k, r = ref.check_quantize_args(op, x, smooth, lora_down)
+        lr_dtype = checks.check_lowrank_dtype(op, lowrank_dtype)
         if q_dtype == torch.uint8:  # packed INT4, group-64 scales
             return (x.new_empty(m, k // 2, dtype=torch.uint8), x.new_empty(m, k // 64, dtype=torch.float32),
                     x.new_empty(m, r, dtype=torch.float32))
         return (x.new_empty(m, k, dtype=q_dtype), x.new_empty(m, dtype=torch.float32),
-                x.new_empty(m, r, dtype=torch.float32))
+                x.new_empty(m, r, dtype=lr_dtype))
     return fake
 
 
@@ -129,10 +135,11 @@ for _name, _qdtype in (("quantize_act_int8_gelu_cat", torch.int8), ("quantize_ac
 
 
 def _fake_quantize_gelu_cat_lowrank(op, q_dtype):
-    def fake(x, gelu_x, smooth, lora_down):
+    def fake(x, gelu_x, smooth, lora_down, lowrank_dtype=None):
         m, k, r = ref.check_quantize_gelu_cat_lowrank_args(op, x, gelu_x, smooth, lora_down)
+        lr_dtype = checks.check_lowrank_dtype(op, lowrank_dtype)
         return (gelu_x.new_empty(m, k, dtype=q_dtype), gelu_x.new_empty(m, dtype=torch.float32),
-                gelu_x.new_empty(m, r, dtype=torch.float32))
+                gelu_x.new_empty(m, r, dtype=lr_dtype))
     return fake
 
 

@@ -7,8 +7,9 @@ outputs are cast to ``out_dtype`` once at the end.
 
 Shapes (M tokens, K input features, N output features, r low-rank rank, G weight group size):
 
-  quantize_act_{int8,fp8}(x [M,K], smooth [K]?, lora_down [r,K]?)
-      -> q [M,K] int8|float8_e4m3fn, scale [M] f32, lowrank_act [M,r] f32 ([M,0] without lora_down)
+  quantize_act_{int8,fp8}(x [M,K], smooth [K]?, lora_down [r,K]?, lowrank_dtype?)
+      -> q [M,K] int8|float8_e4m3fn, scale [M] f32, lowrank_act [M,r] f32 ([M,0] without lora_down;
+         lowrank_dtype bf16/fp16: rounded to it once, e.g. for the W4A8 GEMM, which takes it so)
   quantize_act_fp8_lowrank_cat(x [M,K], smooth [K]?, lora_down [r,K], inv_c [r] f32)
       -> q [M,K+W] float8_e4m3fn, scale [M] f32   (qengine.formats.lowrank_cat: the branch rides in
          the FP8 GEMM's K; W = 3r rounded up to 128; the weight is lowrank_cat_weight's [N,K+W])
@@ -17,7 +18,7 @@ Shapes (M tokens, K input features, N output features, r low-rank rank, G weight
   quantize_act_{int8,fp8}_gelu_cat(x [M,Kx]?, gelu_x [M,Kg], smooth [Kx+Kg]?)
       -> q [M,Kx+Kg], scale [M]: quantize_act_* of cat([x, gelu_tanh(gelu_x)]) (16-bit inputs; the
          CUDA kernel reads both in place, e.g. FLUX's attention output and proj_mlp's pre-activation)
-  quantize_act_{int8,fp8}_gelu_cat_lowrank(x [M,Kx]?, gelu_x [M,Kg], smooth?, lora_down [r,Kx+Kg])
+  quantize_act_{int8,fp8}_gelu_cat_lowrank(x [M,Kx]?, gelu_x [M,Kg], smooth?, lora_down [r,Kx+Kg], lowrank_dtype?)
       -> q, scale, lowrank_act [M,r] f32: quantize_act_* of the same rows with lora_down
   quantize_act_fp8_gelu_cat_lowrank_cat(x [M,Kx]?, gelu_x [M,Kg], smooth?, lora_down [r,K], inv_c [r])
       -> q [M,K+W], scale [M]: quantize_act_fp8_lowrank_cat of the same rows
@@ -87,24 +88,25 @@ def _smoothed(x, smooth):
     return xf if smooth is None else xf / smooth.float()
 
 
-def _smoothed_and_lowrank(op, x, smooth, lora_down):
+def _smoothed_and_lowrank(op, x, smooth, lora_down, lowrank_dtype=None):
     m, _, _ = check_quantize_args(op, x, smooth, lora_down)
+    out_dtype = checks.check_lowrank_dtype(op, lowrank_dtype)
     xf = _smoothed(x, smooth)
     if lora_down is not None:
         lowrank = xf @ lora_down.float().t()
     else:
         lowrank = xf.new_empty(m, 0)
-    return xf, lowrank
+    return xf, lowrank.to(out_dtype)
 
 
-def quantize_act_int8(x, smooth=None, lora_down=None):
-    xf, lowrank = _smoothed_and_lowrank("quantize_act_int8", x, smooth, lora_down)
+def quantize_act_int8(x, smooth=None, lora_down=None, lowrank_dtype=None):
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_int8", x, smooth, lora_down, lowrank_dtype)
     q, scale = quantize_rows(xf, Format.INT8)
     return q, scale, lowrank
 
 
-def quantize_act_fp8(x, smooth=None, lora_down=None):
-    xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down)
+def quantize_act_fp8(x, smooth=None, lora_down=None, lowrank_dtype=None):
+    xf, lowrank = _smoothed_and_lowrank("quantize_act_fp8", x, smooth, lora_down, lowrank_dtype)
     q, scale = quantize_rows(xf, Format.FP8_E4M3)
     return q, scale, lowrank
 
@@ -169,24 +171,27 @@ def check_quantize_gelu_cat_lowrank_args(op, x, gelu_x, smooth, lora_down, inv_c
     return m, k, r
 
 
-def _gelu_cat_lowrank(op, x, gelu_x, smooth, lora_down, fmt):
+def _gelu_cat_lowrank(op, x, gelu_x, smooth, lora_down, fmt, lowrank_dtype):
     check_quantize_gelu_cat_lowrank_args(op, x, gelu_x, smooth, lora_down)
+    out_dtype = checks.check_lowrank_dtype(op, lowrank_dtype)
     xf = _smoothed(gelu_cat_input(x, gelu_x), smooth)
     q, scale = quantize_rows(xf, fmt)
-    return q, scale, xf @ lora_down.float().t()
+    return q, scale, (xf @ lora_down.float().t()).to(out_dtype)
 
 
-def quantize_act_int8_gelu_cat_lowrank(x, gelu_x, smooth, lora_down):
+def quantize_act_int8_gelu_cat_lowrank(x, gelu_x, smooth, lora_down, lowrank_dtype=None):
     """:func:`quantize_act_int8_gelu_cat` plus the low-rank down-projection of the same rows:
     ``(q, scale, lowrank_act [M, r] f32)``, equal to ``quantize_act_int8`` of the concatenation
     with ``lora_down`` (the CUDA op runs torch's GELU, then the tile kernel reads x and the GELU
     output in place: no concatenation)."""
-    return _gelu_cat_lowrank("quantize_act_int8_gelu_cat_lowrank", x, gelu_x, smooth, lora_down, Format.INT8)
+    return _gelu_cat_lowrank("quantize_act_int8_gelu_cat_lowrank", x, gelu_x, smooth, lora_down, Format.INT8,
+                             lowrank_dtype)
 
 
-def quantize_act_fp8_gelu_cat_lowrank(x, gelu_x, smooth, lora_down):
+def quantize_act_fp8_gelu_cat_lowrank(x, gelu_x, smooth, lora_down, lowrank_dtype=None):
     """The FP8 twin of :func:`quantize_act_int8_gelu_cat_lowrank`."""
-    return _gelu_cat_lowrank("quantize_act_fp8_gelu_cat_lowrank", x, gelu_x, smooth, lora_down, Format.FP8_E4M3)
+    return _gelu_cat_lowrank("quantize_act_fp8_gelu_cat_lowrank", x, gelu_x, smooth, lora_down, Format.FP8_E4M3,
+                             lowrank_dtype)
 
 
 def quantize_act_fp8_gelu_cat_lowrank_cat(x, gelu_x, smooth, lora_down, inv_c):
@@ -351,7 +356,9 @@ def check_gemm_args(op, a, a_scale, w, w_scale, bias, lowrank_act, lora_up, out_
         n = w.shape[0]
         checks.check_tensor(op, "w_scale", w_scale, dtypes=(torch.float32,), shape=(n,), device=dev)
     checks.check_bias(op, n, bias, dev)
-    checks.check_lowrank(op, m, n, lowrank_act, lora_up, dev)
+    # W4A8 also takes lowrank_act already rounded to 16 bits (the cooperative configs use it so)
+    act_dtypes = FLOAT_ACT_DTYPES if op == "w4a8_gemm" else (torch.float32,)
+    checks.check_lowrank(op, m, n, lowrank_act, lora_up, dev, act_dtypes)
     checks.check_out_dtype(op, out_dtype)
     return m, k, n
 

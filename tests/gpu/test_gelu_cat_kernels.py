@@ -280,6 +280,7 @@ def test_lowrank_equals_the_concatenated_row_at_every_block_size(fmt, tiles_per_
         q, s, lr = getattr(Q, LOWRANK_OPS[fmt])(x, g, None, down)
         eq, es, elr = getattr(Q, f"quantize_act_{fmt}")(concatenated(x, g), None, down)
         assert torch.equal(lr, elr)
+        assert torch.equal(getattr(Q, LOWRANK_OPS[fmt])(x, g, None, down, torch.bfloat16)[2], lr.bfloat16())
         exact = concatenated(x, g).float() @ down.float().t()
         assert ((lr - exact).norm() / exact.norm()).item() < 1e-5
     assert torch.equal(s, es) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8))

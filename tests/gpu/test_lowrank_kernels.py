@@ -110,6 +110,21 @@ def test_quantize_lowrank_every_block_size(kind, tiles_per_sm, rank, dtype):
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
+@pytest.mark.parametrize("rank,m", [(32, 77), (48, 5000), (12, 40)])
+def test_quantize_lowrank_16bit_lowrank_act(kind, rank, m):
+    """lowrank_dtype bf16/fp16: the kernel rounds each fp32 sum once (12: the binding's fallback)."""
+    skip_missing(kind, QUANT_OP[kind])
+    op = getattr(torch.ops.qengine, QUANT_OP[kind])
+    x = activations(m, 768, torch.bfloat16, 5)
+    down = (torch.randn(rank, 768, device=DEV) / math.sqrt(768)).bfloat16()
+    q, s, lr = op(x, None, down)
+    for dt in (torch.bfloat16, torch.float16):
+        q2, s2, lr2 = op(x, None, down, dt)
+        assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(s2, s)
+        assert lr2.dtype == dt and torch.equal(lr2, lr.to(dt))
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
 def test_quantize_lowrank_fp32_down_and_odd_rank(kind):
     skip_missing(kind, QUANT_OP[kind])
     # fp32 lora_down is rounded to bf16 by the binding: still >= 40 dB against the fp32 product.

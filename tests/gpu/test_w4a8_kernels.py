@@ -100,6 +100,21 @@ def test_lowrank_every_config(config, rank, out_dtype):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_lowrank_act_in_the_output_dtype(config, out_dtype):
+    """lowrank_act given already rounded to out_dtype (what QLinear has the quantize kernel write):
+    the cooperative configs, which round it so themselves, give the same output bit for bit;
+    every config stays >= 40 dB from the fp32 reference."""
+    for m, n, k in ((77, 256, 512), (300, 512, 1024)):
+        ops = operands(m, n, k, 32, seed=m, out_dtype=out_dtype)
+        rounded = ops[:5] + (ops[5].to(out_dtype),) + ops[6:]
+        out16 = run(config, rounded, out_dtype)
+        assert sqnr_db(out16.float(), reference(*ops)) >= 40
+        if config in COOP:
+            assert torch.equal(out16, run(config, ops, out_dtype))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("n,k", [(16, 32), (16, 96), (48, 32), (112, 160)])
 def test_smallest_k_n(config, n, k):
     check(config, 5, n, k)
@@ -264,6 +279,30 @@ def test_qlinear_matches_reference_backend():
     q.backend = "reference"
     y_ref = q(x)
     assert y.shape == (3, 50, 768) and sqnr_db(y.float(), y_ref.float()) >= 40
+
+
+@pytest.mark.skipif("quantize_act_int8" in MISSING_CUDA_KERNELS, reason="no CUDA quantize_act_int8")
+@pytest.mark.parametrize("tokens", [7, 150, 4096])
+def test_qlinear_has_lowrank_act_written_in_its_dtype(tokens):
+    """QLinear asks the quantize kernel for lowrank_act in x's dtype, so the GEMM binding converts
+    nothing; the output equals the fp32-lowrank_act path where the config rounds it anyway."""
+    q = make_qlinear(k=1024, n=512)
+    x = torch.randn(tokens, 1024, device=DEV).bfloat16()
+    seen = []
+    real = torch.ops.qengine.w4a8_gemm
+
+    def spy(*args):
+        seen.append(args[5].dtype)
+        return real(*args)
+    import unittest.mock as mock
+    with mock.patch.object(torch.ops.qengine, "w4a8_gemm", spy):
+        y = q(x)
+    assert seen == [torch.bfloat16]
+    qx, qs, lr32 = torch.ops.qengine.quantize_act_int8(x, q.smooth, q.lora_down)
+    y32 = real(qx, qs, q.weight, q.weight_scale, q.bias, lr32, q.lora_up, torch.bfloat16)
+    if EXT.w4a8_gemm_heuristic(tokens, 512, 1024) in COOP:
+        assert torch.equal(y, y32)
+    assert sqnr_db(y.float(), y32.float()) >= 40
 
 
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",

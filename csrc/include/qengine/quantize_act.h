@@ -80,7 +80,8 @@ struct QuantizeActParams {
   int sm_count;           // multiprocessors of the device (the grid is sized to what stays resident)
   // Low-rank down-projection (rank == 0: none). rank must be a multiple of 16.
   const void* lora_down = nullptr;  // [rank, K] bf16, row-major, contiguous, 16-byte aligned
-  float* lowrank = nullptr;         // [M, rank] fp32, row-major, contiguous (unused in cat mode)
+  void* lowrank = nullptr;          // [M, rank] lowrank_type, row-major, contiguous (unused in cat mode)
+  FloatType lowrank_type = FloatType::kFP32;  // 16-bit: each fp32 sum rounded once (nearest even)
   int rank = 0;
   const float* lowrank_inv_c = nullptr;  // [rank] fp32: cat mode (see above); q is then [M, K + W]
   // Cat mode with the low-rank product given ([M, rank] fp32, e.g. from a cuBLAS x @ (lora_down /
