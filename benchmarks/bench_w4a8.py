@@ -3,7 +3,8 @@ against cuBLAS bf16 and our W8A8 GEMMs.
 
 Per shape (M, K, N): cuBLAS bf16 ``F.linear`` (with bias), our W8A8 FP8 and INT8 GEMMs (scales +
 bias epilogue), and our W4A8 GEMM without and with the low-rank term (r = 32: lowrank_act [M, 32]
-bf16, as QLinear has the quantize kernel write it for W4A8 (fp32 for the W8A8 INT8 GEMM), lora_up
+as QLinear has the quantize kernel write it for W4A8: bf16 above 32 tokens, fp32 up to 32 (the
+split-K configs read fp32), fp32 for the W8A8 INT8 GEMM; lora_up
 [N, 32] bf16; the cooperative and split-K configs multiply it in their epilogue,
 the others add its [M, N] cuBLAS product there: ``w4a8_config_fuses_lowrank``), each timed
 through the registered ``torch.ops.qengine`` op (heuristic config).
@@ -81,6 +82,7 @@ def operand_sets(m, k, n, l2_bytes, max_sets):
 def bench_shape(label, m, k, n, reps, l2, ext, sweep, max_sets):
     sets = operand_sets(m, k, n, l2, max_sets)
     q = torch.ops.qengine
+    from qengine.nn.linear import W4A8_SPLITK_MAX_TOKENS
     bf = torch.bfloat16
 
     r = {"shape": label, "M": m, "K": k, "N": n}
@@ -90,7 +92,8 @@ def bench_shape(label, m, k, n, reps, l2, ext, sweep, max_sets):
         "w8a8_int8": lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], None, None, bf),
         "w8a8_int8_r32": lambda s: q.w8a8_int8_gemm(s["xi"], s["xs"], s["wi"], s["ws"], s["b"], s["la"], s["up"], bf),
         "w4a8": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], None, None, bf),
-        "w4a8_r32": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], s["la16"], s["up"], bf),
+        "w4a8_r32": lambda s: q.w4a8_gemm(s["xi"], s["xs"], s["w4"], s["ws4"], s["b"],
+                                          s["la16"] if m > W4A8_SPLITK_MAX_TOKENS else s["la"], s["up"], bf),
     }
     timed = time_ops([TimedOp(name, [lambda fn=fn, s=s: fn(s) for s in sets]) for name, fn in ops.items()], reps,
                      "graph")

@@ -31,6 +31,11 @@ from ..formats.lowrank_cat import LOWRANK_CAT_MAX_RANK, lowrank_cat_weight
 from .quantize_weight import lowrank_split, quantize_weight, weight_shapes
 
 
+# csrc/w4a8/configs.cu (w4a8_choose_tile_config): up to this many tokens the W4A8 GEMM may take a
+# split-K config, whose epilogue reads lowrank_act in fp32; above it every config reads it in the
+# output dtype. (A mismatch costs a conversion launch, never correctness: the op takes both.)
+W4A8_SPLITK_MAX_TOKENS = 32
+
 class QLinear(nn.Module):
     #: How the cat path (enable_lowrank_cat) gets the branch's down-projection ``(x / s) @ L_down^T``:
     #: "fused" computes it in the quantize kernel (tensor cores, a second pass over X), "matmul"
@@ -183,11 +188,12 @@ class QLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _lowrank_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """lowrank_act's dtype: the W4A8 CUDA GEMM takes it rounded to its 16-bit output dtype (its
-        cooperative configs read it so), so the quantize kernel writes it that way, which saves the
-        GEMM binding a conversion launch per call; float32 (None) everywhere else."""
+        """lowrank_act's dtype: the W4A8 CUDA GEMM's configs for more than 32 tokens take it rounded
+        to their 16-bit output dtype, so the quantize kernel writes it that way, which saves the GEMM
+        binding a conversion launch per call; float32 (None) everywhere else, including the split-K
+        configs of <= 32 tokens, which read fp32 (notes/h100_2026-11-24d, call 8)."""
         if (self.lora_up is not None and self.scheme.name == "w4a8" and self.backend == "auto" and x.is_cuda
-                and x.dtype in (torch.bfloat16, torch.float16)):
+                and x.dtype in (torch.bfloat16, torch.float16) and x.shape[0] > W4A8_SPLITK_MAX_TOKENS):
             return x.dtype
         return None
 

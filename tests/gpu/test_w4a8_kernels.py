@@ -282,10 +282,11 @@ def test_qlinear_matches_reference_backend():
 
 
 @pytest.mark.skipif("quantize_act_int8" in MISSING_CUDA_KERNELS, reason="no CUDA quantize_act_int8")
-@pytest.mark.parametrize("tokens", [7, 150, 4096])
+@pytest.mark.parametrize("tokens", [7, 32, 33, 150, 4096])
 def test_qlinear_has_lowrank_act_written_in_its_dtype(tokens):
-    """QLinear asks the quantize kernel for lowrank_act in x's dtype, so the GEMM binding converts
-    nothing; the output equals the fp32-lowrank_act path where the config rounds it anyway."""
+    """Above 32 tokens QLinear asks the quantize kernel for lowrank_act in x's dtype, so the GEMM
+    binding converts nothing; the output equals the fp32-lowrank_act path where the config rounds
+    it anyway. Up to 32 tokens (split-K configs read fp32) it stays fp32."""
     q = make_qlinear(k=1024, n=512)
     x = torch.randn(tokens, 1024, device=DEV).bfloat16()
     seen = []
@@ -297,7 +298,11 @@ def test_qlinear_has_lowrank_act_written_in_its_dtype(tokens):
     import unittest.mock as mock
     with mock.patch.object(torch.ops.qengine, "w4a8_gemm", spy):
         y = q(x)
-    assert seen == [torch.bfloat16]
+    assert seen == [torch.bfloat16 if tokens > 32 else torch.float32]
+    if tokens <= 32:
+        assert "splitk" in EXT.w4a8_gemm_heuristic(tokens, 512, 1024)
+    else:
+        assert "splitk" not in EXT.w4a8_gemm_heuristic(tokens, 512, 1024)
     qx, qs, lr32 = torch.ops.qengine.quantize_act_int8(x, q.smooth, q.lora_down)
     y32 = real(qx, qs, q.weight, q.weight_scale, q.bias, lr32, q.lora_up, torch.bfloat16)
     if EXT.w4a8_gemm_heuristic(tokens, 512, 1024) in COOP:
