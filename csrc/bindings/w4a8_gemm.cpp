@@ -38,6 +38,8 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   const int64_t M = a.size(0), K = a.size(1);
   QENGINE_CHECK(kOp, K > 0 && K % 32 == 0, "K=", K, " is not supported by the CUDA kernel: K must be a positive "
                 "multiple of 32 (the prepacked weight's 16x32 blocks)");
+  QENGINE_CHECK(kOp, K <= kW4A8MaxK, "K=", K, " is not supported by the CUDA kernel: K must be at most ", kW4A8MaxK,
+                " (its int32 accumulator holds 16x the dot product: K x 128 x 128 < 2^31)");
   check_tensor(kOp, "a_scale", a_scale, device, {at::kFloat}, {M});
   check_tensor(kOp, "w", w, device, {at::kByte}, {-1, K / 2});
   const int64_t N = w.size(0);

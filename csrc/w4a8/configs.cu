@@ -108,7 +108,7 @@ bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
 }
 
 bool supported(const W4A8GemmParams& p) {
-  return p.M >= 1 && p.N > 0 && p.K > 0 && p.N % 16 == 0 && p.K % 32 == 0 && p.lda >= p.K && p.ldo >= p.N &&
+  return p.M >= 1 && p.N > 0 && p.K > 0 && p.K <= kW4A8MaxK && p.N % 16 == 0 && p.K % 32 == 0 && p.lda >= p.K && p.ldo >= p.N &&
          p.lda % 16 == 0 && p.ldo % 8 == 0 && (p.out_type == FloatType::kBF16 || p.out_type == FloatType::kFP16);
 }
 }  // namespace

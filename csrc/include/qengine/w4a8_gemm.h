@@ -22,8 +22,10 @@
 //            configs also need both pointers 16-byte aligned. At most one of lowrank /
 //            lowrank_act / lowrank_act_out is set.
 //   out      [M, N] bf16 | fp16, row-major, row stride ldo
-// Limits: K % 32 == 0, N % 16 == 0 (the 16x32 weight shuffle atom; also 16-byte rows), M >= 1.
-// INT8 x INT8 (widened INT4) accumulates in int32: exact.
+// Limits: K % 32 == 0, N % 16 == 0 (the 16x32 weight shuffle atom; also 16-byte rows), M >= 1,
+// K <= kW4A8MaxK. INT8 x INT8 (widened INT4) accumulates in int32: exact. The wgmma configs widen
+// the weights to 16 x w (sm90/widen_int4_times16.cuh), so |acc| <= K x 128 x 128 must stay
+// below 2^31.
 //
 // The kernel computes the transposed product out^T = W . A^T so that the 4-bit operand is the
 // register-sourced A operand of wgmma (only A can come from registers, where the widening
@@ -37,6 +39,8 @@
 #include "qengine/types.h"
 
 namespace qengine {
+
+constexpr int64_t kW4A8MaxK = 65536;
 
 struct W4A8GemmParams {
   const int8_t* a;

@@ -3,10 +3,11 @@
 // The mainloop is CUTLASS's RS (register-sourced A) mixed-input collective in "convert only"
 // mode: TMA brings the 4-bit weight tile (prepacked, weight_layout.cuh) and the 8-bit
 // activation tile to shared memory; each consumer thread loads its weight fragment into
-// registers, widens 8 nibbles at a time to INT8 (shifts + PRMT, no lookup) and issues the
-// INT8 wgmma with the activations from shared memory. Per-channel weight scales make the
-// integer accumulator exact over the whole K, so both scales go to the epilogue:
-//   out^T[n, m] = a_scale[m] * (w_scale[n] * acc[n, m]) + bias[n] (+ lowrank^T[n, m])
+// registers, widens 8 nibbles at a time to INT8 as 16 x w (widen_int4_times16.cuh: 5 integer ops
+// per 8 values) and issues the INT8 wgmma with the activations from shared memory. Per-channel
+// weight scales make the integer accumulator (16x the dot product) exact over the whole K, so
+// both scales go to the epilogue:
+//   out^T[n, m] = a_scale[m] * ((w_scale[n] * acc[n, m]) / 16) + bias[n] (+ lowrank^T[n, m])
 #pragma once
 
 #include <cuda_runtime.h>
@@ -26,6 +27,7 @@
 #include "qengine/w4a8_gemm.h"
 #include "lowrank_staged_epilogue.cuh"
 #include "weight_layout.cuh"
+#include "widen_int4_times16.cuh"
 
 namespace qengine::w4a8::sm90 {
 
@@ -61,7 +63,8 @@ struct EpilogueTree {
   using WScale = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>>;
   using AScale = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, _0>>;
   using Bias = fusion::Sm90ColBroadcast<0, TileShape, ElementOut, float, Stride<_1, _0, _0>>;
-  using MulW = fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>;
+  // w_scale * acc / 16: the mainloop widens the weights to 16 x w (widen_int4_times16.cuh).
+  using MulW = fusion::Sm90Compute<MultipliesSixteenth, float, float, kRound>;
   using AccW = fusion::Sm90EVT<MulW, WScale, Acc>;
   using FmaA = fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>;
   // The low-rank product arrives as the epilogue's source operand C (TMA-loaded by the
