@@ -16,5 +16,5 @@ mkdir -p $OUT/sobuild; cp $R/gc/so/C.so.xz $R/gc/so/C.so.src $R/gc/so/kernels.ta
 timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_w4a8_kernels.py > $R/tests.log 2>&1; echo "tests rc=$? at $((SECONDS-t0))s"
 grep -E "passed|failed|FAILED|Error|assert" $R/tests.log | tail -15
 timeout 110 python3 benchmarks/bench_w4a8.py --m-sweep 16 24 32 48 64 --reps 15 --out-dir $R/new > $R/bench_new.log 2>&1; echo "bench new rc=$? at $((SECONDS-t0))s"
-for v in old new; do echo "== $v"; [[ -f $R/$v/bench_w4a8.md ]] && cut -d'|' -f2,3,5,7,8,9,10,11 $R/$v/bench_w4a8.md | head -14; done
+for v in old new; do echo "== $v"; [[ -f $R/$v/bench_w4a8.md ]] && cut -d'|' -f2,3,5,7,8,9,10,11 $R/$v/bench_w4a8.md; done
 tar -C /tmp --exclude=e2/gc -cJf $OUT/e2.tar.xz e2
