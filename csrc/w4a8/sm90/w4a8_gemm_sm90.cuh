@@ -1,9 +1,8 @@
 // CUTLASS 3.x mixed-input GEMM for W4A8 on sm_90a: INT4 weights x INT8 activations.
 //
 // The mainloop is CUTLASS's RS (register-sourced A) mixed-input collective in "convert only"
-// mode, with our consumer loop (prefetching_mainloop.cuh: a k-tile's 4-bit fragments loaded
-// from shared memory a k-block ahead of it): TMA brings the 4-bit weight tile (prepacked,
-// weight_layout.cuh) and the 8-bit activation tile to shared memory; each consumer thread loads its weight fragment into
+// mode: TMA brings the 4-bit weight tile (prepacked, weight_layout.cuh) and the 8-bit
+// activation tile to shared memory; each consumer thread loads its weight fragment into
 // registers, widens 8 nibbles at a time to INT8 as 16 x w (widen_int4_times16.cuh: 5 integer ops
 // per 8 values) and issues the INT8 wgmma with the activations from shared memory. Per-channel
 // weight scales make the integer accumulator (16x the dot product) exact over the whole K, so
@@ -27,7 +26,6 @@
 
 #include "qengine/w4a8_gemm.h"
 #include "lowrank_staged_epilogue.cuh"
-#include "prefetching_mainloop.cuh"
 #include "weight_layout.cuh"
 #include "widen_int4_times16.cuh"
 
@@ -118,16 +116,14 @@ struct W4A8Gemm {
       ElementOut, LayoutOutT, kAlignOut,
       EpilogueSchedule, typename Tree::Tree>::CollectiveOp;
 
-  // CUTLASS's collective with our consumer loop (prefetching_mainloop.cuh); producer, shared
-  // storage and pipeline are CUTLASS's.
-  using CollectiveMainloop = PrefetchingMixedInputMainloop<typename cutlass::gemm::collective::CollectiveBuilder<
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
       ElementW, WeightLayout, kAlignW,
       ElementA, LayoutAct, kAlignA,
       ElementAcc, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      KernelSchedule>::CollectiveOp>;
+      KernelSchedule>::CollectiveOp;
 
   using KernelBase = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
                                                           CollectiveEpilogue, TileScheduler>;
