@@ -24,7 +24,13 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
 // - Many tokens: the cooperative tiles are fastest per unit of work (two warp groups share one
 //   tile: half the accumulator registers per thread, which the register-sourced weights need),
 //   and 256 tokens per tile beat 128 wherever those tiles still fill 2/3 of a wave (each widened
-//   weight fragment feeds twice the MMAs: FLUX 4096x3072->3072 55.7 vs 75.9 us). A ping-pong CTA
+//   weight fragment feeds twice the MMAs: FLUX 4096x3072->3072 55.7 vs 75.9 us), unless the
+//   128-token tiles fill their last wave better by 8 points or more (wave efficiency = tiles /
+//   (waves x SMs)). Since the widening takes 5 ops (widen_int4_times16.cuh) the 128x128 tile is
+//   as fast per unit of work on full waves, so the tail decides (notes/h100_2026-11-24e call 4,
+//   every config forced: FLUX 4608x3072->3072 64.3 vs 73.5 us, 432 tiles of 256 fill 82% of 4
+//   waves, 864 of 128 fill 94% of 7; 4608x3072->12288 keeps 128x256: 249.5 vs 265.1, 94% vs 97%;
+//   SD3 4096x6144->1536 51.0 vs 64.4). A ping-pong CTA
 //   works on two smaller tiles at once, so where the 128-token tiles would leave SMs idle the
 //   smaller ones win.
 // - Few tokens, the weights' bytes are the cost and the work must reach every SM:
@@ -47,7 +53,12 @@ W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count) {
   const long tiles_256 = long((M + 255) / 256) * row_tiles;
   const long tiles_128 = long((M + 127) / 128) * row_tiles;
   const long tiles_64 = long((M + 63) / 64) * ((N + 63) / 64);
-  if (3 * tiles_256 >= 2 * sms) return W4A8TileConfig::kSm90_128x256x128_Coop;
+  // The share of the last wave's SMs that have a tile (1: the tiles fill whole waves).
+  const auto wave_efficiency = [sms](long tiles) { return double(tiles) / double((tiles + sms - 1) / sms * sms); };
+  if (3 * tiles_256 >= 2 * sms) {
+    return wave_efficiency(tiles_128) >= wave_efficiency(tiles_256) + 0.08 ? W4A8TileConfig::kSm90_128x128x128_Coop
+                                                                           : W4A8TileConfig::kSm90_128x256x128_Coop;
+  }
   if (tiles_128 >= 2 * sms || (3 * tiles_128 >= 2 * sms && tiles_128 <= sms)) return W4A8TileConfig::kSm90_128x128x128_Coop;
   if (tiles_64 <= sms) return W4A8TileConfig::kSm90_64x64x128_Pingpong;
   return W4A8TileConfig::kSm90_64x128x128_Pingpong;
