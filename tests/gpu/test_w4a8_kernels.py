@@ -354,6 +354,12 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="multiple of 32"):
         EXT.w4a8_gemm_with_config(a[:, :48].contiguous(), a_scale, w[:, :24].contiguous(), w_scale, None, None,
                                   None, "bfloat16", CONFIGS[0])
+    # the wgmma mainloop accumulates 16 x w x a in int32: K x 128 x 128 must stay below 2^31
+    big_k = 65536 + 32
+    a_big = torch.zeros(1, big_k, dtype=torch.int8, device=DEV)
+    w_big = torch.zeros(16, big_k // 2, dtype=torch.uint8, device=DEV)
+    with pytest.raises(ValueError, match="K=65568 .*at most 65536"):
+        gemm(a_big, a_scale[:1], w_big, w_scale[:16], None, None, None, torch.bfloat16)
     with pytest.raises(ValueError, match="out_dtype"):
         gemm(a, a_scale, w, w_scale, None, None, None, torch.float32)
     with pytest.raises(ValueError, match="together"):
