@@ -189,8 +189,13 @@ def test_flux_gelu_cat_forwards_give_the_stock_output(monkeypatch, scheme):
     assert sorted(type(m).__name__ for m in swapped) == ["FeedForward", "FeedForward", "FluxSingleTransformerBlock"]
     assert qengine.enable_fused_kernels(model)["gelu_cat"] == 0  # idempotent
     assert list(model.state_dict()) == list(_state_keys_after_plain_quantize(scheme))
-    inputs = _flux_inputs(torch.Generator().manual_seed(3))
     op = "quantize_act_fp8_gelu_cat" if scheme == "w8a8-fp8" else "quantize_act_int8_gelu_cat"
+    _assert_swapped_forwards_call_and_match_stock(model, swapped, op, seed=3)
+
+
+def _assert_swapped_forwards_call_and_match_stock(model, swapped, op, seed):
+    """The model's forward calls `op` once per swapped module and equals the stock forward."""
+    inputs = _flux_inputs(torch.Generator().manual_seed(seed))
     calls = []
     real = getattr(Q, op)
     with torch.no_grad():
@@ -199,7 +204,7 @@ def test_flux_gelu_cat_forwards_give_the_stock_output(monkeypatch, scheme):
         for m in swapped:
             del m.forward  # the class's own forward again
         expect = model(**inputs)[0]
-    assert len(calls) == 3
+    assert len(calls) == len(swapped)
     assert torch.equal(out, expect)
 
 
@@ -233,17 +238,7 @@ def test_low_rank_layers_take_the_gelu_cat_forward_with_the_down_projection(monk
         assert all(m.enable_lowrank_cat() for m in model.modules() if isinstance(m, QLinear) and m.lora_up is not None)
     swapped = [m for m in model.modules() if hasattr(m, "_qengine_gelu_cat")]
     assert len(swapped) == 3
-    inputs = _flux_inputs(torch.Generator().manual_seed(5))
-    calls = []
-    real = getattr(Q, op)
-    with torch.no_grad():
-        with mock.patch.object(Q, op, lambda *a: calls.append(a[1].shape) or real(*a)):
-            out = model(**inputs)[0]
-        for m in swapped:
-            del m.forward
-        expect = model(**inputs)[0]
-    assert len(calls) == 3
-    assert torch.equal(out, expect)
+    _assert_swapped_forwards_call_and_match_stock(model, swapped, op, seed=5)
 
 
 def test_gelu_cat_forward_in_training_mode_with_dropout_uses_the_stock_path(monkeypatch):
