@@ -26,7 +26,6 @@
 
 #include "qengine/w4a8_gemm.h"
 #include "lowrank_staged_epilogue.cuh"
-#include "prefetched_vector_epilogue.cuh"
 #include "weight_layout.cuh"
 #include "widen_int4_times16.cuh"
 
@@ -57,19 +56,13 @@ namespace fusion = cutlass::epilogue::fusion;
 enum class LowRank : int { kNone = 0, kSource = 1, kStaged = 2 };
 
 // Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
-// kPrefetch (the persistent cooperative configs): the scales and the bias come from our nodes that
-// load the CTA's next tile's slices during this tile's mainloop (prefetched_vector_epilogue.cuh)
-// instead of CUTLASS's broadcast nodes, which load them when the epilogue starts.
-template <typename TileShape, typename ElementOut, LowRank kLowRank, bool kPrefetch>
+template <typename TileShape, typename ElementOut, LowRank kLowRank>
 struct EpilogueTree {
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
   using Acc = fusion::Sm90AccFetch;
-  using WScale = cute::conditional_t<kPrefetch, Sm90PrefetchedVector<TileShape, float, true>,
-                                     fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>>>;
-  using AScale = cute::conditional_t<kPrefetch, Sm90PrefetchedVector<TileShape, float, false>,
-                                     fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, _0>>>;
-  using Bias = cute::conditional_t<kPrefetch, Sm90PrefetchedVector<TileShape, ElementOut, true>,
-                                   fusion::Sm90ColBroadcast<0, TileShape, ElementOut, float, Stride<_1, _0, _0>>>;
+  using WScale = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>>;
+  using AScale = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, _0>>;
+  using Bias = fusion::Sm90ColBroadcast<0, TileShape, ElementOut, float, Stride<_1, _0, _0>>;
   // w_scale * acc / 16: the mainloop widens the weights to 16 x w (widen_int4_times16.cuh).
   using MulW = fusion::Sm90Compute<MultipliesSixteenth, float, float, kRound>;
   using AccW = fusion::Sm90EVT<MulW, WScale, Acc>;
@@ -85,20 +78,9 @@ struct EpilogueTree {
                                                    cute::conditional_t<kLowRank == LowRank::kStaged, BiasPlusStaged, Bias>>>;
 
   static typename Tree::Arguments arguments(const W4A8GemmParams& p) {
-    const auto* bias_ptr = static_cast<const ElementOut*>(p.bias);
-    typename AScale::Arguments a_scale;
-    typename WScale::Arguments w_scale;
-    typename Bias::Arguments bias;
-    if constexpr (kPrefetch) {
-      a_scale = {p.a_scale, p.sm_count};
-      w_scale = {p.w_scale, p.sm_count};
-      bias = {bias_ptr, p.sm_count};
-    } else {
-      a_scale = {p.a_scale, 0.f, {}};
-      w_scale = {p.w_scale, 0.f, {}};
-      bias = {bias_ptr, ElementOut(0.f), {}};
-    }
-    typename AccW::Arguments acc_w{w_scale, {}, {}};
+    typename AScale::Arguments a_scale{p.a_scale, 0.f, {}};
+    typename AccW::Arguments acc_w{{p.w_scale, 0.f, {}}, {}, {}};
+    typename Bias::Arguments bias{static_cast<const ElementOut*>(p.bias), ElementOut(0.f), {}};
     if constexpr (kLowRank == LowRank::kSource) {
       return {a_scale, acc_w, {bias, {}, {}}, {}};
     } else if constexpr (kLowRank == LowRank::kStaged) {
@@ -124,10 +106,7 @@ struct W4A8Gemm {
   static constexpr int kAlignA = 16;
   static constexpr int kAlignOut = 8;
 
-  static constexpr bool kPrefetchVectors =
-      cute::is_same_v<KernelSchedule, cutlass::gemm::KernelTmaWarpSpecializedCooperative> &&
-      cute::is_same_v<TileScheduler, cutlass::gemm::PersistentScheduler>;
-  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank, kPrefetchVectors>;
+  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
   using ElementC = cute::conditional_t<kLowRank == LowRank::kSource, ElementOut, void>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
