@@ -88,21 +88,17 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   // lora_up in 4-byte pieces; the cooperative (staged) epilogue both in 16-byte pieces.
   const bool splitk = cfg == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || cfg == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
   const uintptr_t act_align = splitk ? 8 : 16, up_align = splitk ? 4 : 16;
-  at::Tensor lowrank_t, lora_up_t, act_out_t, act_f32_t;
+  at::Tensor lowrank_t, lora_up_t, act_t;  // act_t: lowrank_act in the dtype the fused epilogue reads
   bool fused_lowrank = rank > 0 && rank <= INT32_MAX && w4a8_config_fuses_lowrank(cfg, static_cast<int>(rank));
   if (fused_lowrank) {
-    if (splitk) {
-      act_f32_t = lowrank_act->scalar_type() == at::kFloat ? *lowrank_act : lowrank_act->to(at::kFloat);
-    } else {
-      act_out_t = lowrank_act->scalar_type() == out_dtype ? *lowrank_act : lowrank_act->to(out_dtype);
-    }
-    const at::Tensor& act_t = splitk ? act_f32_t : act_out_t;
+    // Split-K reads fp32, the cooperative configs out_dtype (.to() is lowrank_act itself when it is so already).
+    act_t = lowrank_act->to(splitk ? at::kFloat : out_dtype);
     lora_up_t = lora_up->scalar_type() == out_dtype ? *lora_up : lora_up->to(out_dtype);
     fused_lowrank = reinterpret_cast<uintptr_t>(act_t.data_ptr()) % act_align == 0 &&
                     reinterpret_cast<uintptr_t>(lora_up_t.data_ptr()) % up_align == 0;
   }
   if (!fused_lowrank && rank > 0)  // reuses the rounded copy made above when a misaligned lora_up led here
-    lowrank_t = at::mm(act_out_t.defined() ? act_out_t : lowrank_act->to(out_dtype), lora_up->to(out_dtype).t());
+    lowrank_t = at::mm(act_t.defined() && !splitk ? act_t : lowrank_act->to(out_dtype), lora_up->to(out_dtype).t());
 
   W4A8GemmParams p{};
   p.a = a.data_ptr<int8_t>();
@@ -112,8 +108,8 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   p.w_scale = w_scale.data_ptr<float>();
   p.bias = bias_t.defined() ? bias_t.data_ptr() : nullptr;
   p.lowrank = lowrank_t.defined() ? lowrank_t.data_ptr() : nullptr;
-  p.lowrank_act = fused_lowrank && splitk ? act_f32_t.data_ptr<float>() : nullptr;
-  p.lowrank_act_out = fused_lowrank && !splitk ? act_out_t.data_ptr() : nullptr;
+  p.lowrank_act = fused_lowrank && splitk ? act_t.data_ptr<float>() : nullptr;
+  p.lowrank_act_out = fused_lowrank && !splitk ? act_t.data_ptr() : nullptr;
   p.lora_up = fused_lowrank ? lora_up_t.data_ptr() : nullptr;
   p.rank = fused_lowrank ? static_cast<int>(rank) : 0;
   p.out = out.data_ptr();
