@@ -36,6 +36,7 @@ from .quantize_weight import lowrank_split, quantize_weight, weight_shapes
 # output dtype. (A mismatch costs a conversion launch, never correctness: the op takes both.)
 W4A8_SPLITK_MAX_TOKENS = 32
 
+
 class QLinear(nn.Module):
     #: How the cat path (enable_lowrank_cat) gets the branch's down-projection ``(x / s) @ L_down^T``:
     #: "fused" computes it in the quantize kernel (tensor cores, a second pass over X), "matmul"
