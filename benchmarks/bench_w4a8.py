@@ -8,7 +8,8 @@ split-K configs read fp32), fp32 for the W8A8 INT8 GEMM; lora_up
 [N, 32] bf16; the cooperative and split-K configs multiply it in their epilogue,
 the others add its [M, N] cuBLAS product there: ``w4a8_config_fuses_lowrank``), each timed
 through the registered ``torch.ops.qengine`` op (heuristic config).
-``--sweep-configs`` also times every W4A8 tile config (forced, without low-rank). Shapes: FLUX.1-dev
+``--sweep-configs`` also times every W4A8 tile config (forced, without low-rank; and with it, for the
+configs that multiply it in their wgmma epilogue). Shapes: FLUX.1-dev
 and SD3-medium from benchmarks/shapes.py, an M sweep 1..256 at FLUX's K/N (3072->3072,
 3072->12288, 12288->3072; ``--m-sweep`` picks the M values), and FLUX's adaLN modulation GEMVs
 (M = 1: 3072->18432, 3072->9216, 3072->6144), which are 4-bit only when a config quantizes them.
@@ -104,6 +105,10 @@ def bench_shape(label, m, k, n, reps, l2, ext, sweep, max_sets):
         cfg_ops = [TimedOp(f"cfg:{c}", [lambda c=c, s=s: ext.w4a8_gemm_with_config(
             s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], None, None, "bfloat16", c) for s in sets])
             for c in ext.w4a8_gemm_configs()]
+        # and the configs that multiply the branch in their wgmma epilogue, with it (lowrank_act in bf16)
+        cfg_ops += [TimedOp(f"cfg+r32:{c}", [lambda c=c, s=s: ext.w4a8_gemm_with_config(
+            s["xi"], s["xs"], s["w4"], s["ws4"], s["b"], s["la16"], s["up"], "bfloat16", c) for s in sets])
+            for c in ext.w4a8_gemm_configs() if "splitk" not in c and ext.w4a8_config_fuses_lowrank(c, RANK)]
         for name, sec in time_ops(cfg_ops, reps, "graph").items():
             r[f"{name}_us"] = sec * 1e6
     flops = 2 * m * n * k
@@ -129,10 +134,11 @@ def write_outputs(rows, meta, out_dir: Path):
         wr = csv.DictWriter(f, fieldnames=keys)
         wr.writeheader()
         wr.writerows(rows)
-    cfgs = sorted({k for r in rows for k in r if k.startswith("cfg:")})
+    cfgs = sorted({k for r in rows for k in r if k.startswith("cfg:")}) + sorted(
+        {k for r in rows for k in r if k.startswith("cfg+r32:")})
     head = ["shape (M x K -> N)", "bf16 us", "w8a8 fp8 us", "w8a8 int8 us", "w8a8 int8+r32 us", "w4a8 us",
             "w4a8+r32 us", "r32 overhead", "w4a8+r32 / bf16", "w4a8 / bf16", "w4a8 vs int8", "w4a8 vs fp8", "w4a8 TOPS",
-            "w4a8 GB/s (weights)", "config"] + [c[4:-3] for c in cfgs]
+            "w4a8 GB/s (weights)", "config"] + [c[4:-3] if c.startswith("cfg:") else c[8:-3] + " +r32" for c in cfgs]
     lines = [f"GPU: {meta.get('gpu')} | torch {meta.get('torch')} | CUDA {meta.get('cuda')} | reps {meta.get('reps')} "
              f"| medians, ratios = speed-up (>1: W4A8 faster), all from this run", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
