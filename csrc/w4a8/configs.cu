@@ -15,7 +15,6 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: return "sm90_128x64x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: return "sm90_128x32x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x256x128_Coop: return "sm90_128x256x128_coop";
-    case W4A8TileConfig::kSm90_64x256x128_Pingpong: return "sm90_64x256x128_pingpong";
     default: return "unknown";
   }
 }
@@ -103,7 +102,6 @@ bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x64x128_coop_streamk);
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x32x128_coop_streamk);
     case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop);
-    case W4A8TileConfig::kSm90_64x256x128_Pingpong: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_64x256x128_pingpong);
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
       return !staged;
@@ -135,8 +133,7 @@ size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c) {
 bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank) {
   if (rank <= 0 || rank % 16 != 0) return false;
   if (c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK) return true;
-  return (c == W4A8TileConfig::kSm90_128x256x128_Coop || c == W4A8TileConfig::kSm90_128x128x128_Coop ||
-          c == W4A8TileConfig::kSm90_64x256x128_Pingpong) &&
+  return (c == W4A8TileConfig::kSm90_128x256x128_Coop || c == W4A8TileConfig::kSm90_128x128x128_Coop) &&
          rank <= kW4A8StagedMaxRank;
 }
 

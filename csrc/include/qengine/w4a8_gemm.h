@@ -82,10 +82,7 @@ enum class W4A8TileConfig : int {
   // Many tokens (where these tiles fill 2/3 of a wave): 256 tokens per tile, so each widened
   // weight fragment feeds twice the MMAs of the 128x128 tile.
   kSm90_128x256x128_Coop = 7,
-  // Many tokens, one 64x256 tile per consumer warp group (ping-pong): the same MMAs per widened
-  // weight fragment as 128x256, and each warp group's epilogue runs during the other's mainloop.
-  kSm90_64x256x128_Pingpong = 8,
-  kCount = 9,
+  kCount = 8,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);
@@ -98,8 +95,7 @@ bool w4a8_kernels_compiled();
 constexpr int kW4A8StagedMaxRank = 32;
 // Whether config c takes a low-rank branch of this rank unmultiplied (lowrank_act + lora_up)
 // instead of its [M, N] product: the split-K configs for any rank % 16 == 0, the cooperative
-// wgmma configs (128x256, 128x128) and the 64x256 ping-pong one for rank % 16 == 0 up to
-// kW4A8StagedMaxRank.
+// wgmma configs (128x256, 128x128) for rank % 16 == 0 up to kW4A8StagedMaxRank.
 bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank);
 
 size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c);

@@ -50,14 +50,13 @@ namespace fusion = cutlass::epilogue::fusion;
 //   kNone    no branch;
 //   kSource  its [M, N] product (cuBLAS, in the binding) read as the epilogue's C operand;
 //   kStaged  lowrank_act and lora_up themselves, multiplied in the epilogue from shared memory
-//            (lowrank_staged_epilogue.cuh; the cooperative configs and 64x256 ping-pong, rank <=
-//            kW4A8StagedMaxRank: 32, SVDQuant's default; the staged rows cost (rows + tokens) x 32 x 2
-//            bytes of shared memory per tile, 24 KB at 128x256, and per warp group in ping-pong,
-//            2 x 20 KB at 64x256, taken from the mainloop's stages).
+//            (lowrank_staged_epilogue.cuh; cooperative configs, rank <= kW4A8StagedMaxRank: 32,
+//            SVDQuant's default; the staged rows cost (rows + tokens) x 32 x 2 bytes of shared memory
+//            per tile, 24 KB at 128x256, taken from the mainloop's stages).
 enum class LowRank : int { kNone = 0, kSource = 1, kStaged = 2 };
 
 // Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
-template <typename TileShape, typename ElementOut, LowRank kLowRank, bool kPingpong>
+template <typename TileShape, typename ElementOut, LowRank kLowRank>
 struct EpilogueTree {
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
   using Acc = fusion::Sm90AccFetch;
@@ -72,7 +71,7 @@ struct EpilogueTree {
   // producer warp, overlapped with the mainloop), added to the bias before the final FMA.
   using AddC = fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
   using BiasPlusC = fusion::Sm90EVT<AddC, Bias, fusion::Sm90SrcFetch<ElementOut>>;
-  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kW4A8StagedMaxRank, kPingpong>;
+  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kW4A8StagedMaxRank>;
   using BiasPlusStaged = fusion::Sm90EVT<AddC, Bias, Staged>;
   using Tree = fusion::Sm90EVT<FmaA, AScale, AccW,
                                cute::conditional_t<kLowRank == LowRank::kSource, BiasPlusC,
@@ -107,8 +106,7 @@ struct W4A8Gemm {
   static constexpr int kAlignA = 16;
   static constexpr int kAlignOut = 8;
 
-  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank,
-                            cute::is_same_v<EpilogueSchedule, cutlass::epilogue::TmaWarpSpecialized>>;
+  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
   using ElementC = cute::conditional_t<kLowRank == LowRank::kSource, ElementOut, void>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -190,7 +188,6 @@ struct TileConfig {
 template <W4A8TileConfig C> struct ConfigOf;
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop> : TileConfig<128, 128, 128, true> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop> : TileConfig<128, 256, 128, true> {};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_64x256x128_Pingpong> : TileConfig<64, 256, 128, false> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_64x128x128_Pingpong> : TileConfig<64, 128, 128, false> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> : TileConfig<64, 64, 128, false> {};
 // 17..64 tokens: 128 weight rows x the tokens per tile, K shared out over the SMs by CUTLASS's
