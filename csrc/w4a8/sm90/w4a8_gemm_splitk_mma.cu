@@ -9,8 +9,8 @@
 //   to 8) take the slices of the same rows, so rows x slices fill the GPU even at N = 3072.
 // - Each warp streams its 32 weight rows straight from global memory into registers (8 bytes
 //   per thread per 16x32 block: the prepacked layout of weight_layout.cuh stores every thread's
-//   16 values of an m16n8k32 A fragment together) and widens them with 3 integer ops + 2 byte
-//   permutes per 8 values.
+//   16 values of an m16n8k32 A fragment together) and widens them to 16 x w with 3 integer ops +
+//   2 byte permutes per 8 values (widen_8_times16.cuh; the epilogue multiplies by 1/16, exact).
 // - The activations of a stage are shared by the CTA's 4 warps: cp.async into shared memory,
 //   rows padded by 16 bytes so a fragment's 8 token rows hit distinct banks.
 // - Both go through a ring of stages (4 x 128 K or 2 x 256 K): the loads of the next stages are
@@ -21,6 +21,9 @@
 //   each CTA finishing a share of the tile's 16x8 fragments: scales, bias, the low-rank branch
 //   (either its precomputed [M, N] product, or lowrank_act [M, r] x lora_up [N, r] with 16-bit
 //   mma.sync here, lowrank_act rounded to the output dtype as on the product path), output.
+// - The cluster barriers are split into arrive and wait, with the epilogue's scale and bias loads
+//   issued in between (they fly while the peers finish their K slices), and the last one waited
+//   for only at exit (a CTA's epilogue runs while its peers still read its partial tile).
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -33,6 +36,7 @@
 #include "qengine/cp_async.cuh"
 #include "qengine/w4a8_gemm.h"
 #include "../kernels.h"
+#include "widen_8_times16.cuh"
 
 namespace qengine::w4a8::sm90 {
 namespace {
@@ -101,14 +105,11 @@ __device__ __forceinline__ uint2 load_weights_8b(const uint8_t* p) {
   return v;
 }
 
-// 8 signed nibbles (nibble i = value i) -> 8 int8 in two registers, in order. Per byte,
-// ((n ^ 8) + 0x78) ^ 0x80 is n sign-extended (n ^ 8 is n + 8 in 0..15, + 0x78 never carries).
-__device__ __forceinline__ void widen_8(uint32_t x, uint32_t& lo, uint32_t& hi) {
-  const uint32_t even = (((x & 0x0F0F0F0Fu) ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;         // n0 n2 n4 n6
-  const uint32_t odd = ((((x >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;   // n1 n3 n5 n7
-  lo = __byte_perm(even, odd, 0x5140);  // n0 n1 n2 n3
-  hi = __byte_perm(even, odd, 0x7362);  // n4 n5 n6 n7
-}
+// barrier.cluster in two halves: arrive (release: this thread's earlier shared-memory writes and
+// reads are done as far as the peers are concerned) and wait (acquire). Every thread of the
+// cluster calls them alternately, once each per barrier.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 
 __device__ __forceinline__ void mma_s8_16x8x32(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -251,8 +252,8 @@ __device__ __forceinline__ void multiply_stage(int (&acc)[2][S::kTokenFrags][4],
     uint32_t a[2][4];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      widen_8(w[j][r].x, a[r][0], a[r][1]);
-      widen_8(w[j][r].y, a[r][2], a[r][3]);
+      widen_8_times16(w[j][r].x, a[r][0], a[r][1]);  // 16 x w: the accumulator is 16x the product
+      widen_8_times16(w[j][r].y, a[r][2], a[r][3]);
     }
 #pragma unroll
     for (int f = 0; f < S::kTokenFrags; ++f) {
@@ -311,14 +312,60 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
   // adding the other CTAs' copies through DSMEM, all loads of a fragment issued together.
   int4* tile = reinterpret_cast<int4*>(smem);
   cg::cluster_group cluster = cg::this_cluster();
-  if (plan.splits > 1) {
+  const bool clustered = plan.splits > 1;
+  if (clustered) {
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int f = 0; f < S::kTokenFrags; ++f)
         tile[(r * S::kTokenFrags + f) * kThreads + threadIdx.x] =
             make_int4(acc[r][f][0], acc[r][f][1], acc[r][f][2], acc[r][f][3]);
-    cluster.sync();
+    cluster_arrive();
+  }
+  // The epilogue's per-row and per-token factors of the fragments this CTA finishes, loaded
+  // while the peers finish their K slices (rows past N read row 0; tokens not needed read 0).
+  float ws[2][2], bias[2][2], as[S::kTokenFrags][2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = (nb0 + r) * 16 + g + 8 * h;
+      const int n_ok = n < p.N ? n : 0;
+      ws[r][h] = p.w_scale[n_ok];
+      bias[r][h] = p.bias != nullptr ? Out16<OutT>::to_float(static_cast<const OutT*>(p.bias)[n_ok]) : 0.f;
+    }
+#pragma unroll
+  for (int f = 0; f < S::kTokenFrags; ++f) {
+    const bool owned = f % plan.splits == split || (S::kTokenFrags + f) % plan.splits == split;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int m = m0 + f * 8 + 2 * t + e;
+      as[f][e] = owned && m < p.M ? p.a_scale[m] : 0.f;
+    }
+  }
+  if (clustered) {
+    cluster_wait();
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int f = 0; f < S::kTokenFrags; ++f) {
+        const int frag = r * S::kTokenFrags + f;
+        if (frag % plan.splits != split) continue;
+        int4 others[kMaxSplits];
+#pragma unroll
+        for (int q = 0; q < kMaxSplits; ++q)
+          others[q] = (q < plan.splits && q != split) ? cluster.map_shared_rank(tile, q)[frag * kThreads + threadIdx.x]
+                                                      : make_int4(0, 0, 0, 0);
+#pragma unroll
+        for (int q = 0; q < kMaxSplits; ++q) {
+          acc[r][f][0] += others[q].x;
+          acc[r][f][1] += others[q].y;
+          acc[r][f][2] += others[q].z;
+          acc[r][f][3] += others[q].w;
+        }
+      }
+    // Done reading the peers' tiles: they may leave once their own epilogue is done.
+    cluster_arrive();
   }
 
 #pragma unroll
@@ -331,20 +378,6 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
       if (frag % plan.splits != split) continue;
       const int m_base = m0 + f * 8;
       if (m_base >= p.M) continue;
-      int v[4] = {acc[r][f][0], acc[r][f][1], acc[r][f][2], acc[r][f][3]};
-      int4 others[kMaxSplits];
-#pragma unroll
-      for (int q = 0; q < kMaxSplits; ++q)
-        others[q] = (q < plan.splits && q != split)
-                        ? cluster.map_shared_rank(tile, q)[frag * kThreads + threadIdx.x]
-                        : make_int4(0, 0, 0, 0);
-#pragma unroll
-      for (int q = 0; q < kMaxSplits; ++q) {
-        v[0] += others[q].x;
-        v[1] += others[q].y;
-        v[2] += others[q].z;
-        v[3] += others[q].w;
-      }
       float lr[4] = {0.f, 0.f, 0.f, 0.f};
       if (p.lowrank_act != nullptr && p.rank > 0) lowrank_fragment<OutT>(lr, p, nb * 16, m_base, g, t);
 #pragma unroll
@@ -352,17 +385,18 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
         const int n = nb * 16 + g + (e >> 1) * 8;
         const int m = m_base + 2 * t + (e & 1);
         if (m >= p.M) continue;
-        float add = lr[e];
-        if (p.bias != nullptr) add += Out16<OutT>::to_float(static_cast<const OutT*>(p.bias)[n]);
+        float add = lr[e] + bias[r][e >> 1];
         if (p.lowrank != nullptr)
           add += Out16<OutT>::to_float(static_cast<const OutT*>(p.lowrank)[static_cast<int64_t>(m) * p.ldo + n]);
-        const float y = fmaf(p.a_scale[m], p.w_scale[n] * static_cast<float>(v[e]), add);
+        // (w_scale * acc) / 16: the accumulator is 16x the dot product; the same rounding as
+        // w_scale * (acc / 16), since scaling by a power of two is exact.
+        const float y = fmaf(as[f][e & 1], (ws[r][e >> 1] * static_cast<float>(acc[r][f][e])) * 0.0625f, add);
         static_cast<OutT*>(p.out)[static_cast<int64_t>(m) * p.ldo + n] = Out16<OutT>::from_float(y);
       }
     }
   }
   // No CTA may leave while the others still read its shared memory.
-  if (plan.splits > 1) cluster.sync();
+  if (clustered) cluster_wait();
 #endif
 }
 

@@ -3,20 +3,13 @@
 // CUTLASS's NumericArrayConverter<int8_t, int4b_t, 8> sign-extends 8 nibbles with 13 integer
 // ops (shift, masks, a PRMT per half to replicate sign bits, two PRMTs to interleave). The
 // mixed-input mainloop runs it in the dependency chain between one wgmma and the next, for every
-// 32-deep k-block. Here a nibble is moved to the high half of its byte instead: that byte *is*
-// the int8 value 16 x w (two's complement, -128..112), no sign extension needed:
-//   hi = x & 0xF0F0F0F0          bytes 16 x (w1, w3, w5, w7)
-//   lo = (x << 4) & 0xF0F0F0F0   bytes 16 x (w0, w2, w4, w6)
-// and two byte permutes put them back in order: 5 ops per 8 values.
-//
-// The int32 accumulator then holds exactly 16x the dot product, and the epilogue multiplies
-// w_scale * acc by 1/16 (MultipliesSixteenth). Both steps are exact in fp32 (scaling by a power of
-// two commutes with rounding), so the output is bit-identical to widening to w. The bound on the
-// accumulator becomes K x 128 x 128 < 2^31, i.e. K <= 65536 (w4a8_gemm.h, checked by the binding).
+// 32-deep k-block. widen_8_times16 (widen_8_times16.cuh) takes 5: each nibble moved to the high
+// half of its byte is the int8 value 16 x w. The epilogue multiplies w_scale * acc by 1/16
+// (MultipliesSixteenth below), so the output is bit-identical; K <= 65536.
 //
 // Hooked in through CUTLASS's LayoutAwareConvertImpl, which the mixed-input collective's
 // dequantize_A_kblock calls for every register fragment: a partial specialization for
-// int4b_t -> int8_t. Only the W4A8 sm90 translation units include this header (through
+// int4b_t -> int8_t. Only the W4A8 wgmma translation units include this header (through
 // w4a8_gemm_sm90.cuh), and every one of them sees it before the collective is instantiated.
 #pragma once
 
@@ -26,16 +19,9 @@
 #include "cutlass/array.h"
 #include "cutlass/detail/collective/mixed_input_utils.hpp"
 #include "cutlass/numeric_types.h"
+#include "widen_8_times16.cuh"
 
 namespace qengine::w4a8::sm90 {
-
-// 8 signed nibbles (nibble i = w_i) -> 16 x w_0..3 in `first`, 16 x w_4..7 in `second`.
-CUTLASS_DEVICE void widen_8_times16(uint32_t x, uint32_t& first, uint32_t& second) {
-  const uint32_t even = (x << 4) & 0xF0F0F0F0u;  // 16 w0, 16 w2, 16 w4, 16 w6
-  const uint32_t odd = x & 0xF0F0F0F0u;          // 16 w1, 16 w3, 16 w5, 16 w7
-  first = __byte_perm(even, odd, 0x5140);
-  second = __byte_perm(even, odd, 0x7362);
-}
 
 // w_scale * acc / 16 (the accumulator is 16x the dot product, above). (a * b) * 1/16: the same
 // rounding as a * b on the plain accumulator.
