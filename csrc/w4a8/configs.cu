@@ -40,14 +40,19 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
 //     (3072->12288 at 32 tokens: 13.0 vs 17.4 us).
 //   * 33..64 tokens: the 128x64 wgmma tile with stream-K, except on layers of at most 4096x4096,
 //     where the 64x64 ping-pong tile is fastest (each SM's share of K is too short to pay for
-//     the stream-K fixup).
+//     the stream-K fixup), and on deep narrow layers (K > 4096, N <= 4096), where 128x32 with
+//     stream-K is (two token tiles, half the accumulators per CTA: 12288->3072 at 48/64 tokens
+//     18.5-18.8 vs 19.0-19.3 us, notes/h100_2026-11-24f call 2).
 W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count) {
   const bool small_layer = N <= 4096 && K <= 4096;
   const W4A8TileConfig splitk =
       small_layer ? W4A8TileConfig::kSm90_Mma_128x64x128_SplitK : W4A8TileConfig::kSm90_Mma_128x64x256_SplitK;
   if (M <= 16) return splitk;
   if (M <= 32) return !small_layer && K <= 4096 ? W4A8TileConfig::kSm90_128x32x128_CoopStreamK : splitk;
-  if (M <= 64) return small_layer ? W4A8TileConfig::kSm90_64x64x128_Pingpong : W4A8TileConfig::kSm90_128x64x128_CoopStreamK;
+  if (M <= 64) {
+    if (small_layer) return W4A8TileConfig::kSm90_64x64x128_Pingpong;
+    return K > 4096 && N <= 4096 ? W4A8TileConfig::kSm90_128x32x128_CoopStreamK : W4A8TileConfig::kSm90_128x64x128_CoopStreamK;
+  }
   const long sms = sm_count > 0 ? sm_count : 132;
   const long row_tiles = (N + 127) / 128;
   const long tiles_256 = long((M + 255) / 256) * row_tiles;

@@ -233,7 +233,8 @@ def test_heuristic_names():
     assert "mma_128x64x128_splitk" in EXT.w4a8_gemm_heuristic(1, 3072, 3072)
     assert "mma_128x64x256_splitk" in EXT.w4a8_gemm_heuristic(32, 3072, 12288)  # deep K
     assert "128x32x128_coop_streamk" in EXT.w4a8_gemm_heuristic(32, 12288, 3072)  # wide N
-    assert "128x64x128_coop_streamk" in EXT.w4a8_gemm_heuristic(64, 3072, 12288)
+    assert "128x64x128_coop_streamk" in EXT.w4a8_gemm_heuristic(64, 12288, 3072)  # wide N
+    assert "128x32x128_coop_streamk" in EXT.w4a8_gemm_heuristic(48, 3072, 12288)  # deep K, 33..64 tokens
     assert "64x64x128_pingpong" in EXT.w4a8_gemm_heuristic(64, 3072, 3072)
     # many tokens: 256 per tile where those tiles fill 2/3 of a wave, 128 where those fill the
     # last wave better by 8 points (132 SMs: 432 tiles of 256 fill 82% of 4 waves, 864 of 128 94%)
