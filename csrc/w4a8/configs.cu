@@ -15,8 +15,6 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: return "sm90_128x64x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: return "sm90_128x32x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x256x128_Coop: return "sm90_128x256x128_coop";
-    case W4A8TileConfig::kSm90_64x64x128_Pingpong_C2x1: return "sm90_64x64x128_pingpong_c2x1";
-    case W4A8TileConfig::kSm90_64x64x128_Pingpong_C4x1: return "sm90_64x64x128_pingpong_c4x1";
     default: return "unknown";
   }
 }
@@ -106,8 +104,6 @@ bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
     case W4A8TileConfig::kSm90_128x128x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x128x128_coop);
     case W4A8TileConfig::kSm90_64x128x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x128x128_pingpong);
     case W4A8TileConfig::kSm90_64x64x128_Pingpong: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x128_pingpong);
-    case W4A8TileConfig::kSm90_64x64x128_Pingpong_C2x1: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x128_pingpong_c2x1);
-    case W4A8TileConfig::kSm90_64x64x128_Pingpong_C4x1: QENGINE_W4A8_ENTRY(w4a8_sm90_64x64x128_pingpong_c4x1);
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x64x128_coop_streamk);
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x32x128_coop_streamk);
     case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop);

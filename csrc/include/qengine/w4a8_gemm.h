@@ -82,11 +82,7 @@ enum class W4A8TileConfig : int {
   // Many tokens (where these tiles fill 2/3 of a wave): 256 tokens per tile, so each widened
   // weight fragment feeds twice the MMAs of the 128x128 tile.
   kSm90_128x256x128_Coop = 7,
-  // The 64x64 ping-pong tile in clusters of 2 or 4 neighbouring row tiles that share each
-  // activation tile through TMA multicast (few tokens: the activations are re-read by every row tile).
-  kSm90_64x64x128_Pingpong_C2x1 = 8,
-  kSm90_64x64x128_Pingpong_C4x1 = 9,
-  kCount = 10,
+  kCount = 8,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);

@@ -172,13 +172,12 @@ struct W4A8Gemm {
 };
 
 // A named config: tile (weight rows x tokens x K), cooperative (two warp groups on one tile) or
-// ping-pong (one tile per warp group), and the persistent or the stream-K tile scheduler. Clusters
-// only along the weight rows (kClusterRows CTAs of neighbouring row tiles share each activation
-// tile through TMA multicast); the weights, the A operand, are read by one CTA per tile row.
-template <int kRows, int kTokens, int kK, bool kCooperative, bool kStreamK = false, int kClusterRows = 1>
+// ping-pong (one tile per warp group), and the persistent or the stream-K tile scheduler. No
+// clusters: the weights are the A operand, read by one CTA per tile row.
+template <int kRows, int kTokens, int kK, bool kCooperative, bool kStreamK = false>
 struct TileConfig {
   using Tile = Shape<Int<kRows>, Int<kTokens>, Int<kK>>;
-  using Cluster = Shape<Int<kClusterRows>, _1, _1>;
+  using Cluster = Shape<_1, _1, _1>;
   using Kernel = cute::conditional_t<kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                      cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
   using Epilogue = cute::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
@@ -191,8 +190,6 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop> : TileConfig
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop> : TileConfig<128, 256, 128, true> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_64x128x128_Pingpong> : TileConfig<64, 128, 128, false> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> : TileConfig<64, 64, 128, false> {};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong_C2x1> : TileConfig<64, 64, 128, false, false, 2> {};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong_C4x1> : TileConfig<64, 64, 128, false, false, 4> {};
 // 17..64 tokens: 128 weight rows x the tokens per tile, K shared out over the SMs by CUTLASS's
 // stream-K scheduler (N = 3072 has only 24 such tiles for 132 SMs), partial tiles reduced through
 // the workspace. Stream-K needs the cooperative kernel, hence 128 weight rows.
