@@ -63,7 +63,7 @@ struct EpilogueTree {
   using WScale = fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>>;
   using AScale = fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, _0>>;
   using Bias = fusion::Sm90ColBroadcast<0, TileShape, ElementOut, float, Stride<_1, _0, _0>>;
-  // w_scale * acc / 16: the mainloop widens the weights to 16 x w (widen_int4_times16.cuh).
+  // (w_scale / 16) * acc: the mainloop widens the weights to 16 x w (widen_int4_times16.cuh).
   using MulW = fusion::Sm90Compute<MultipliesSixteenth, float, float, kRound>;
   using AccW = fusion::Sm90EVT<MulW, WScale, Acc>;
   using FmaA = fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>;

@@ -324,6 +324,8 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
   }
   // The epilogue's per-row and per-token factors of the fragments this CTA finishes, loaded
   // while the peers finish their K slices (rows past N read row 0; tokens not needed read 0).
+  // ws = w_scale / 16: the accumulator is 16x the dot product; w_scale / 16 is exact, so
+  // ws * acc is w_scale * (acc / 16) rounded once.
   float ws[2][2], bias[2][2], as[S::kTokenFrags][2];
 #pragma unroll
   for (int r = 0; r < 2; ++r)
@@ -331,7 +333,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
     for (int h = 0; h < 2; ++h) {
       const int n = (nb0 + r) * 16 + g + 8 * h;
       const int n_ok = n < p.N ? n : 0;
-      ws[r][h] = p.w_scale[n_ok];
+      ws[r][h] = p.w_scale[n_ok] * 0.0625f;
       bias[r][h] = p.bias != nullptr ? Out16<OutT>::to_float(static_cast<const OutT*>(p.bias)[n_ok]) : 0.f;
     }
 #pragma unroll
@@ -388,9 +390,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
         float add = lr[e] + bias[r][e >> 1];
         if (p.lowrank != nullptr)
           add += Out16<OutT>::to_float(static_cast<const OutT*>(p.lowrank)[static_cast<int64_t>(m) * p.ldo + n]);
-        // (w_scale * acc) / 16: the accumulator is 16x the dot product; the same rounding as
-        // w_scale * (acc / 16), since scaling by a power of two is exact.
-        const float y = fmaf(as[f][e & 1], (ws[r][e >> 1] * static_cast<float>(acc[r][f][e])) * 0.0625f, add);
+        const float y = fmaf(as[f][e & 1], ws[r][e >> 1] * static_cast<float>(acc[r][f][e]), add);
         static_cast<OutT*>(p.out)[static_cast<int64_t>(m) * p.ldo + n] = Out16<OutT>::from_float(y);
       }
     }

@@ -5,7 +5,7 @@
 // mixed-input mainloop runs it in the dependency chain between one wgmma and the next, for every
 // 32-deep k-block. widen_8_times16 (widen_8_times16.cuh) takes 5: each nibble moved to the high
 // half of its byte is the int8 value 16 x w. The epilogue multiplies w_scale * acc by 1/16
-// (MultipliesSixteenth below), so the output is bit-identical; K <= 65536.
+// (MultipliesSixteenth below, as (w_scale / 16) * acc), so the output is bit-identical; K <= 65536.
 //
 // Hooked in through CUTLASS's LayoutAwareConvertImpl, which the mixed-input collective's
 // dequantize_A_kblock calls for every register fragment: a partial specialization for
@@ -23,19 +23,23 @@
 
 namespace qengine::w4a8::sm90 {
 
-// w_scale * acc / 16 (the accumulator is 16x the dot product, above). (a * b) * 1/16: the same
-// rounding as a * b on the plain accumulator.
+// w_scale * acc / 16 (the accumulator is 16x the dot product) as (w_scale / 16) * acc: w_scale / 16
+// is exact (a power of two), so the product is the real number w_scale * (acc / 16) rounded once,
+// the same value as on the plain accumulator; and w_scale / 16 is one multiply per row of the
+// thread's fragment instead of one per value (the broadcast node gives the values of a row one
+// register, so the compiler computes it once per row).
 template <class T>
 struct MultipliesSixteenth {
-  CUTLASS_HOST_DEVICE T operator()(T const& a, T const& b) const { return (a * b) * T(0.0625f); }
+  CUTLASS_HOST_DEVICE T operator()(T const& w_scale, T const& acc) const { return (w_scale * T(0.0625f)) * acc; }
 };
 
 template <class T, int N>
 struct MultipliesSixteenth<cutlass::Array<T, N>> {
-  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& a, cutlass::Array<T, N> const& b) const {
+  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& w_scale,
+                                                      cutlass::Array<T, N> const& acc) const {
     cutlass::Array<T, N> r;
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) r[i] = (a[i] * b[i]) * T(0.0625f);
+    for (int i = 0; i < N; ++i) r[i] = (w_scale[i] * T(0.0625f)) * acc[i];
     return r;
   }
 };
