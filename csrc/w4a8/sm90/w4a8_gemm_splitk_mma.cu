@@ -6,7 +6,7 @@
 // of weights to one CTA that walks all of K, so N = 3072 keeps 48 of 132 SMs busy and streams
 // weights at ~0.5 TB/s (notes/w4a8.md), slower than W8A8 with twice the bytes. Here:
 // - A CTA owns 128 weight rows x up to 64 tokens and a slice of K; the CTAs of one cluster (up
-//   to 16) take the slices of the same rows, so rows x slices fill the GPU even at N = 3072.
+//   to 8) take the slices of the same rows, so rows x slices fill the GPU even at N = 3072.
 // - Each warp streams its 32 weight rows straight from global memory into registers (8 bytes
 //   per thread per 16x32 block: the prepacked layout of weight_layout.cuh stores every thread's
 //   16 values of an m16n8k32 A fragment together) and widens them to 16 x w with 3 integer ops +
@@ -46,12 +46,7 @@ namespace cg = cooperative_groups;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowsPerCta = kWarps * 32;  // each warp: two 16-row blocks of the prepacked layout
-// K splits per cluster: up to 16, the non-portable cluster size of sm_90 (asked for with
-// cudaFuncAttributeNonPortableClusterSizeAllowed; 8 where the driver refuses it). More slices of K
-// in flight is what these latency-bound CTAs want: forced to 6 / 5 / 4 splits instead of 8, 32
-// tokens of 3072x3072 took 8.9 / 9.5 / 9.5 us instead of 8.1 (notes/h100_2026-11-24f, call 9).
-constexpr int kMaxSplits = 16;
-constexpr int kPortableSplits = 8;
+constexpr int kMaxSplits = 8;             // portable cluster size
 constexpr int kBlockBytes = 256;          // one 16x32 INT4 block of the prepacked layout
 
 template <int kTokenFrags_, int kStageK_, int kRing_>
@@ -74,7 +69,7 @@ struct Plan {
   int token_blocks;      // ceil(M / tokens per CTA)
   int row_tiles;         // ceil(N / 128)
   int stages;            // ceil(K / stage K)
-  int splits;            // CTAs per cluster along K (1..kMaxSplits)
+  int splits;            // CTAs per cluster along K (1..8)
   int stages_per_split;
 };
 
@@ -92,17 +87,14 @@ Plan make_plan(const W4A8GemmParams& p, int tokens_per_cta, int stage_k, MaxClus
   s.row_tiles = (p.N + kRowsPerCta - 1) / kRowsPerCta;
   s.stages = (p.K + stage_k - 1) / stage_k;
   const long tiles = long(s.token_blocks) * s.row_tiles;
-  s.stages_per_split = s.stages;
-  s.splits = 1;
-  for (int c = std::min(kMaxSplits, s.stages); c > 1; --c) {
-    const int per_split = (s.stages + c - 1) / c;  // a split: >= 1 stage
-    const int splits = (s.stages + per_split - 1) / per_split;
-    if (tiles <= max_clusters(splits)) {
-      s.stages_per_split = per_split;
-      s.splits = splits;
+  int want = 1;
+  for (int c = std::min(kMaxSplits, s.stages); c > 1; --c)
+    if (tiles <= max_clusters(c)) {
+      want = c;
       break;
     }
-  }
+  s.stages_per_split = (s.stages + want - 1) / want;  // a split: >= 1 stage
+  s.splits = (s.stages + s.stages_per_split - 1) / s.stages_per_split;
   return s;
 }
 
@@ -361,23 +353,17 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
       for (int f = 0; f < S::kTokenFrags; ++f) {
         const int frag = r * S::kTokenFrags + f;
         if (frag % plan.splits != split) continue;
+        int4 others[kMaxSplits];
 #pragma unroll
-        for (int q0 = 0; q0 < kMaxSplits; q0 += kPortableSplits) {  // 8 loads in flight at a time
-          if (q0 >= plan.splits) break;
-          int4 others[kPortableSplits];
+        for (int q = 0; q < kMaxSplits; ++q)
+          others[q] = (q < plan.splits && q != split) ? cluster.map_shared_rank(tile, q)[frag * kThreads + threadIdx.x]
+                                                      : make_int4(0, 0, 0, 0);
 #pragma unroll
-          for (int i = 0; i < kPortableSplits; ++i) {
-            const int q = q0 + i;
-            others[i] = (q < plan.splits && q != split) ? cluster.map_shared_rank(tile, q)[frag * kThreads + threadIdx.x]
-                                                        : make_int4(0, 0, 0, 0);
-          }
-#pragma unroll
-          for (int i = 0; i < kPortableSplits; ++i) {
-            acc[r][f][0] += others[i].x;
-            acc[r][f][1] += others[i].y;
-            acc[r][f][2] += others[i].z;
-            acc[r][f][3] += others[i].w;
-          }
+        for (int q = 0; q < kMaxSplits; ++q) {
+          acc[r][f][0] += others[q].x;
+          acc[r][f][1] += others[q].y;
+          acc[r][f][2] += others[q].z;
+          acc[r][f][3] += others[q].w;
         }
       }
     // Done reading the peers' tiles: they may leave once their own epilogue is done.
@@ -428,17 +414,10 @@ cudaError_t launch_typed(const W4A8GemmParams& p, cudaStream_t stream) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  // Clusters above 8 CTAs need the kernel's permission, asked once per process.
-  static const bool nonportable = [kernel] {
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) return true;
-    (void)cudaGetLastError();  // clear it: the launch below must not report it
-    return false;
-  }();
   // Cluster capacity per cluster size, asked once per process (one device kind per process is
   // assumed: these kernels exist for sm_90a only).
   static std::atomic<int> capacity[kMaxSplits + 1] = {};
   auto max_clusters = [&](int c) {
-    if (c > kPortableSplits && !nonportable) return -1;
     int n = capacity[c].load(std::memory_order_relaxed);
     if (n == 0) {
       attr[0].val.clusterDim.y = c;
