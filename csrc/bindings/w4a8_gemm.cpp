@@ -91,14 +91,16 @@ at::Tensor run_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Te
   at::Tensor lowrank_t, lora_up_t, act_t;  // act_t: lowrank_act in the dtype the fused epilogue reads
   bool fused_lowrank = rank > 0 && rank <= INT32_MAX && w4a8_config_fuses_lowrank(cfg, static_cast<int>(rank));
   if (fused_lowrank) {
-    // Split-K reads fp32, the cooperative configs out_dtype (.to() is lowrank_act itself when it is so already).
+    // Split-K reads fp32, the cooperative configs out_dtype (.to() returns the tensor itself when
+    // its dtype matches already).
     act_t = lowrank_act->to(splitk ? at::kFloat : out_dtype);
-    lora_up_t = lora_up->scalar_type() == out_dtype ? *lora_up : lora_up->to(out_dtype);
+    lora_up_t = lora_up->to(out_dtype);
     fused_lowrank = reinterpret_cast<uintptr_t>(act_t.data_ptr()) % act_align == 0 &&
                     reinterpret_cast<uintptr_t>(lora_up_t.data_ptr()) % up_align == 0;
   }
-  if (!fused_lowrank && rank > 0)  // reuses the rounded copy made above when a misaligned lora_up led here
-    lowrank_t = at::mm(act_t.defined() && !splitk ? act_t : lowrank_act->to(out_dtype), lora_up->to(out_dtype).t());
+  if (!fused_lowrank && rank > 0)  // reuses the rounded copies made above when misalignment led here
+    lowrank_t = at::mm(act_t.defined() && !splitk ? act_t : lowrank_act->to(out_dtype),
+                       (lora_up_t.defined() ? lora_up_t : lora_up->to(out_dtype)).t());
 
   W4A8GemmParams p{};
   p.a = a.data_ptr<int8_t>();

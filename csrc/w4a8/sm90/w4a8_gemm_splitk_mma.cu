@@ -313,6 +313,8 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
   int4* tile = reinterpret_cast<int4*>(smem);
   cg::cluster_group cluster = cg::this_cluster();
   const bool clustered = plan.splits > 1;
+  // Which CTA of the cluster finishes a 16x8 fragment (r * kTokenFrags + f) of the tile.
+  const auto owns = [&](int frag) { return frag % plan.splits == split; };
   if (clustered) {
 #pragma unroll
     for (int r = 0; r < 2; ++r)
@@ -338,7 +340,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
     }
 #pragma unroll
   for (int f = 0; f < S::kTokenFrags; ++f) {
-    const bool owned = f % plan.splits == split || (S::kTokenFrags + f) % plan.splits == split;
+    const bool owned = owns(f) || owns(S::kTokenFrags + f);
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int m = m0 + f * 8 + 2 * t + e;
@@ -352,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
 #pragma unroll
       for (int f = 0; f < S::kTokenFrags; ++f) {
         const int frag = r * S::kTokenFrags + f;
-        if (frag % plan.splits != split) continue;
+        if (!owns(frag)) continue;
         int4 others[kMaxSplits];
 #pragma unroll
         for (int q = 0; q < kMaxSplits; ++q)
@@ -377,7 +379,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4a8_splitk_kernel(W4A8GemmParams
 #pragma unroll
     for (int f = 0; f < S::kTokenFrags; ++f) {
       const int frag = r * S::kTokenFrags + f;
-      if (frag % plan.splits != split) continue;
+      if (!owns(frag)) continue;
       const int m_base = m0 + f * 8;
       if (m_base >= p.M) continue;
       float lr[4] = {0.f, 0.f, 0.f, 0.f};
