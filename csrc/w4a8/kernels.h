@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdint>
 #include <cuda_runtime.h>
 
 #include "qengine/w4a8_gemm.h"
@@ -27,15 +26,6 @@ QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x32x128_coop_streamk_lowrank)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x256x128_coop)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x256x128_coop_lowrank)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_128x256x128_coop_lowrank_staged)
-QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_widened_128x128x128_pingpong)
-QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_widened_128x128x128_pingpong_lowrank)
-QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_widened_128x128x128_pingpong_lowrank_staged)
-QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_widened_128x128x128_pingpong_c2x1)
-QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_widened_128x128x128_pingpong_c2x1_lowrank)
-QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_widened_128x128x128_pingpong_c2x1_lowrank_staged)
-// The widened configs' first step (w4a8_widen_weights.cu): prepacked INT4 [N, K] -> INT8 16 x w,
-// [N, K] row-major, into `out` (N x K bytes, 16-byte aligned). N % 16 == 0, K % 32 == 0.
-cudaError_t w4a8_sm90_widen_weights(const uint8_t* w, int8_t* out, int N, int K, cudaStream_t stream);
 // mma.sync split-K (w4a8_gemm_splitk_mma.cu): one entry each; they read either low-rank form.
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x128_splitk)
 QENGINE_DECLARE_W4A8_GEMM(w4a8_sm90_mma_128x64x256_splitk)

@@ -103,14 +103,14 @@ def test_lowrank_every_config(config, rank, out_dtype):
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
 def test_lowrank_act_in_the_output_dtype(config, out_dtype):
     """lowrank_act given already rounded to out_dtype (what QLinear has the quantize kernel write):
-    the staged configs, which round it so themselves, give the same output bit for bit;
+    the cooperative configs, which round it so themselves, give the same output bit for bit;
     every config stays >= 40 dB from the fp32 reference."""
     for m, n, k in ((77, 256, 512), (300, 512, 1024)):
         ops = operands(m, n, k, 32, seed=m, out_dtype=out_dtype)
         rounded = ops[:5] + (ops[5].to(out_dtype),) + ops[6:]
         out16 = run(config, rounded, out_dtype)
         assert sqnr_db(out16.float(), reference(*ops)) >= 40
-        if config in STAGED:
+        if config in COOP:
             assert torch.equal(out16, run(config, ops, out_dtype))
 
 
@@ -160,27 +160,18 @@ def test_splitk_lowrank_product_path(config):
         assert db >= 40.0, f"{config} rank={rank} offset={offset}: SQNR {db:.1f} dB"
 
 
-# The configs whose epilogue multiplies the branch from shared memory: the cooperative ones and
-# the widened ping-pong ones (a buffer per warp group).
-STAGED = [c for c in CONFIGS if c.endswith("_coop") or "widened" in c]
-WIDENED = [c for c in CONFIGS if "widened" in c]
+COOP = [c for c in CONFIGS if c.endswith("_coop")]
 
 
-def test_staged_configs_are_the_ones_that_fuse_the_branch():
-    assert len(STAGED) == 4 and len(WIDENED) == 2
-    assert [c for c in CONFIGS if "splitk" not in c and EXT.w4a8_config_fuses_lowrank(c, 32)] == STAGED
-
-
-@pytest.mark.parametrize("config", STAGED)
+@pytest.mark.parametrize("config", COOP)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
-def test_lowrank_staged_epilogue(config, out_dtype):
-    # These configs multiply a branch of rank 16 or 32 in their epilogue, from operands staged in
-    # shared memory per tile; other ranks, or a lora_up not 16-byte aligned, go through the
-    # [M, N] product (lowrank_act is always aligned there: the binding hands the epilogue a copy
-    # rounded to the output dtype). The GEMM term is zero here (a = 0, no bias), so the output is
-    # the branch alone. N and M are no multiples of the tile (zero-filled staging), and there are
-    # 2-4 tiles per CTA (per warp group in ping-pong: the staging buffers are reused from tile to
-    # tile, and each warp group guesses its own next tile).
+def test_coop_lowrank_staged_epilogue(config, out_dtype):
+    # The cooperative configs multiply a branch of rank 16 or 32 in their epilogue, from operands
+    # staged in shared memory per tile; other ranks, or a lora_up not 16-byte aligned, go through
+    # the [M, N] product (lowrank_act is always aligned there: the binding hands the epilogue a
+    # copy rounded to the output dtype). The GEMM term is zero here (a = 0, no bias), so the
+    # output is the branch alone. N and M are no multiples of the tile (zero-filled staging), and
+    # there are 2-4 tiles per CTA (the staging buffer is reused from tile to tile).
     assert [EXT.w4a8_config_fuses_lowrank(config, r) for r in (8, 16, 32, 48, 64)] == [False, True, True, False, False]
     m, n, k = 2000, 4112, 256
     _, a_scale, w, w_scale, _, _, _ = operands(m, n, k, seed=7, out_dtype=out_dtype)
@@ -197,37 +188,6 @@ def test_lowrank_staged_epilogue(config, out_dtype):
         assert not out.isnan().any()
         db = sqnr_db(out.float(), reference(*ops))
         assert db >= 40.0, f"{config} rank={rank} offset={offset}: SQNR {db:.1f} dB"
-
-
-@pytest.mark.parametrize("config", WIDENED)
-@pytest.mark.parametrize("m,k,n", [(300, 1024, 512), (1000, 3072, 3072), (4608, 3072, 3072), (777, 15360, 3072),
-                                   (200, 96, 4112)])
-@pytest.mark.parametrize("rank", [0, 32])
-def test_widened_configs_equal_the_register_widening_ones(config, m, k, n, rank):
-    # The widened configs widen the prepacked weights into an INT8 copy (16 x w) in their workspace
-    # and run an INT8 x INT8 mainloop on it: the int32 sums are those of the register-widening
-    # 128x128 cooperative config, and the epilogue is the same, so the outputs must agree bit for
-    # bit (with the staged branch too, lowrank_act in bf16 as QLinear passes it). K = 96: a K tail
-    # inside one 128-deep k-block; N = 4112: a partial row tile and an odd cluster row.
-    ops = operands(m, n, k, rank, seed=m + k + rank)
-    if rank:
-        ops = ops[:5] + (ops[5].bfloat16(),) + ops[6:]
-    poison_allocator(m * n * 2 + n * k)
-    out = run(config, ops)
-    assert not out.isnan().any()
-    assert torch.equal(out, run("sm90_128x128x128_coop", ops))
-    assert sqnr_db(out.float(), reference(*ops)) >= 40
-
-
-@pytest.mark.parametrize("config", WIDENED)
-def test_widened_config_replays_in_a_cuda_graph(config):
-    # The widening kernel and the GEMM are two launches on the caller's stream, both captured:
-    # new weights copied into the captured tensor between replays must reach the output (a graph
-    # that kept the first widened copy would give the old weights' result).
-    ops = operands(512, 1024, 1024, seed=11)
-    w = ops[2].clone()
-    assert_replays_equal_eager(lambda x: run(config, (*ops[:2], x, *ops[3:])), w,
-                               lambda seed: operands(512, 1024, 1024, seed=30 + seed)[2])
 
 
 STREAMK = [c for c in CONFIGS if "streamk" in c]
@@ -352,7 +312,7 @@ def test_qlinear_has_lowrank_act_written_in_its_dtype(tokens):
         assert "splitk" not in EXT.w4a8_gemm_heuristic(tokens, 512, 1024)
     qx, qs, lr32 = torch.ops.qengine.quantize_act_int8(x, q.smooth, q.lora_down)
     y32 = real(qx, qs, q.weight, q.weight_scale, q.bias, lr32, q.lora_up, torch.bfloat16)
-    if EXT.w4a8_gemm_heuristic(tokens, 512, 1024) in STAGED:
+    if EXT.w4a8_gemm_heuristic(tokens, 512, 1024) in COOP:
         assert torch.equal(y, y32)
     assert sqnr_db(y.float(), y32.float()) >= 40
 

@@ -8,8 +8,7 @@
 //   a_scale  [M] fp32 (per token)
 //   w        N*K/2 bytes: INT4 weights in the prepacked layout of w4a8_prepack (see
 //            csrc/w4a8/sm90/weight_layout.cuh and qengine/formats/w4a8_layout.py); stays 4-bit in
-//            GPU memory and is widened to INT8 in registers right before the wgmma, or (the
-//            "widened" configs) into a transient INT8 copy in the workspace, once per call
+//            GPU memory and is widened to INT8 in registers right before the wgmma
 //   w_scale  [N] fp32 (per output channel)
 //   bias     [N] out_type, or nullptr
 //   lowrank  [M, N] out_type, row stride ldo, or nullptr: the low-rank branch's product
@@ -83,13 +82,7 @@ enum class W4A8TileConfig : int {
   // Many tokens (where these tiles fill 2/3 of a wave): 256 tokens per tile, so each widened
   // weight fragment feeds twice the MMAs of the 128x128 tile.
   kSm90_128x256x128_Coop = 7,
-  // Many tokens: the weights widened once per call into an INT8 copy in the workspace
-  // (N x K bytes), then an INT8 x INT8 wgmma mainloop with both operands from shared memory and
-  // ping-pong 128x128 tiles, as in the W8A8 INT8 kernel; alone, or in clusters of 2 row tiles that
-  // share the activation tile.
-  kSm90_Widened_128x128x128_Pingpong = 8,
-  kSm90_Widened_128x128x128_Pingpong_C2x1 = 9,
-  kCount = 10,
+  kCount = 8,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);
@@ -102,8 +95,7 @@ bool w4a8_kernels_compiled();
 constexpr int kW4A8StagedMaxRank = 32;
 // Whether config c takes a low-rank branch of this rank unmultiplied (lowrank_act + lora_up)
 // instead of its [M, N] product: the split-K configs for any rank % 16 == 0, the cooperative
-// wgmma configs (128x256, 128x128) and the widened ping-pong ones for rank % 16 == 0 up to
-// kW4A8StagedMaxRank.
+// wgmma configs (128x256, 128x128) for rank % 16 == 0 up to kW4A8StagedMaxRank.
 bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank);
 
 size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c);

@@ -1,5 +1,5 @@
-// SVDQuant low-rank up-projection inside the W4A8 epilogue (cooperative, or ping-pong), operands
-// staged in shared memory once per tile (an EVT leaf node):
+// SVDQuant low-rank up-projection inside the W4A8 cooperative epilogue, operands staged in shared
+// memory once per tile (an EVT leaf node):
 //
 //   node(row, col) = sum_j lora_up[row, j] * lowrank_act[col, j]      (j < rank <= kMaxRank)
 //
@@ -39,13 +39,7 @@
 // inlined into every subtile was ~2,000 SASS instructions per subtile that never ran, and its
 // instruction-cache misses cost ~5% of the kernel: ncu, nineteenth session.)
 // Overwriting the buffers in `end` is safe: the tile's last subtile issues no further MMA and waits
-// for its own before its TMA store, and each TMA store ends with a barrier of all the tile's
-// consumer threads.
-//
-// Ping-pong (kPingpong): each consumer warp group works on its own tiles (the first on the CTA's
-// tiles 0, 2, 4, ..., the second on 1, 3, 5, ...) and runs its epilogue during the other's
-// mainloop, so each has its own buffers, which its 128 threads fill and read; its next tile is
-// two of the CTA's tiles ahead.
+// for its own before its TMA store, and each TMA store ends with a barrier of all consumer threads.
 #pragma once
 
 #include <cstdint>
@@ -66,8 +60,7 @@
 
 namespace qengine::w4a8::sm90 {
 
-template <class CtaTileShapeMNK, class ElementOp, int kMaxRank, bool kPingpong = false,
-          class ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>>
+template <class CtaTileShapeMNK, class ElementOp, int kMaxRank>
 struct Sm90LowRankStaged {
   static_assert(kMaxRank % 16 == 0, "ranks come in k16 steps of the MMA");
   static constexpr int kRows = cute::size<0>(CtaTileShapeMNK{});
@@ -89,12 +82,9 @@ struct Sm90LowRankStaged {
                     ActLayout{}.layout_b()(kCols - 3, 8) == offset<kCols>(kCols - 3, 8),
                 "offset() must match the interleave layout the wgmma descriptors describe");
 
-  // One set of buffers per group of threads that shares a tile: both consumer warp groups
-  // (cooperative), or each one (ping-pong).
-  static constexpr int kBuffers = kPingpong ? 2 : 1;
   struct SharedStorage {
-    alignas(128) uint16_t up[kBuffers][kRows * kMaxRank];
-    alignas(128) uint16_t act[kBuffers][kCols * kMaxRank];
+    alignas(128) uint16_t up[kRows * kMaxRank];
+    alignas(128) uint16_t act[kCols * kMaxRank];
   };
 
   // The kernel's tile scheduler (the persistent one; the stream-K configs do not use this node).
@@ -105,7 +95,6 @@ struct Sm90LowRankStaged {
     const ElementOp* up = nullptr;   // lora_up [channels, rank] in the output type, row-major, 16-byte aligned
     int rank = 0;                    // multiple of 16, <= kMaxRank
     int sm_count = 0;                // the kernel's KernelHardwareInfo::sm_count (its persistent grid)
-    bool raster_along_n = false;     // the kernel's scheduler walks along N (else: CUTLASS's heuristic)
   };
   struct Params {
     const ElementOp* act;
@@ -118,12 +107,11 @@ struct Sm90LowRankStaged {
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void*) {
     cutlass::KernelHardwareInfo hw{0, args.sm_count, 0};
-    typename Scheduler::Arguments scheduler_args{};
-    if (args.raster_along_n) scheduler_args.raster_order = Scheduler::RasterOrderOptions::AlongN;
     return {args.act, args.up, args.rank, static_cast<int>(cute::get<0>(problem_shape)),
             static_cast<int>(cute::get<1>(problem_shape)),
             Scheduler::to_underlying_arguments(cute::append<4>(problem_shape, 1), CtaTileShapeMNK{},
-                                               ClusterShape{}, hw, scheduler_args)};
+                                               cute::Shape<cute::_1, cute::_1, cute::_1>{}, hw,
+                                               typename Scheduler::Arguments{})};
   }
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {
@@ -145,42 +133,27 @@ struct Sm90LowRankStaged {
   CUTLASS_DEVICE bool is_C_load_needed() const { return false; }
   CUTLASS_DEVICE bool is_zero() const { return false; }
 
-  // The threads that share a tile, numbered threadIdx.x % kConsumerThreads in the epilogue (its
-  // thread index): the cooperative kernel's warp groups 1 and 2 together, or each warp group of
-  // the ping-pong kernel; warp group 0 is the producer.
-  static constexpr int kConsumerThreads = kPingpong ? 128 : 256;
+  // The cooperative kernel's consumer threads: warp groups 1 and 2, numbered threadIdx.x % 256 in
+  // the epilogue (its mma_thread_idx); warp group 0 is the producer.
+  static constexpr int kConsumerThreads = 256;
 
   CUTLASS_HOST_DEVICE Sm90LowRankStaged() {}
   // The consumers build their collective epilogue (and this node) once, before their first
   // mainloop: the first tile's rows are copied from here, so they fly during that mainloop.
-  CUTLASS_HOST_DEVICE Sm90LowRankStaged(Params const& params, SharedStorage const& storage) : params(params) {
+  CUTLASS_HOST_DEVICE Sm90LowRankStaged(Params const& params, SharedStorage const& storage)
+      : params(params), smem_up(const_cast<uint16_t*>(storage.up)), smem_act(const_cast<uint16_t*>(storage.act)) {
 #if defined(__CUDA_ARCH__)
-    // 0 for the cooperative consumers and the first ping-pong warp group, 1 for the second.
-    group = kPingpong && threadIdx.x >= 2 * cutlass::NumThreadsPerWarpGroup ? 1 : 0;
-    smem_up = const_cast<uint16_t*>(storage.up[group]);
-    smem_act = const_cast<uint16_t*>(storage.act[group]);
-    if (threadIdx.x >= cutlass::NumThreadsPerWarpGroup) prefetch(work_after(0), threadIdx.x % kConsumerThreads);
+    if (threadIdx.x >= cutlass::NumThreadsPerWarpGroup) prefetch(Scheduler(params.scheduler).get_current_work(), threadIdx.x % kConsumerThreads);
 #endif
   }
 
   Params params;
   uint16_t* smem_up = nullptr;
   uint16_t* smem_act = nullptr;
-  int group = 0;  // which buffers, and which of the CTA's tiles are this thread's (ping-pong)
   // Per consumer thread, kept across tiles (this object lives in the consumers' collective
   // epilogue for the whole kernel): tiles finished, and the tile whose rows `end` copied.
   mutable int tiles_done = 0;
   mutable int prefetched_m = -1, prefetched_n = -1;
-
-  // The tile this thread's group works on after `done` tiles, as the kernel's scheduler hands
-  // them out: one CTA's tiles in turn (cooperative), or every other one from the group's first
-  // (ping-pong: the second warp group starts one tile in and both advance by two).
-  CUTLASS_DEVICE auto work_after(int done) const {
-    Scheduler scheduler(params.scheduler);
-    const int ahead = kPingpong ? group + 2 * done : done;
-    if (ahead > 0) scheduler.advance_to_next_work(ahead);
-    return scheduler.get_current_work();
-  }
 
   // Copies kR rows from global (row-major, rank 16-bit values each) into the interleave layout
   // with 16-byte cp.async, zero-filling rows past the problem's edge. Eight consecutive threads
@@ -231,10 +204,9 @@ struct Sm90LowRankStaged {
 
   template <int kThreads, int kEpiM, int kEpiN, class CTensor, class ThrResidue, class RTensor>
   struct ConsumerStoreCallbacks : cutlass::epilogue::fusion::detail::EmptyConsumerStoreCallbacks {
-    // Each warp group of the tile's threads covers 64 rows of a subtile: 128 rows in the
-    // cooperative epilogue, 64 in ping-pong.
-    static_assert(kThreads == kConsumerThreads && kEpiM == 64 * (kThreads / 128) && kRows % kEpiM == 0,
-                  "the staged low-rank node serves epilogues whose subtiles are 64 rows per warp group");
+    // Two warp groups of 64 rows each cover a 128-row subtile: the cooperative schedule.
+    static_assert(kThreads == kConsumerThreads && kEpiM == 128 && kRows % kEpiM == 0,
+                  "the staged low-rank node serves the cooperative (two warp group, 128-row) epilogue");
     static_assert(kEpiN % 8 == 0 && kEpiN <= 256 && kCols % kEpiN == 0, "wgmma N: a multiple of 8 up to 256");
     using WgOp = decltype(cute::SM90::GMMA::ss_op_selector<ElementOp, ElementOp, float,
                                                             cute::Shape<cute::_64, cute::Int<kEpiN>, cute::_16>,
@@ -277,7 +249,11 @@ struct Sm90LowRankStaged {
 
     // After the tile's last subtile (its wgmma done, and the collective's barrier after its TMA
     // store passed by every consumer thread): start copying the rows of this CTA's next tile.
-    CUTLASS_DEVICE void end() { node->prefetch(node->work_after(++node->tiles_done), thread_idx); }
+    CUTLASS_DEVICE void end() {
+      Scheduler scheduler(params.scheduler);
+      scheduler.advance_to_next_work(++node->tiles_done);
+      node->prefetch(scheduler.get_current_work(), thread_idx);
+    }
 
     CUTLASS_DEVICE bool begin_sync_needed() const { return true; }
 

@@ -25,7 +25,6 @@
 #include "cutlass/numeric_types.h"
 
 #include "qengine/w4a8_gemm.h"
-#include "../kernels.h"
 #include "lowrank_staged_epilogue.cuh"
 #include "weight_layout.cuh"
 #include "widen_int4_times16.cuh"
@@ -57,12 +56,7 @@ namespace fusion = cutlass::epilogue::fusion;
 enum class LowRank : int { kNone = 0, kSource = 1, kStaged = 2 };
 
 // Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
-constexpr auto kRasterOrderAlongN = cutlass::gemm::kernel::detail::RasterOrderOptions::AlongN;
-
-// kPingpong, ClusterShape and kRasterAlongN: the kernel's, which the staged node needs to follow
-// the tile scheduler (see lowrank_staged_epilogue.cuh).
-template <typename TileShape, typename ElementOut, LowRank kLowRank, bool kPingpong, typename ClusterShape,
-          bool kRasterAlongN>
+template <typename TileShape, typename ElementOut, LowRank kLowRank>
 struct EpilogueTree {
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
   using Acc = fusion::Sm90AccFetch;
@@ -77,7 +71,7 @@ struct EpilogueTree {
   // producer warp, overlapped with the mainloop), added to the bias before the final FMA.
   using AddC = fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
   using BiasPlusC = fusion::Sm90EVT<AddC, Bias, fusion::Sm90SrcFetch<ElementOut>>;
-  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kW4A8StagedMaxRank, kPingpong, ClusterShape>;
+  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kW4A8StagedMaxRank>;
   using BiasPlusStaged = fusion::Sm90EVT<AddC, Bias, Staged>;
   using Tree = fusion::Sm90EVT<FmaA, AScale, AccW,
                                cute::conditional_t<kLowRank == LowRank::kSource, BiasPlusC,
@@ -91,8 +85,7 @@ struct EpilogueTree {
       return {a_scale, acc_w, {bias, {}, {}}, {}};
     } else if constexpr (kLowRank == LowRank::kStaged) {
       typename Staged::Arguments staged{static_cast<const ElementOut*>(p.lowrank_act_out),
-                                        static_cast<const ElementOut*>(p.lora_up), p.rank, p.sm_count,
-                                        kRasterAlongN};
+                                        static_cast<const ElementOut*>(p.lora_up), p.rank, p.sm_count};
       return {a_scale, acc_w, {bias, staged, {}}, {}};
     } else {
       return {a_scale, acc_w, bias, {}};
@@ -100,26 +93,20 @@ struct EpilogueTree {
   }
 };
 
-// kWidened: the configs that first widen the whole weight matrix into their workspace
-// (w4a8_widen_weights.cu: INT8 16 x w, [N, K] K-major) and then run an INT8 x INT8 mainloop with
-// both operands from shared memory, as the W8A8 kernel does; same epilogue, same output bit for
-// bit. kRasterAlongN: the tile scheduler walks the token tiles of a weight-row block first.
 template <typename ElementOut, LowRank kLowRank, typename TileShape, typename ClusterShape, typename KernelSchedule,
-          typename EpilogueSchedule, typename TileScheduler, bool kWidened = false, bool kRasterAlongN = false>
+          typename EpilogueSchedule, typename TileScheduler>
 struct W4A8Gemm {
-  using ElementW = cute::conditional_t<kWidened, int8_t, cutlass::int4b_t>;
-  using LayoutW = cute::conditional_t<kWidened, cutlass::layout::RowMajor, WeightLayout>;
+  using ElementW = cutlass::int4b_t;
   using ElementA = int8_t;
   using ElementAcc = int32_t;
   // Transposed problem: D^T [N x M] column-major == out [M x N] row-major.
   using LayoutAct = cutlass::layout::ColumnMajor;   // the activations as the K x M B operand
   using LayoutOutT = cutlass::layout::ColumnMajor;
-  static constexpr int kAlignW = kWidened ? 16 : 32;    // 16 bytes
+  static constexpr int kAlignW = 32;    // 16 bytes of 4-bit values
   static constexpr int kAlignA = 16;
   static constexpr int kAlignOut = 8;
-  static constexpr bool kPingpong = cute::is_same_v<EpilogueSchedule, cutlass::epilogue::TmaWarpSpecialized>;
 
-  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank, kPingpong, ClusterShape, kRasterAlongN>;
+  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
   using ElementC = cute::conditional_t<kLowRank == LowRank::kSource, ElementOut, void>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -131,7 +118,7 @@ struct W4A8Gemm {
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
-      ElementW, LayoutW, kAlignW,
+      ElementW, WeightLayout, kAlignW,
       ElementA, LayoutAct, kAlignA,
       ElementAcc, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
@@ -142,15 +129,6 @@ struct W4A8Gemm {
                                                           CollectiveEpilogue, TileScheduler>;
   using Kernel = Sm90Only<KernelBase>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
-  // The mainloop's weight operand: the prepacked 4-bit layout, or the widened copy (row stride K).
-  static auto weight_operand(const W4A8GemmParams& p) {
-    if constexpr (kWidened) {
-      return typename KernelBase::StrideA{int64_t(p.K), Int<1>{}, int64_t(p.N) * p.K};
-    } else {
-      return make_weight_layout(p.N, p.K);
-    }
-  }
 
   static typename Gemm::Arguments arguments(const W4A8GemmParams& p) {
     using StrideB = typename KernelBase::StrideB;
@@ -172,10 +150,9 @@ struct W4A8Gemm {
     typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
         {p.N, p.M, p.K, 1},
-        {reinterpret_cast<const ElementW*>(p.w), weight_operand(p), p.a, stride_act},
+        {reinterpret_cast<const ElementW*>(p.w), make_weight_layout(p.N, p.K), p.a, stride_act},
         {Tree::arguments(p), ptr_c, stride_c, static_cast<ElementOut*>(p.out), stride_out},
         hw};
-    if constexpr (kRasterAlongN) args.scheduler.raster_order = kRasterOrderAlongN;
     if constexpr (cute::is_same_v<TileScheduler, cutlass::gemm::StreamKScheduler>) {
       // The partial tiles are int32 sums: added in any order they are exact, so the reduction
       // need not wait for the splits in turn (CUTLASS's "nondeterministic" mode is
@@ -187,43 +164,20 @@ struct W4A8Gemm {
     return args;
   }
 
-  // Bytes of the widened copy at the start of the workspace (256-byte aligned for what follows).
-  static size_t widened_bytes(const W4A8GemmParams& p) {
-    return kWidened ? (size_t(p.N) * size_t(p.K) + 255) / 256 * 256 : 0;
-  }
-
-  static size_t workspace_bytes(const W4A8GemmParams& p) {
-    return widened_bytes(p) + Gemm::get_workspace_size(arguments(p));
-  }
+  static size_t workspace_bytes(const W4A8GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static cudaError_t run(const W4A8GemmParams& p, cudaStream_t stream) {
-    if constexpr (kWidened) {
-      if (p.workspace == nullptr || p.workspace_bytes < widened_bytes(p)) return cudaErrorInvalidValue;
-      W4A8GemmParams q = p;  // the GEMM reads the copy and gets the rest of the workspace
-      q.w = static_cast<const uint8_t*>(p.workspace);
-      q.workspace = static_cast<char*>(p.workspace) + widened_bytes(p);
-      q.workspace_bytes = p.workspace_bytes - widened_bytes(p);
-      const cudaError_t e = w4a8_sm90_widen_weights(p.w, static_cast<int8_t*>(p.workspace), p.N, p.K, stream);
-      if (e != cudaSuccess) return e;
-      return run_cutlass_op<Gemm>(arguments(q), q, stream);
-    } else {
-      return run_cutlass_op<Gemm>(arguments(p), p, stream);
-    }
+    return run_cutlass_op<Gemm>(arguments(p), p, stream);
   }
 };
 
 // A named config: tile (weight rows x tokens x K), cooperative (two warp groups on one tile) or
 // ping-pong (one tile per warp group), and the persistent or the stream-K tile scheduler. No
 // clusters: the weights are the A operand, read by one CTA per tile row.
-template <int kRows, int kTokens, int kK, bool kCooperative, bool kStreamK = false, bool kWidened_ = false,
-          int kClusterRows = 1>
+template <int kRows, int kTokens, int kK, bool kCooperative, bool kStreamK = false>
 struct TileConfig {
   using Tile = Shape<Int<kRows>, Int<kTokens>, Int<kK>>;
-  using Cluster = Shape<Int<kClusterRows>, _1, _1>;
-  static constexpr bool kWidened = kWidened_;
-  // Clusters of row tiles share (multicast) the activation tile; walked along the tokens, as the
-  // W8A8 INT8 kernel's clusters are (the same order in its untransposed view).
-  static constexpr bool kRasterAlongN = kClusterRows > 1;
+  using Cluster = Shape<_1, _1, _1>;
   using Kernel = cute::conditional_t<kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                      cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
   using Epilogue = cute::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
@@ -242,15 +196,9 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> : TileConf
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x64x128_CoopStreamK> : TileConfig<128, 64, 128, true, true> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x32x128_CoopStreamK> : TileConfig<128, 32, 128, true, true> {};
 
-// Many tokens: the widened copy (see W4A8Gemm), ping-pong 128x128 tiles as in the W8A8 INT8
-// kernel, alone or in clusters of two row tiles.
-template <> struct ConfigOf<W4A8TileConfig::kSm90_Widened_128x128x128_Pingpong> : TileConfig<128, 128, 128, false, false, true> {};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_Widened_128x128x128_Pingpong_C2x1> : TileConfig<128, 128, 128, false, false, true, 2> {};
-
 template <typename ElementOut, LowRank kLowRank, W4A8TileConfig C>
 using GemmFor = W4A8Gemm<ElementOut, kLowRank, typename ConfigOf<C>::Tile, typename ConfigOf<C>::Cluster,
-                         typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue, typename ConfigOf<C>::Scheduler,
-                         ConfigOf<C>::kWidened, ConfigOf<C>::kRasterAlongN>;
+                         typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue, typename ConfigOf<C>::Scheduler>;
 
 // Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (config, LowRank mode);
 // both output types in the same translation unit.
