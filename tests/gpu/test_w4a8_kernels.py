@@ -160,7 +160,35 @@ def test_splitk_lowrank_product_path(config):
         assert db >= 40.0, f"{config} rank={rank} offset={offset}: SQNR {db:.1f} dB"
 
 
-COOP = [c for c in CONFIGS if c.endswith("_coop")]
+# The cooperative configs, alone or in clusters of two row tiles (the ones whose epilogue multiplies
+# the branch from shared memory).
+COOP = [c for c in CONFIGS if "_coop" in c and "streamk" not in c]
+CLUSTERED = [c for c in COOP if c.endswith("_c2x1")]
+
+
+def test_coop_configs_are_the_ones_that_fuse_the_branch():
+    assert len(COOP) == 4 and len(CLUSTERED) == 2
+    assert [c for c in CONFIGS if "splitk" not in c and EXT.w4a8_config_fuses_lowrank(c, 32)] == COOP
+
+
+@pytest.mark.parametrize("config", CLUSTERED)
+@pytest.mark.parametrize("m,k,n", [(300, 1024, 512), (1000, 3072, 3072), (4608, 3072, 3072), (777, 15360, 3072),
+                                   (200, 96, 4112), (513, 512, 144)])
+@pytest.mark.parametrize("rank", [0, 32])
+def test_clustered_configs_equal_the_unclustered_ones(config, m, k, n, rank):
+    # Clusters of two row tiles share the activation tile by TMA multicast and walk the tiles in
+    # another order; the int32 sums and the epilogue are those of the same tile unclustered, so
+    # the outputs agree bit for bit (with the staged branch too: its next-tile guess follows the
+    # clustered scheduler). N = 4112 and 144: an odd number of row tiles, so the last cluster's
+    # second CTA lies past N; K = 96: a K tail inside one 128-deep k-block.
+    ops = operands(m, n, k, rank, seed=m + k + rank)
+    if rank:
+        ops = ops[:5] + (ops[5].bfloat16(),) + ops[6:]
+    poison_allocator(m * n * 2)
+    out = run(config, ops)
+    assert not out.isnan().any()
+    assert torch.equal(out, run(config[: -len("_c2x1")], ops))
+    assert sqnr_db(out.float(), reference(*ops)) >= 40
 
 
 @pytest.mark.parametrize("config", COOP)

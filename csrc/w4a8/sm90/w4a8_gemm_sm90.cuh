@@ -56,7 +56,11 @@ namespace fusion = cutlass::epilogue::fusion;
 enum class LowRank : int { kNone = 0, kSource = 1, kStaged = 2 };
 
 // Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
-template <typename TileShape, typename ElementOut, LowRank kLowRank>
+constexpr auto kRasterOrderAlongN = cutlass::gemm::kernel::detail::RasterOrderOptions::AlongN;
+
+// ClusterShape and kRasterAlongN: the kernel's, which the staged node needs to follow the tile
+// scheduler (see lowrank_staged_epilogue.cuh).
+template <typename TileShape, typename ElementOut, LowRank kLowRank, typename ClusterShape, bool kRasterAlongN>
 struct EpilogueTree {
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
   using Acc = fusion::Sm90AccFetch;
@@ -71,7 +75,7 @@ struct EpilogueTree {
   // producer warp, overlapped with the mainloop), added to the bias before the final FMA.
   using AddC = fusion::Sm90Compute<cutlass::plus, float, float, kRound>;
   using BiasPlusC = fusion::Sm90EVT<AddC, Bias, fusion::Sm90SrcFetch<ElementOut>>;
-  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kW4A8StagedMaxRank>;
+  using Staged = Sm90LowRankStaged<TileShape, ElementOut, kW4A8StagedMaxRank, ClusterShape>;
   using BiasPlusStaged = fusion::Sm90EVT<AddC, Bias, Staged>;
   using Tree = fusion::Sm90EVT<FmaA, AScale, AccW,
                                cute::conditional_t<kLowRank == LowRank::kSource, BiasPlusC,
@@ -85,7 +89,8 @@ struct EpilogueTree {
       return {a_scale, acc_w, {bias, {}, {}}, {}};
     } else if constexpr (kLowRank == LowRank::kStaged) {
       typename Staged::Arguments staged{static_cast<const ElementOut*>(p.lowrank_act_out),
-                                        static_cast<const ElementOut*>(p.lora_up), p.rank, p.sm_count};
+                                        static_cast<const ElementOut*>(p.lora_up), p.rank, p.sm_count,
+                                        kRasterAlongN};
       return {a_scale, acc_w, {bias, staged, {}}, {}};
     } else {
       return {a_scale, acc_w, bias, {}};
@@ -93,8 +98,10 @@ struct EpilogueTree {
   }
 };
 
+// kRasterAlongN: the tile scheduler walks the token tiles of a weight-row block first (else
+// CUTLASS's heuristic order).
 template <typename ElementOut, LowRank kLowRank, typename TileShape, typename ClusterShape, typename KernelSchedule,
-          typename EpilogueSchedule, typename TileScheduler>
+          typename EpilogueSchedule, typename TileScheduler, bool kRasterAlongN = false>
 struct W4A8Gemm {
   using ElementW = cutlass::int4b_t;
   using ElementA = int8_t;
@@ -106,7 +113,7 @@ struct W4A8Gemm {
   static constexpr int kAlignA = 16;
   static constexpr int kAlignOut = 8;
 
-  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank>;
+  using Tree = EpilogueTree<TileShape, ElementOut, kLowRank, ClusterShape, kRasterAlongN>;
   using ElementC = cute::conditional_t<kLowRank == LowRank::kSource, ElementOut, void>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -153,6 +160,7 @@ struct W4A8Gemm {
         {reinterpret_cast<const ElementW*>(p.w), make_weight_layout(p.N, p.K), p.a, stride_act},
         {Tree::arguments(p), ptr_c, stride_c, static_cast<ElementOut*>(p.out), stride_out},
         hw};
+    if constexpr (kRasterAlongN) args.scheduler.raster_order = kRasterOrderAlongN;
     if constexpr (cute::is_same_v<TileScheduler, cutlass::gemm::StreamKScheduler>) {
       // The partial tiles are int32 sums: added in any order they are exact, so the reduction
       // need not wait for the splits in turn (CUTLASS's "nondeterministic" mode is
@@ -172,12 +180,14 @@ struct W4A8Gemm {
 };
 
 // A named config: tile (weight rows x tokens x K), cooperative (two warp groups on one tile) or
-// ping-pong (one tile per warp group), and the persistent or the stream-K tile scheduler. No
-// clusters: the weights are the A operand, read by one CTA per tile row.
-template <int kRows, int kTokens, int kK, bool kCooperative, bool kStreamK = false>
+// ping-pong (one tile per warp group), the persistent or the stream-K tile scheduler, and
+// clusters of kClusterRows row tiles that share (TMA-multicast) their activation tile, walked
+// along the tokens (the W8A8 INT8 kernel's order for its clusters, in its untransposed view).
+template <int kRows, int kTokens, int kK, bool kCooperative, bool kStreamK = false, int kClusterRows = 1>
 struct TileConfig {
   using Tile = Shape<Int<kRows>, Int<kTokens>, Int<kK>>;
-  using Cluster = Shape<_1, _1, _1>;
+  using Cluster = Shape<Int<kClusterRows>, _1, _1>;
+  static constexpr bool kRasterAlongN = kClusterRows > 1;
   using Kernel = cute::conditional_t<kCooperative, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                      cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
   using Epilogue = cute::conditional_t<kCooperative, cutlass::epilogue::TmaWarpSpecializedCooperative,
@@ -196,9 +206,16 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_64x64x128_Pingpong> : TileConf
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x64x128_CoopStreamK> : TileConfig<128, 64, 128, true, true> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x32x128_CoopStreamK> : TileConfig<128, 32, 128, true, true> {};
 
+// Many tokens, the cooperative tiles in clusters of two row tiles: at FLUX's image stream the
+// activation tile (tokens x K, 8-bit) is most of what a CTA reads from L2, and every row tile
+// reads it again (~7-8 TB/s of L2 reads at 4608x3072->3072 on 128x128 tiles).
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop_C2x1> : TileConfig<128, 128, 128, true, false, 2> {};
+template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop_C2x1> : TileConfig<128, 256, 128, true, false, 2> {};
+
 template <typename ElementOut, LowRank kLowRank, W4A8TileConfig C>
 using GemmFor = W4A8Gemm<ElementOut, kLowRank, typename ConfigOf<C>::Tile, typename ConfigOf<C>::Cluster,
-                         typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue, typename ConfigOf<C>::Scheduler>;
+                         typename ConfigOf<C>::Kernel, typename ConfigOf<C>::Epilogue, typename ConfigOf<C>::Scheduler,
+                         ConfigOf<C>::kRasterAlongN>;
 
 // Defines NAME_run / NAME_workspace (declared in ../kernels.h) for one (config, LowRank mode);
 // both output types in the same translation unit.
