@@ -32,7 +32,11 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
 //   as fast per unit of work on full waves, so the tail decides (notes/h100_2026-11-24e call 4,
 //   every config forced: FLUX 4608x3072->3072 64.3 vs 73.5 us, 432 tiles of 256 fill 82% of 4
 //   waves, 864 of 128 fill 94% of 7; 4608x3072->12288 keeps 128x256: 249.5 vs 265.1, 94% vs 97%;
-//   SD3 4096x6144->1536 51.0 vs 64.4). A ping-pong CTA
+//   SD3 4096x6144->1536 51.0 vs 64.4). Where the 256-token tiles make two waves or more, they run
+//   in clusters of two row tiles that share the activation tile by TMA multicast (the activation
+//   tile is most of a CTA's L2 reads; notes/h100_2026-11-24g call 3, every config forced: 2-4%
+//   faster without the branch, 2-6% with it, e.g. 4096x3072->3072 + r32 60.4 vs 64.2 us; the
+//   128x128 tile gained nothing from clusters, and 333x1536->6144 lost). A ping-pong CTA
 //   works on two smaller tiles at once, so where the 128-token tiles would leave SMs idle the
 //   smaller ones win.
 // - Few tokens, the weights' bytes are the cost and the work must reach every SM:
@@ -63,8 +67,11 @@ W4A8TileConfig w4a8_choose_tile_config(int M, int N, int K, int sm_count) {
   // The share of the last wave's SMs that have a tile (1: the tiles fill whole waves).
   const auto wave_efficiency = [sms](long tiles) { return double(tiles) / double((tiles + sms - 1) / sms * sms); };
   if (3 * tiles_256 >= 2 * sms) {
-    return wave_efficiency(tiles_128) >= wave_efficiency(tiles_256) + 0.08 ? W4A8TileConfig::kSm90_128x128x128_Coop
-                                                                           : W4A8TileConfig::kSm90_128x256x128_Coop;
+    if (wave_efficiency(tiles_128) >= wave_efficiency(tiles_256) + 0.08) return W4A8TileConfig::kSm90_128x128x128_Coop;
+    // Two waves or more of 256-token tiles over an even number of row tiles: clusters of two row
+    // tiles, which read each activation tile from L2 once.
+    return tiles_256 >= 2 * sms && row_tiles % 2 == 0 ? W4A8TileConfig::kSm90_128x256x128_Coop_C2x1
+                                                       : W4A8TileConfig::kSm90_128x256x128_Coop;
   }
   if (tiles_128 >= 2 * sms || (3 * tiles_128 >= 2 * sms && tiles_128 <= sms)) return W4A8TileConfig::kSm90_128x128x128_Coop;
   if (tiles_64 <= sms) return W4A8TileConfig::kSm90_64x64x128_Pingpong;

@@ -273,6 +273,12 @@ def test_heuristic_names():
         assert "128x128x128_coop" in EXT.w4a8_gemm_heuristic(4608, 3072, 3072)
         assert "128x128x128_coop" in EXT.w4a8_gemm_heuristic(512, 12288, 3072)
     assert "128x256x128_coop" not in EXT.w4a8_gemm_heuristic(512, 3072, 3072)
+    # two waves or more of 256-token tiles over an even number of row tiles: clusters of two
+    if sms == 132:
+        assert EXT.w4a8_gemm_heuristic(4096, 3072, 3072) == "sm90_128x256x128_coop_c2x1"
+        assert EXT.w4a8_gemm_heuristic(4608, 12288, 3072) == "sm90_128x256x128_coop_c2x1"
+        assert EXT.w4a8_gemm_heuristic(333, 6144, 1536) == "sm90_128x256x128_coop"  # one wave
+        assert EXT.w4a8_gemm_heuristic(4096, 2944, 3072) == "sm90_128x256x128_coop"  # 23 row tiles
 
 
 # ---------------------------------------------------------------- prepack on the GPU
