@@ -17,6 +17,7 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x256x128_Coop: return "sm90_128x256x128_coop";
     case W4A8TileConfig::kSm90_128x128x128_Coop_C2x1: return "sm90_128x128x128_coop_c2x1";
     case W4A8TileConfig::kSm90_128x256x128_Coop_C2x1: return "sm90_128x256x128_coop_c2x1";
+    case W4A8TileConfig::kSm90_128x224x128_Coop_C2x1: return "sm90_128x224x128_coop_c2x1";
     default: return "unknown";
   }
 }
@@ -118,6 +119,7 @@ bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
     case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop);
     case W4A8TileConfig::kSm90_128x128x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x128x128_coop_c2x1);
     case W4A8TileConfig::kSm90_128x256x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop_c2x1);
+    case W4A8TileConfig::kSm90_128x224x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x224x128_coop_c2x1);
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
       return !staged;
@@ -150,7 +152,8 @@ bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank) {
   if (rank <= 0 || rank % 16 != 0) return false;
   if (c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK) return true;
   return (c == W4A8TileConfig::kSm90_128x256x128_Coop || c == W4A8TileConfig::kSm90_128x128x128_Coop ||
-          c == W4A8TileConfig::kSm90_128x128x128_Coop_C2x1 || c == W4A8TileConfig::kSm90_128x256x128_Coop_C2x1) &&
+          c == W4A8TileConfig::kSm90_128x128x128_Coop_C2x1 || c == W4A8TileConfig::kSm90_128x256x128_Coop_C2x1 ||
+          c == W4A8TileConfig::kSm90_128x224x128_Coop_C2x1) &&
          rank <= kW4A8StagedMaxRank;
 }
 

@@ -167,7 +167,7 @@ CLUSTERED = [c for c in COOP if c.endswith("_c2x1")]
 
 
 def test_coop_configs_are_the_ones_that_fuse_the_branch():
-    assert len(COOP) == 4 and len(CLUSTERED) == 2
+    assert len(COOP) == 5 and len(CLUSTERED) == 3
     assert [c for c in CONFIGS if "splitk" not in c and EXT.w4a8_config_fuses_lowrank(c, 32)] == COOP
 
 
@@ -177,17 +177,18 @@ def test_coop_configs_are_the_ones_that_fuse_the_branch():
 @pytest.mark.parametrize("rank", [0, 32])
 def test_clustered_configs_equal_the_unclustered_ones(config, m, k, n, rank):
     # Clusters of two row tiles share the activation tile by TMA multicast and walk the tiles in
-    # another order; the int32 sums and the epilogue are those of the same tile unclustered, so
-    # the outputs agree bit for bit (with the staged branch too: its next-tile guess follows the
-    # clustered scheduler). N = 4112 and 144: an odd number of row tiles, so the last cluster's
-    # second CTA lies past N; K = 96: a K tail inside one 128-deep k-block.
+    # another order; the int32 sums and the epilogue are those of any cooperative tile, so the
+    # outputs agree with the unclustered 128x128 tile bit for bit (with the staged branch too: its
+    # next-tile guess follows the clustered scheduler). N = 4112 and 144: an odd number of row
+    # tiles, so the last cluster's second CTA lies past N; K = 96: a K tail inside one 128-deep
+    # k-block; M = 4608: 21 full tiles of 224 tokens, the others partial ones.
     ops = operands(m, n, k, rank, seed=m + k + rank)
     if rank:
         ops = ops[:5] + (ops[5].bfloat16(),) + ops[6:]
     poison_allocator(m * n * 2)
     out = run(config, ops)
     assert not out.isnan().any()
-    assert torch.equal(out, run(config[: -len("_c2x1")], ops))
+    assert torch.equal(out, run("sm90_128x128x128_coop", ops))
     assert sqnr_db(out.float(), reference(*ops)) >= 40
 
 

@@ -173,7 +173,10 @@ struct Sm90LowRankStaged {
   template <int kR>
   CUTLASS_DEVICE void copy_rows(const ElementOp* src, int first, int limit, uint16_t* dst, int thread_idx) const {
     constexpr int kVecs = kMaxRank / 8, kStep = kConsumerThreads * 8 / kMaxRank;
-    static_assert(32 % kVecs == 0 && kR % kStep == 0, "whole rows of chunks per pass of the consumer threads");
+    static_assert(32 % kVecs == 0 && kR % 8 == 0, "whole core matrices of rows");
+    // Passes of the consumer threads over the rows; a last partial pass (224-token tiles: 3.5
+    // passes of 64 rows) leaves out the threads whose rows lie past the buffer.
+    constexpr int kPasses = (kR + kStep - 1) / kStep;
     const int r0 = (thread_idx / (8 * kVecs)) * 8 + thread_idx % 8, c = ((thread_idx / 8) % kVecs) * 8;
     const ElementOp* from = src + static_cast<int64_t>(first + r0) * params.rank + c;
     const int64_t from_step = static_cast<int64_t>(kStep) * params.rank;
@@ -182,7 +185,8 @@ struct Sm90LowRankStaged {
     static_assert(offset<kR>(kStep + 1, 8) - offset<kR>(1, 8) == kStep * 8, "kToStep");
     const bool in_rank = c < params.rank;
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < kR / kStep; ++i) {
+    for (int i = 0; i < kPasses; ++i) {
+      if (kR % kStep != 0 && i == kPasses - 1 && r0 >= kR % kStep) break;  // compile-time true but in the last pass
       const bool ok = in_rank && first + r0 + kStep * i < limit;
       const ElementOp* p = ok ? from + from_step * i : src;
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to + kToStep * i), "l"(p), "r"(ok ? 16 : 0)
