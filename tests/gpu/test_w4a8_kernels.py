@@ -271,8 +271,10 @@ def test_heuristic_names():
     assert "128x256x128_coop" in EXT.w4a8_gemm_heuristic(4096, 3072, 3072)
     assert "128x256x128_coop" in EXT.w4a8_gemm_heuristic(4608, 12288, 3072)
     if sms == 132:
-        assert "128x128x128_coop" in EXT.w4a8_gemm_heuristic(4608, 3072, 3072)
+        assert "128x128x128_coop" in EXT.w4a8_gemm_heuristic(4608, 3072, 15360)  # deep K
         assert "128x128x128_coop" in EXT.w4a8_gemm_heuristic(512, 12288, 3072)
+        # short K, 224-token tiles fill the waves (504 tiles: 95% of 4 waves; 256-token ones 82%)
+        assert EXT.w4a8_gemm_heuristic(4608, 3072, 3072) == "sm90_128x224x128_coop_c2x1"
     assert "128x256x128_coop" not in EXT.w4a8_gemm_heuristic(512, 3072, 3072)
     # two waves or more of 256-token tiles over an even number of row tiles: clusters of two
     if sms == 132:
