@@ -4,9 +4,9 @@ import json
 import sys
 
 rows = json.load(open(sys.argv[1]))["rows"]
-cf = ["128x128x128_coop", "128x256x128_coop", "128x128x128_coop_c2x1", "128x256x128_coop_c2x1",
-      "128x224x128_coop_c2x1"]
-short = ["c128", "c256", "c128_c2", "c256_c2", "c224_c2"]
+cf = ["128x128x128_coop", "128x256x128_coop", "128x256x128_coop_c4x1", "128x256x128_coop_c2x1",
+      "128x224x128_coop_c2x1", "128x224x128_coop_c4x1"]
+short = ["c128", "c256", "c256_c4", "c256_c2", "c224_c2", "c224_c4"]
 print("shape | bf16 | int8 | heur | w4a8 | +r32 | " + " | ".join(short) + " | +r32: " + " | ".join(short)
       + " | best+r32 / bf16")
 for r in rows:
