@@ -18,8 +18,6 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x128x128_Coop_C2x1: return "sm90_128x128x128_coop_c2x1";
     case W4A8TileConfig::kSm90_128x256x128_Coop_C2x1: return "sm90_128x256x128_coop_c2x1";
     case W4A8TileConfig::kSm90_128x224x128_Coop_C2x1: return "sm90_128x224x128_coop_c2x1";
-    case W4A8TileConfig::kSm90_128x256x128_Coop_C4x1: return "sm90_128x256x128_coop_c4x1";
-    case W4A8TileConfig::kSm90_128x224x128_Coop_C4x1: return "sm90_128x224x128_coop_c4x1";
     default: return "unknown";
   }
 }
@@ -133,8 +131,6 @@ bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
     case W4A8TileConfig::kSm90_128x128x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x128x128_coop_c2x1);
     case W4A8TileConfig::kSm90_128x256x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop_c2x1);
     case W4A8TileConfig::kSm90_128x224x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x224x128_coop_c2x1);
-    case W4A8TileConfig::kSm90_128x256x128_Coop_C4x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop_c4x1);
-    case W4A8TileConfig::kSm90_128x224x128_Coop_C4x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x224x128_coop_c4x1);
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
       *e = Entry{w4a8_sm90_mma_128x64x128_splitk_run, w4a8_sm90_mma_128x64x128_splitk_workspace};
       return !staged;
@@ -168,8 +164,7 @@ bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank) {
   if (c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK) return true;
   return (c == W4A8TileConfig::kSm90_128x256x128_Coop || c == W4A8TileConfig::kSm90_128x128x128_Coop ||
           c == W4A8TileConfig::kSm90_128x128x128_Coop_C2x1 || c == W4A8TileConfig::kSm90_128x256x128_Coop_C2x1 ||
-          c == W4A8TileConfig::kSm90_128x224x128_Coop_C2x1 || c == W4A8TileConfig::kSm90_128x256x128_Coop_C4x1 ||
-          c == W4A8TileConfig::kSm90_128x224x128_Coop_C4x1) &&
+          c == W4A8TileConfig::kSm90_128x224x128_Coop_C2x1) &&
          rank <= kW4A8StagedMaxRank;
 }
 

@@ -89,10 +89,7 @@ enum class W4A8TileConfig : int {
   // 224 tokens per tile, clustered likewise: fills the waves where 256-token tiles leave the
   // last one emptier (FLUX's 4608 tokens on 3072-wide layers).
   kSm90_128x224x128_Coop_C2x1 = 10,
-  // The 256- and 224-token tiles in clusters of four row tiles.
-  kSm90_128x256x128_Coop_C4x1 = 11,
-  kSm90_128x224x128_Coop_C4x1 = 12,
-  kCount = 13,
+  kCount = 11,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);

@@ -214,9 +214,6 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop_C2x1> : TileC
 // 224 tokens per tile: 21 token tiles cover FLUX's 4608 tokens (98% used) and 504 tiles of a
 // 3072-wide layer fill 95% of 4 waves of 132 SMs (256-token tiles: 432, 82%).
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x224x128_Coop_C2x1> : TileConfig<128, 224, 128, true, false, 2> {};
-// The same in clusters of four row tiles (each activation tile read from L2 once per four).
-template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop_C4x1> : TileConfig<128, 256, 128, true, false, 4> {};
-template <> struct ConfigOf<W4A8TileConfig::kSm90_128x224x128_Coop_C4x1> : TileConfig<128, 224, 128, true, false, 4> {};
 
 template <typename ElementOut, LowRank kLowRank, W4A8TileConfig C>
 using GemmFor = W4A8Gemm<ElementOut, kLowRank, typename ConfigOf<C>::Tile, typename ConfigOf<C>::Cluster,
