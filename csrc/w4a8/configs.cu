@@ -15,7 +15,6 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: return "sm90_128x64x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: return "sm90_128x32x128_coop_streamk";
     case W4A8TileConfig::kSm90_128x256x128_Coop: return "sm90_128x256x128_coop";
-    case W4A8TileConfig::kSm90_128x128x128_Coop_C2x1: return "sm90_128x128x128_coop_c2x1";
     case W4A8TileConfig::kSm90_128x256x128_Coop_C2x1: return "sm90_128x256x128_coop_c2x1";
     case W4A8TileConfig::kSm90_128x224x128_Coop_C2x1: return "sm90_128x224x128_coop_c2x1";
     default: return "unknown";
@@ -35,7 +34,7 @@ const char* w4a8_tile_config_name(W4A8TileConfig c) {
 //   waves, 864 of 128 fill 94% of 7; 4608x3072->12288 keeps 128x256: 249.5 vs 265.1, 94% vs 97%;
 //   SD3 4096x6144->1536 51.0 vs 64.4). Where the 256-token tiles make two waves or more, they run
 //   in clusters of two row tiles that share the activation tile by TMA multicast (the activation
-//   tile is most of a CTA's L2 reads; notes/h100_2026-11-24g call 3, every config forced: 2-4%
+//   tile is most of a CTA's L2 reads; notes/h100_2026-11-24g call 3, every config forced: 2-3%
 //   faster without the branch, 2-6% with it, e.g. 4096x3072->3072 + r32 60.4 vs 64.2 us; the
 //   128x128 tile gained nothing from clusters, and 333x1536->6144 lost). A ping-pong CTA
 //   works on two smaller tiles at once, so where the 128-token tiles would leave SMs idle the
@@ -128,7 +127,6 @@ bool lookup(W4A8TileConfig c, const W4A8GemmParams& p, Entry* e) {
     case W4A8TileConfig::kSm90_128x64x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x64x128_coop_streamk);
     case W4A8TileConfig::kSm90_128x32x128_CoopStreamK: QENGINE_W4A8_ENTRY(w4a8_sm90_128x32x128_coop_streamk);
     case W4A8TileConfig::kSm90_128x256x128_Coop: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop);
-    case W4A8TileConfig::kSm90_128x128x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x128x128_coop_c2x1);
     case W4A8TileConfig::kSm90_128x256x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x256x128_coop_c2x1);
     case W4A8TileConfig::kSm90_128x224x128_Coop_C2x1: QENGINE_W4A8_ENTRY_STAGED(w4a8_sm90_128x224x128_coop_c2x1);
     case W4A8TileConfig::kSm90_Mma_128x64x128_SplitK:
@@ -163,8 +161,7 @@ bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank) {
   if (rank <= 0 || rank % 16 != 0) return false;
   if (c == W4A8TileConfig::kSm90_Mma_128x64x128_SplitK || c == W4A8TileConfig::kSm90_Mma_128x64x256_SplitK) return true;
   return (c == W4A8TileConfig::kSm90_128x256x128_Coop || c == W4A8TileConfig::kSm90_128x128x128_Coop ||
-          c == W4A8TileConfig::kSm90_128x128x128_Coop_C2x1 || c == W4A8TileConfig::kSm90_128x256x128_Coop_C2x1 ||
-          c == W4A8TileConfig::kSm90_128x224x128_Coop_C2x1) &&
+          c == W4A8TileConfig::kSm90_128x256x128_Coop_C2x1 || c == W4A8TileConfig::kSm90_128x224x128_Coop_C2x1) &&
          rank <= kW4A8StagedMaxRank;
 }
 

@@ -167,7 +167,7 @@ CLUSTERED = [c for c in COOP if c.endswith("_c2x1")]
 
 
 def test_coop_configs_are_the_ones_that_fuse_the_branch():
-    assert len(COOP) == 5 and len(CLUSTERED) == 3
+    assert len(COOP) == 4 and len(CLUSTERED) == 2
     assert [c for c in CONFIGS if "splitk" not in c and EXT.w4a8_config_fuses_lowrank(c, 32)] == COOP
 
 

@@ -82,14 +82,13 @@ enum class W4A8TileConfig : int {
   // Many tokens (where these tiles fill 2/3 of a wave): 256 tokens per tile, so each widened
   // weight fragment feeds twice the MMAs of the 128x128 tile.
   kSm90_128x256x128_Coop = 7,
-  // The two cooperative tiles in clusters of 2 row tiles that share (multicast) the activation
-  // tile, which is most of the L2 reads at many tokens.
-  kSm90_128x128x128_Coop_C2x1 = 8,
-  kSm90_128x256x128_Coop_C2x1 = 9,
+  // The 128x256 tile in clusters of 2 row tiles that share (multicast) the activation tile, which
+  // is most of the L2 reads at many tokens. (128x128 in clusters gained nothing: notes/w4a8.md.)
+  kSm90_128x256x128_Coop_C2x1 = 8,
   // 224 tokens per tile, clustered likewise: fills the waves where 256-token tiles leave the
   // last one emptier (FLUX's 4608 tokens on 3072-wide layers).
-  kSm90_128x224x128_Coop_C2x1 = 10,
-  kCount = 11,
+  kSm90_128x224x128_Coop_C2x1 = 9,
+  kCount = 10,
 };
 
 const char* w4a8_tile_config_name(W4A8TileConfig c);
@@ -102,8 +101,7 @@ bool w4a8_kernels_compiled();
 constexpr int kW4A8StagedMaxRank = 32;
 // Whether config c takes a low-rank branch of this rank unmultiplied (lowrank_act + lora_up)
 // instead of its [M, N] product: the split-K configs for any rank % 16 == 0, the cooperative
-// wgmma configs (128x256, 128x224, 128x128, clustered or not) for rank % 16 == 0 up to
-// kW4A8StagedMaxRank.
+// wgmma configs (128x256, 128x224, 128x128) for rank % 16 == 0 up to kW4A8StagedMaxRank.
 bool w4a8_config_fuses_lowrank(W4A8TileConfig c, int rank);
 
 size_t w4a8_gemm_workspace_bytes(const W4A8GemmParams& p, W4A8TileConfig c);

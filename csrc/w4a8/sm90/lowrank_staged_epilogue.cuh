@@ -186,7 +186,7 @@ struct Sm90LowRankStaged {
     const bool in_rank = c < params.rank;
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < kPasses; ++i) {
-      if (kR % kStep != 0 && i == kPasses - 1 && r0 >= kR % kStep) break;  // compile-time true but in the last pass
+      if (kR % kStep != 0 && i == kPasses - 1 && r0 >= kR % kStep) break;  // false at compile time but in a last partial pass
       const bool ok = in_rank && first + r0 + kStep * i < limit;
       const ElementOp* p = ok ? from + from_step * i : src;
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to + kToStep * i), "l"(p), "r"(ok ? 16 : 0)

@@ -55,9 +55,9 @@ namespace fusion = cutlass::epilogue::fusion;
 //            per tile, 24 KB at 128x256, taken from the mainloop's stages).
 enum class LowRank : int { kNone = 0, kSource = 1, kStaged = 2 };
 
-// Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
 constexpr auto kRasterOrderAlongN = cutlass::gemm::kernel::detail::RasterOrderOptions::AlongN;
 
+// Epilogue trees in the transposed problem: rows = output channels n, columns = tokens m.
 // ClusterShape and kRasterAlongN: the kernel's, which the staged node needs to follow the tile
 // scheduler (see lowrank_staged_epilogue.cuh).
 template <typename TileShape, typename ElementOut, LowRank kLowRank, typename ClusterShape, bool kRasterAlongN>
@@ -209,7 +209,6 @@ template <> struct ConfigOf<W4A8TileConfig::kSm90_128x32x128_CoopStreamK> : Tile
 // Many tokens, the cooperative tiles in clusters of two row tiles: at FLUX's image stream the
 // activation tile (tokens x K, 8-bit) is most of what a CTA reads from L2, and every row tile
 // reads it again (~7-8 TB/s of L2 reads at 4608x3072->3072 on 128x128 tiles).
-template <> struct ConfigOf<W4A8TileConfig::kSm90_128x128x128_Coop_C2x1> : TileConfig<128, 128, 128, true, false, 2> {};
 template <> struct ConfigOf<W4A8TileConfig::kSm90_128x256x128_Coop_C2x1> : TileConfig<128, 256, 128, true, false, 2> {};
 // 224 tokens per tile: 21 token tiles cover FLUX's 4608 tokens (98% used) and 504 tiles of a
 // 3072-wide layer fill 95% of 4 waves of 132 SMs (256-token tiles: 432, 82%).

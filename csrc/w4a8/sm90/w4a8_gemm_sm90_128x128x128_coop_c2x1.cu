@@ -1,8 +1,0 @@
-// W4A8 GEMM, sm_90a, tile 128x128x128 cooperative in clusters of 2 row tiles (activation tile multicast),
-// no low-rank term (bf16 and fp16 outputs).
-#include "w4a8_gemm_sm90.cuh"
-#include "../kernels.h"
-
-namespace qengine::w4a8::sm90 {
-QENGINE_W4A8_SM90_DEFINE(w4a8_sm90_128x128x128_coop_c2x1, W4A8TileConfig::kSm90_128x128x128_Coop_C2x1, LowRank::kNone)
-}  // namespace qengine::w4a8::sm90
