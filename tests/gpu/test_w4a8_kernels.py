@@ -179,9 +179,9 @@ def test_clustered_configs_equal_the_unclustered_ones(config, m, k, n, rank):
     # Clusters of two row tiles share the activation tile by TMA multicast and walk the tiles in
     # another order; the int32 sums and the epilogue are those of any cooperative tile, so the
     # outputs agree with the unclustered 128x128 tile bit for bit (with the staged branch too: its
-    # next-tile guess follows the clustered scheduler). N = 4112 and 144: an odd number of row
-    # tiles, so the last cluster's second CTA lies past N; K = 96: a K tail inside one 128-deep
-    # k-block; M = 4608: 21 full tiles of 224 tokens, the others partial ones.
+    # next-tile guess follows the clustered scheduler). N = 4112: 33 row tiles, so the last
+    # cluster's second CTA lies past N; N = 144: a partial second row tile; K = 96: a K tail inside
+    # one 128-deep k-block; M = 4608: 21 full tiles of 224 tokens, the others partial ones.
     ops = operands(m, n, k, rank, seed=m + k + rank)
     if rank:
         ops = ops[:5] + (ops[5].bfloat16(),) + ops[6:]
