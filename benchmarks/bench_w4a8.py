@@ -13,6 +13,8 @@ configs that multiply it in their wgmma epilogue). Shapes: FLUX.1-dev
 and SD3-medium from benchmarks/shapes.py, an M sweep 1..256 at FLUX's K/N (3072->3072,
 3072->12288, 12288->3072; ``--m-sweep`` picks the M values), and FLUX's adaLN modulation GEMVs
 (M = 1: 3072->18432, 3072->9216, 3072->6144), which are 4-bit only when a config quantizes them.
+``--shapes MxKxN ...`` adds shapes of your own (e.g. FLUX's q/k/v projections fused by
+``QuantConfig.fuse_qkv``: 4608x3072x9216 and 4096x3072x9216).
 
 Timing as benchmarks/bench_gemm.py (CUDA-graph replay of one call per rotated operand set, sets
 exceeding L2, median of --reps samples), the six ops of a shape interleaved: each round takes one
@@ -154,6 +156,15 @@ def write_outputs(rows, meta, out_dir: Path):
     return md
 
 
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """"MxKxN" -> (M, K, N), for --shapes; the kernel's limits (K % 32, N % 16) are the op's to check."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"shape {text!r}: expected MxKxN with positive integers, e.g. 4608x3072x9216")
+    m, k, n = (int(p) for p in parts)
+    return m, k, n
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", type=Path, default=Path("out/bench_w4a8"))
@@ -166,6 +177,8 @@ def main(argv=None):
                     help="M values of the sweep (default: %(default)s)")
     ap.add_argument("--no-model-shapes", action="store_true",
                     help="skip the FLUX/SD3 layer shapes (M = image/text tokens); keep the sweep")
+    ap.add_argument("--shapes", nargs="+", default=[], metavar="MxKxN", type=parse_shape,
+                    help="extra shapes to time first (M tokens, K in, N out), e.g. 4608x3072x9216")
     ap.add_argument("--time-budget", type=float, default=0, help="stop adding shapes after this many seconds (0: none)")
     args = ap.parse_args(argv)
 
@@ -178,7 +191,7 @@ def main(argv=None):
     meta["reps"] = args.reps
     l2 = meta["l2_bytes"]
     shapes = [] if args.no_model_shapes else [(s.model, s.M, s.K, s.N) for s in load_shapes(["flux1-dev", "sd3-medium"])]
-    shapes = sorted(set(shapes), key=lambda s: (s[0], -s[1], s[2], s[3]))
+    shapes = [("extra", m, k, n) for m, k, n in args.shapes] + sorted(set(shapes), key=lambda s: (s[0], -s[1], s[2], s[3]))
     if not args.no_m_sweep:
         shapes += [("sweep", m, k, n) for k, n in SWEEP_KN for m in args.m_sweep]
         shapes += [("flux-mod", 1, k, n) for k, n in MODULATION_KN]

@@ -134,3 +134,63 @@ def test_config_field():
     assert QuantConfig.from_json(QuantConfig(fuse_qkv=True).to_json()).fuse_qkv is True
     with pytest.raises(ConfigError, match="fuse_qkv"):
         QuantConfig(fuse_qkv="yes")
+
+
+# FLUX: FluxAttention with diffusers' FluxAttnProcessor (or qengine's fused-norm subclass), which
+# read attn.fused_projections and then call to_qkv / to_added_qkv themselves.
+@pytest.fixture
+def tiny_flux():
+    return build_tiny("flux")
+
+
+def flux_attentions(model):
+    return {n: m for n, m in model.named_modules() if type(m).__name__ == "FluxAttention"}
+
+
+def test_flux_fusion_keeps_the_function_and_undoes_exactly(tiny_flux):
+    model, sample = tiny_flux
+    ref = sample(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attns = flux_attentions(model)
+    procs = {n: a.processor for n, a in attns.items()}
+    assert set(fusable_attention_names(model)) == set(attns)
+    records = fuse_qkv_projections(model)
+    assert {r.name for r in records} == set(attns) and fuse_qkv_projections(model) == []
+    for name, attn in attns.items():
+        assert attn.fused_projections and hasattr(attn, "to_qkv") and not hasattr(attn, "to_q")
+        joint = attn.added_kv_proj_dim is not None  # double blocks: the text stream's projections too
+        assert hasattr(attn, "to_added_qkv") == joint and not hasattr(attn, "add_q_proj")
+        assert attn.processor is procs[name]
+    assert any(a.added_kv_proj_dim is not None for a in attns.values())
+    assert any(a.added_kv_proj_dim is None for a in attns.values())  # single blocks
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in before.values())
+    torch.testing.assert_close(sample(model), ref, rtol=1e-4, atol=1e-5)
+    unfuse_qkv_projections(records)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(not a.fused_projections and a.processor is procs[n] for n, a in attns.items())
+
+
+def test_flux_fused_quantized_model_matches_unfused_and_round_trips(tiny_flux, tmp_path):
+    model, sample = tiny_flux
+    plain = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8"))
+    fused = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8", fuse_qkv=True))
+    layers = fused.qengine_state.layers
+    assert any(n.endswith("attn.to_qkv") for n in layers) and any(n.endswith("attn.to_added_qkv") for n in layers)
+    assert not any(n.endswith(("attn.to_q", "attn.to_k", "attn.add_v_proj")) for n in layers)
+    torch.testing.assert_close(sample(fused), sample(plain), rtol=1e-3, atol=1e-4)
+    path = qengine.save(fused, tmp_path / "ckpt")
+    fresh, _ = build_tiny("flux", seed=7)
+    qengine.load(fresh, path)
+    torch.testing.assert_close(sample(fresh), sample(fused), rtol=0, atol=0)
+
+
+def test_flux_fusion_with_the_fused_norm_processor(tiny_flux):
+    # enable_fused_kernels swaps in qengine's FluxAttnProcessor subclass (before or after the
+    # fusion); either way the fused projections are what it calls.
+    model, sample = tiny_flux
+    ref = sample(model)
+    qengine.enable_fused_kernels(model)
+    assert all(type(a.processor).__name__ == "FusedFluxAttnProcessor" for a in flux_attentions(model).values())
+    assert fuse_qkv_projections(model)
+    torch.testing.assert_close(sample(model), ref, rtol=1e-4, atol=1e-5)

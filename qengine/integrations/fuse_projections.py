@@ -6,17 +6,25 @@ separately, each of them quantizes its input again (one activation pass per proj
 GEMM too small to fill an H100 (SDXL: 1024 x 1280 x 1280, ~8 us, where FP8 buys nothing). Fused,
 the input is quantized once and one GEMM of 3x (2x) the width runs instead: the weight rows are
 simply stacked, so per-output-channel weight scales and per-token activation scales are the same
-numbers as before, and so is every output element up to the GEMM's summation order.
+numbers as before, and so is every output element up to the GEMM's summation order. (With an
+SVDQuant low-rank branch the fused layer gets one branch of the configured rank for its stacked
+weight, as nunchaku's fused FLUX projections do, instead of one per projection.)
 
 The fusion acts on the float model, before quantization or calibration, the way diffusers'
-``fuse_qkv_projections`` does: the attention gets ``to_qkv`` (self) or ``to_kv`` (cross)
-and diffusers' ``FusedAttnProcessor2_0``; the separate projections are removed (not kept beside,
-as diffusers does: that would hold their weights twice). The checkpoint stores the fused layers,
-and ``qengine.load`` fuses the float model the same way before loading (the config says so).
+``fuse_qkv_projections`` does; the separate projections are removed (not kept beside, as diffusers
+does: that would hold their weights twice). The checkpoint stores the fused layers, and
+``qengine.load`` fuses the float model the same way before loading (the config says so).
 
-Only attention layers running diffusers' ``AttnProcessor2_0`` with plain ``nn.Linear`` projections
-and no added (joint) projections are fused: the UNets' (SD1.5, SDXL) attention. The others keep
-their layers and processors.
+Fused:
+- attention layers running diffusers' ``AttnProcessor2_0`` with plain ``nn.Linear`` projections
+  and no added (joint) projections, i.e. the UNets' (SD1.5, SDXL): ``to_qkv`` (self) or ``to_kv``
+  (cross), and diffusers' ``FusedAttnProcessor2_0``;
+- FLUX's ``FluxAttention`` (running diffusers' ``FluxAttnProcessor`` or qengine's fused-norm
+  subclass of it, which read ``attn.fused_projections`` themselves): ``to_qkv`` for the image
+  stream (4096 x 3072 -> 9216 at 1024x1024 in the double blocks, 4608 x 3072 -> 9216 in the single
+  ones, instead of three 3072-wide GEMMs) and ``to_added_qkv`` for the text stream of the double
+  blocks. The processor stays.
+The others keep their layers and processors.
 """
 from __future__ import annotations
 
@@ -27,6 +35,9 @@ from torch import nn
 
 #: Processor classes whose computation FusedAttnProcessor2_0 reproduces with fused projections.
 FUSABLE_PROCESSORS = ("AttnProcessor2_0",)
+#: FLUX attention processors that read ``attn.fused_projections`` and then call ``to_qkv`` /
+#: ``to_added_qkv`` (diffusers' ``_get_qkv_projections``); qengine's subclass does the same.
+FLUX_PROCESSORS = ("FluxAttnProcessor", "FusedFluxAttnProcessor")
 
 
 @dataclass
@@ -47,64 +58,89 @@ def _attention_class():
     return Attention, FusedAttnProcessor2_0
 
 
-def _fusable(attn: nn.Module) -> list[str] | None:
-    """The projections to fuse (["to_q", "to_k", "to_v"] or ["to_k", "to_v"]), or None."""
+def _same_linears(mods: list) -> bool:
+    """Plain nn.Linear layers (not already quantized, not LoRA-wrapped) that can be stacked."""
+    if not all(type(m) is nn.Linear for m in mods):
+        return False
+    w0 = mods[0].weight
+    return all(m.in_features == mods[0].in_features and (m.bias is None) == (mods[0].bias is None)
+               and m.weight.dtype == w0.dtype and m.weight.device == w0.device for m in mods)
+
+
+def _is_flux_attention(module: nn.Module) -> bool:
+    return type(module).__name__ == "FluxAttention"
+
+
+def _plan(attn: nn.Module) -> list[tuple[str, list[str]]] | None:
+    """The fusions for one attention layer: [(fused name, [projection names]), ...], or None."""
     if getattr(attn, "fused_projections", False):
         return None
-    if type(getattr(attn, "processor", None)).__name__ not in FUSABLE_PROCESSORS:
+    if _is_flux_attention(attn):
+        if type(getattr(attn, "processor", None)).__name__ not in FLUX_PROCESSORS:
+            return None
+        plan = [("to_qkv", ["to_q", "to_k", "to_v"])]
+        if getattr(attn, "added_kv_proj_dim", None) is not None:
+            plan.append(("to_added_qkv", ["add_q_proj", "add_k_proj", "add_v_proj"]))
+    else:
+        if type(getattr(attn, "processor", None)).__name__ not in FUSABLE_PROCESSORS:
+            return None
+        if getattr(attn, "add_q_proj", None) is not None or getattr(attn, "add_k_proj", None) is not None:
+            return None
+        names = ["to_k", "to_v"] if attn.is_cross_attention else ["to_q", "to_k", "to_v"]
+        plan = [("to_kv" if len(names) == 2 else "to_qkv", names)]
+    if not all(_same_linears([getattr(attn, n, None) for n in names]) for _, names in plan):
         return None
-    if getattr(attn, "add_q_proj", None) is not None or getattr(attn, "add_k_proj", None) is not None:
-        return None
-    names = ["to_k", "to_v"] if attn.is_cross_attention else ["to_q", "to_k", "to_v"]
-    mods = [getattr(attn, n, None) for n in names]
-    if not all(type(m) is nn.Linear for m in mods):  # exactly Linear: not already quantized, not LoRA-wrapped
-        return None
-    w0 = mods[0].weight
-    if any(m.in_features != mods[0].in_features or (m.bias is None) != (mods[0].bias is None)
-           or m.weight.dtype != w0.dtype or m.weight.device != w0.device for m in mods):
-        return None
-    return names
+    return plan
+
+
+def _candidates(model: nn.Module):
+    attention, _ = _attention_class()
+    for name, m in list(model.named_modules()):
+        if (attention is not None and isinstance(m, attention)) or _is_flux_attention(m):
+            yield name, m
 
 
 def fusable_attention_names(model: nn.Module) -> list[str]:
     """Names of the attention layers :func:`fuse_qkv_projections` would fuse."""
-    attention, _ = _attention_class()
-    if attention is None:
-        return []
-    return [n for n, m in model.named_modules() if isinstance(m, attention) and _fusable(m) is not None]
+    return [n for n, m in _candidates(model) if _plan(m) is not None]
+
+
+def _stack(mods: list[nn.Linear]) -> nn.Linear:
+    w0 = mods[0].weight
+    fused = nn.Linear(mods[0].in_features, sum(m.out_features for m in mods), bias=mods[0].bias is not None,
+                      device=w0.device, dtype=w0.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in mods]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([m.bias for m in mods]))
+    fused.requires_grad_(w0.requires_grad)
+    return fused
 
 
 def fuse_qkv_projections(model: nn.Module) -> list[FusedAttention]:
     """Fuse every fusable attention layer of ``model`` in place; returns what it fused.
 
-    Self-attention gets ``to_qkv`` = [to_q; to_k; to_v], cross-attention ``to_kv`` = [to_k; to_v]
-    (its ``to_q`` reads other input and stays). Idempotent: fused layers are skipped. Works on
-    meta-device models (no data is read then). Undo with :func:`unfuse_qkv_projections`.
+    UNet self-attention gets ``to_qkv`` = [to_q; to_k; to_v], cross-attention ``to_kv`` = [to_k;
+    to_v] (its ``to_q`` reads other input and stays); FLUX attention ``to_qkv`` and, with text
+    projections, ``to_added_qkv`` = [add_q_proj; add_k_proj; add_v_proj]. Idempotent: fused layers
+    are skipped. Works on meta-device models (no data is read then). Undo with
+    :func:`unfuse_qkv_projections`.
     """
-    attention, fused_processor = _attention_class()
-    if attention is None:
-        return []
+    _, fused_processor = _attention_class()
     done = []
-    for name, attn in list(model.named_modules()):
-        if not isinstance(attn, attention):
+    for name, attn in _candidates(model):
+        plan = _plan(attn)
+        if plan is None:
             continue
-        names = _fusable(attn)
-        if names is None:
-            continue
-        mods = [getattr(attn, n) for n in names]
-        w0 = mods[0].weight
-        fused = nn.Linear(mods[0].in_features, sum(m.out_features for m in mods), bias=mods[0].bias is not None,
-                          device=w0.device, dtype=w0.dtype)
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([m.weight for m in mods]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([m.bias for m in mods]))
-        fused.requires_grad_(w0.requires_grad)
-        record = FusedAttention(name, attn, {n: m for n, m in zip(names, mods)}, attn.processor)
-        for n in names:
-            delattr(attn, n)
-        setattr(attn, "to_qkv" if len(names) == 3 else "to_kv", fused)
-        attn.set_processor(fused_processor())
+        record = FusedAttention(name, attn, processor=attn.processor)
+        for fused_name, names in plan:
+            fused = _stack([getattr(attn, n) for n in names])
+            for n in names:
+                record.removed[n] = getattr(attn, n)
+                delattr(attn, n)
+            setattr(attn, fused_name, fused)
+        if not _is_flux_attention(attn):  # FLUX's processors read fused_projections themselves
+            attn.set_processor(fused_processor())
         attn.fused_projections = True
         done.append(record)
     return done
@@ -116,11 +152,12 @@ def unfuse_qkv_projections(records: list[FusedAttention]) -> None:
 
     for r in reversed(records):
         attn = r.module
-        for fused_name in ("to_qkv", "to_kv"):
+        for fused_name in ("to_qkv", "to_kv", "to_added_qkv"):
             if fused_name in attn._modules:
                 unfold_layer_norm(attn._modules[fused_name])  # its norm computes in its own forward again
                 delattr(attn, fused_name)
         for n, m in r.removed.items():
             setattr(attn, n, m)
-        attn.set_processor(r.processor)
+        if not _is_flux_attention(attn):  # FLUX's processor was never changed (and may have been since)
+            attn.set_processor(r.processor)
         attn.fused_projections = False
