@@ -98,7 +98,7 @@ def quantize(obj: Any, config: QuantConfig | str | None = None, *, backend: str 
 
     With ``config.fuse_qkv`` the attention's q/k/v (k/v) projections are first fused into one
     layer each (:mod:`qengine.integrations.fuse_projections`), so they quantize as ``to_qkv`` /
-    ``to_kv``.
+    ``to_kv`` (UNet) or ``to_qkv`` / ``to_added_qkv`` (FLUX, SD3).
 
     ``fused_kernels`` (default on) also swaps in qengine's fused GroupNorm and FLUX q/k
     norm + rotary kernels, and folds the low-rank branch of FP8 layers on CUDA into their GEMM's K

@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", help="a QuantConfig JSON file (instead of --preset)")
     q.add_argument("--skip", nargs="*", metavar="PATTERN", help="fnmatch patterns of layer names to keep 16-bit")
     q.add_argument("--fuse-qkv", action="store_true",
-                   help="fuse each UNet attention's q/k/v (cross-attention: k/v) projections into one layer "
-                        "first: one activation quantization and one wider GEMM instead of three")
+                   help="fuse each attention's q/k/v projections into one layer first (UNet: to_qkv, "
+                        "cross-attention to_kv; FLUX, SD3: to_qkv and the text stream's to_added_qkv): one "
+                        "activation quantization and one wider GEMM instead of three")
     q.add_argument("--dtype", default="bf16", choices=DTYPES, help="dtype of the 16-bit parts (default: %(default)s)")
     q.add_argument("--device", default="cpu", help="device to quantize on (default: %(default)s)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")

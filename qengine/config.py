@@ -76,8 +76,9 @@ class QuantConfig:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Fuse each attention's q/k/v (self-attention) or k/v (cross-attention) projections into one
     #: layer before quantizing (qengine/integrations/fuse_projections.py): the input is quantized
-    #: once and one wider GEMM runs. Layer names become ``to_qkv`` / ``to_kv``; configs written
-    #: before this field existed read as False.
+    #: once and one wider GEMM runs. Layer names become ``to_qkv`` / ``to_kv`` (UNet) or
+    #: ``to_qkv`` / ``to_added_qkv`` (FLUX, SD3); configs written before this field existed read
+    #: as False.
     fuse_qkv: bool = False
     filter_fn: Callable[[str, Any], bool] | None = field(default=None, compare=False, repr=False)
     version: int = CONFIG_VERSION

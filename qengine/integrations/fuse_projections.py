@@ -23,7 +23,10 @@ Fused:
   subclass of it, which read ``attn.fused_projections`` themselves): ``to_qkv`` for the image
   stream (4096 x 3072 -> 9216 at 1024x1024 in the double blocks, 4608 x 3072 -> 9216 in the single
   ones, instead of three 3072-wide GEMMs) and ``to_added_qkv`` for the text stream of the double
-  blocks. The processor stays.
+  blocks. The processor stays;
+- SD3's joint attention (diffusers' ``JointAttnProcessor2_0``, text projections present, no q/k
+  RMSNorm: SD3-medium; SD3.5's q/k norms are not applied by the fused processor): ``to_qkv`` and
+  ``to_added_qkv``, and diffusers' ``FusedJointAttnProcessor2_0``.
 The others keep their layers and processors.
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ from torch import nn
 
 #: Processor classes whose computation FusedAttnProcessor2_0 reproduces with fused projections.
 FUSABLE_PROCESSORS = ("AttnProcessor2_0",)
+#: ... and FusedJointAttnProcessor2_0 (where the attention has no q/k norms: it applies none).
+JOINT_PROCESSORS = ("JointAttnProcessor2_0",)
 #: FLUX attention processors that read ``attn.fused_projections`` and then call ``to_qkv`` /
 #: ``to_added_qkv`` (diffusers' ``_get_qkv_projections``); qengine's subclass does the same.
 FLUX_PROCESSORS = ("FluxAttnProcessor", "FusedFluxAttnProcessor")
@@ -52,10 +57,16 @@ class FusedAttention:
 
 def _attention_class():
     try:
-        from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
+        from diffusers.models.attention_processor import Attention
     except ImportError:
-        return None, None
-    return Attention, FusedAttnProcessor2_0
+        return None
+    return Attention
+
+
+def _fused_processor(name: str):
+    from diffusers.models import attention_processor
+
+    return getattr(attention_processor, name)()
 
 
 def _same_linears(mods: list) -> bool:
@@ -71,30 +82,44 @@ def _is_flux_attention(module: nn.Module) -> bool:
     return type(module).__name__ == "FluxAttention"
 
 
-def _plan(attn: nn.Module) -> list[tuple[str, list[str]]] | None:
-    """The fusions for one attention layer: [(fused name, [projection names]), ...], or None."""
+_JOINT_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+_ADDED = ["add_q_proj", "add_k_proj", "add_v_proj"]
+
+
+def _plan(attn: nn.Module) -> tuple[list[tuple[str, list[str]]], str | None] | None:
+    """The fusions for one attention layer, ([(fused name, [projection names]), ...], name of the
+    diffusers processor class to set or None to keep the processor), or None if it does not fuse."""
     if getattr(attn, "fused_projections", False):
         return None
+    processor = type(getattr(attn, "processor", None)).__name__
+    has_added = all(getattr(attn, n, None) is not None for n in _ADDED)
     if _is_flux_attention(attn):
-        if type(getattr(attn, "processor", None)).__name__ not in FLUX_PROCESSORS:
+        if processor not in FLUX_PROCESSORS:
             return None
         plan = [("to_qkv", ["to_q", "to_k", "to_v"])]
         if getattr(attn, "added_kv_proj_dim", None) is not None:
-            plan.append(("to_added_qkv", ["add_q_proj", "add_k_proj", "add_v_proj"]))
-    else:
-        if type(getattr(attn, "processor", None)).__name__ not in FUSABLE_PROCESSORS:
+            plan.append(("to_added_qkv", _ADDED))
+        new_processor = None
+    elif processor in JOINT_PROCESSORS:
+        if not has_added or any(getattr(attn, n, None) is not None for n in _JOINT_NORMS):
             return None
+        plan = [("to_qkv", ["to_q", "to_k", "to_v"]), ("to_added_qkv", _ADDED)]
+        new_processor = "FusedJointAttnProcessor2_0"
+    elif processor in FUSABLE_PROCESSORS:
         if getattr(attn, "add_q_proj", None) is not None or getattr(attn, "add_k_proj", None) is not None:
             return None
         names = ["to_k", "to_v"] if attn.is_cross_attention else ["to_q", "to_k", "to_v"]
         plan = [("to_kv" if len(names) == 2 else "to_qkv", names)]
+        new_processor = "FusedAttnProcessor2_0"
+    else:
+        return None
     if not all(_same_linears([getattr(attn, n, None) for n in names]) for _, names in plan):
         return None
-    return plan
+    return plan, new_processor
 
 
 def _candidates(model: nn.Module):
-    attention, _ = _attention_class()
+    attention = _attention_class()
     for name, m in list(model.named_modules()):
         if (attention is not None and isinstance(m, attention)) or _is_flux_attention(m):
             yield name, m
@@ -121,17 +146,17 @@ def fuse_qkv_projections(model: nn.Module) -> list[FusedAttention]:
     """Fuse every fusable attention layer of ``model`` in place; returns what it fused.
 
     UNet self-attention gets ``to_qkv`` = [to_q; to_k; to_v], cross-attention ``to_kv`` = [to_k;
-    to_v] (its ``to_q`` reads other input and stays); FLUX attention ``to_qkv`` and, with text
-    projections, ``to_added_qkv`` = [add_q_proj; add_k_proj; add_v_proj]. Idempotent: fused layers
+    to_v] (its ``to_q`` reads other input and stays); FLUX and SD3 attention ``to_qkv`` and, with
+    text projections, ``to_added_qkv`` = [add_q_proj; add_k_proj; add_v_proj]. Idempotent: fused layers
     are skipped. Works on meta-device models (no data is read then). Undo with
     :func:`unfuse_qkv_projections`.
     """
-    _, fused_processor = _attention_class()
     done = []
     for name, attn in _candidates(model):
-        plan = _plan(attn)
-        if plan is None:
+        planned = _plan(attn)
+        if planned is None:
             continue
+        plan, new_processor = planned
         record = FusedAttention(name, attn, processor=attn.processor)
         for fused_name, names in plan:
             fused = _stack([getattr(attn, n) for n in names])
@@ -139,8 +164,8 @@ def fuse_qkv_projections(model: nn.Module) -> list[FusedAttention]:
                 record.removed[n] = getattr(attn, n)
                 delattr(attn, n)
             setattr(attn, fused_name, fused)
-        if not _is_flux_attention(attn):  # FLUX's processors read fused_projections themselves
-            attn.set_processor(fused_processor())
+        if new_processor is not None:  # (FLUX's processors read fused_projections themselves)
+            attn.set_processor(_fused_processor(new_processor))
         attn.fused_projections = True
         done.append(record)
     return done
