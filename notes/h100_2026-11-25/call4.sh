@@ -7,7 +7,6 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 R=/tmp/e4; mkdir -p $R
 t0=$SECONDS
 BUILD_TEMP=/tmp/qe-build ARCHS=90a OUT=$R/gc timeout 300 tools/gpu_check.sh build > $R/build.log 2>&1; echo "build rc=$? at $((SECONDS-t0))s"; grep -E "build:|error|rc=" $R/build.log | head -6; grep -c "qengine: compiled" $R/gc/build.log
-grep -E "passed|failed|FAILED|Error|assert" $R/tests.log | tail -8
 left=$((400 - SECONDS + t0))
 timeout $left python3 benchmarks/bench_pipeline.py --models sd3-medium --modes bf16 w4a8-lr32-qkv+compile+graph w4a8-lr32+compile+graph --reps 10 --out-dir $R/pipe > $R/pipe.log 2>&1; echo "pipeline rc=$? at $((SECONDS-t0))s"
 rm -f $R/pipe/ref_*.pt
