@@ -160,7 +160,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     """"MxKxN" -> (M, K, N), for --shapes; the kernel's limits (K % 32, N % 16) are the op's to check."""
     parts = text.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"shape {text!r}: expected MxKxN with positive integers, e.g. 4608x3072x9216")
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r}: expected MxKxN with positive integers, e.g. 4608x3072x9216")
     m, k, n = (int(p) for p in parts)
     return m, k, n
 
@@ -191,7 +192,8 @@ def main(argv=None):
     meta["reps"] = args.reps
     l2 = meta["l2_bytes"]
     shapes = [] if args.no_model_shapes else [(s.model, s.M, s.K, s.N) for s in load_shapes(["flux1-dev", "sd3-medium"])]
-    shapes = [("extra", m, k, n) for m, k, n in args.shapes] + sorted(set(shapes), key=lambda s: (s[0], -s[1], s[2], s[3]))
+    shapes = sorted(set(shapes), key=lambda s: (s[0], -s[1], s[2], s[3]))
+    shapes = [("extra", m, k, n) for m, k, n in args.shapes] + shapes
     if not args.no_m_sweep:
         shapes += [("sweep", m, k, n) for k, n in SWEEP_KN for m in args.m_sweep]
         shapes += [("flux-mod", 1, k, n) for k, n in MODULATION_KN]

@@ -207,7 +207,8 @@ def test_sd3_joint_attention_fuses_both_streams_and_undoes_exactly():
     assert {r.name for r in records} == set(attns)
     for attn in attns.values():
         assert hasattr(attn, "to_qkv") and hasattr(attn, "to_added_qkv")
-        assert not any(hasattr(attn, n) for n in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"))
+        separate = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+        assert not any(hasattr(attn, n) for n in separate)
         assert type(attn.processor).__name__ == "FusedJointAttnProcessor2_0"
     torch.testing.assert_close(sample(model), ref, rtol=1e-4, atol=1e-5)
     unfuse_qkv_projections(records)

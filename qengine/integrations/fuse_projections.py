@@ -92,7 +92,6 @@ def _plan(attn: nn.Module) -> tuple[list[tuple[str, list[str]]], str | None] | N
     if getattr(attn, "fused_projections", False):
         return None
     processor = type(getattr(attn, "processor", None)).__name__
-    has_added = all(getattr(attn, n, None) is not None for n in _ADDED)
     if _is_flux_attention(attn):
         if processor not in FLUX_PROCESSORS:
             return None
@@ -101,7 +100,8 @@ def _plan(attn: nn.Module) -> tuple[list[tuple[str, list[str]]], str | None] | N
             plan.append(("to_added_qkv", _ADDED))
         new_processor = None
     elif processor in JOINT_PROCESSORS:
-        if not has_added or any(getattr(attn, n, None) is not None for n in _JOINT_NORMS):
+        if any(getattr(attn, n, None) is None for n in _ADDED) or any(
+                getattr(attn, n, None) is not None for n in _JOINT_NORMS):
             return None
         plan = [("to_qkv", ["to_q", "to_k", "to_v"]), ("to_added_qkv", _ADDED)]
         new_processor = "FusedJointAttnProcessor2_0"
@@ -147,8 +147,8 @@ def fuse_qkv_projections(model: nn.Module) -> list[FusedAttention]:
 
     UNet self-attention gets ``to_qkv`` = [to_q; to_k; to_v], cross-attention ``to_kv`` = [to_k;
     to_v] (its ``to_q`` reads other input and stays); FLUX and SD3 attention ``to_qkv`` and, with
-    text projections, ``to_added_qkv`` = [add_q_proj; add_k_proj; add_v_proj]. Idempotent: fused layers
-    are skipped. Works on meta-device models (no data is read then). Undo with
+    text projections, ``to_added_qkv`` = [add_q_proj; add_k_proj; add_v_proj]. Idempotent: fused
+    layers are skipped. Works on meta-device models (no data is read then). Undo with
     :func:`unfuse_qkv_projections`.
     """
     done = []
