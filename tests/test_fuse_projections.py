@@ -68,10 +68,15 @@ def test_other_processors_are_left_alone(tiny_unet):
     assert isinstance(first.processor, AttnProcessor) and hasattr(first, "to_k")
 
 
+def quantized_unfused_and_fused(model, scheme="w8a8-int8"):
+    """The model quantized as it is and with fuse_qkv (each from its own copy)."""
+    return (qengine.quantize(copy.deepcopy(model), QuantConfig.preset(scheme)),
+            qengine.quantize(copy.deepcopy(model), QuantConfig.preset(scheme, fuse_qkv=True)))
+
+
 def test_quantized_fused_model_matches_unfused(tiny_unet):
     model, sample = tiny_unet
-    plain = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8"))
-    fused = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8", fuse_qkv=True))
+    plain, fused = quantized_unfused_and_fused(model)
     layers = fused.qengine_state.layers
     assert any(n.endswith("attn1.to_qkv") for n in layers) and any(n.endswith("attn2.to_kv") for n in layers)
     assert not any(n.endswith(("attn1.to_q", "attn1.to_k", "attn2.to_v")) for n in layers)
@@ -173,8 +178,7 @@ def test_flux_fusion_keeps_the_function_and_undoes_exactly(tiny_flux):
 
 def test_flux_fused_quantized_model_matches_unfused_and_round_trips(tiny_flux, tmp_path):
     model, sample = tiny_flux
-    plain = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8"))
-    fused = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8", fuse_qkv=True))
+    plain, fused = quantized_unfused_and_fused(model)
     layers = fused.qengine_state.layers
     assert any(n.endswith("attn.to_qkv") for n in layers) and any(n.endswith("attn.to_added_qkv") for n in layers)
     assert not any(n.endswith(("attn.to_q", "attn.to_k", "attn.add_v_proj")) for n in layers)
@@ -231,8 +235,7 @@ def test_sd3_attention_with_qk_norms_is_left_alone():
 
 def test_sd3_fused_quantized_model_matches_unfused():
     model, sample = build_tiny("sd3")
-    plain = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8"))
-    fused = qengine.quantize(copy.deepcopy(model), QuantConfig.preset("w8a8-int8", fuse_qkv=True))
+    plain, fused = quantized_unfused_and_fused(model)
     layers = fused.qengine_state.layers
     assert any(n.endswith("attn.to_qkv") for n in layers) and any(n.endswith("attn.to_added_qkv") for n in layers)
     torch.testing.assert_close(sample(fused), sample(plain), rtol=1e-3, atol=1e-4)
