@@ -11,7 +11,7 @@ from torch import nn
 
 from .config import LayerQuantConfig, QuantConfig
 from .integrations.diffusers import find_denoiser, keep_16bit_patterns
-from .integrations.fuse_projections import fuse_qkv_projections
+from .integrations.fuse_projections import fuse_qkv_projections, planned_fusions
 from .nn import QConv2d, QLinear, check_conv_module, check_linear_shape, enable_fused_kernels, max_lowrank
 
 
@@ -37,10 +37,21 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def plan(model: nn.Module, config: QuantConfig) -> list[PlannedLayer]:
-    """Decide, for every Linear and Conv2d of ``model``, what it becomes and why."""
+    """Decide, for every Linear and Conv2d of ``model``, what it becomes and why.
+
+    With ``config.fuse_qkv`` on a model not fused yet, the plan shows the layers as
+    :func:`quantize` will make them: each fused layer (``to_qkv`` ...) once, in place of the
+    projections it replaces."""
     keep = keep_16bit_patterns(model)
+    fusions = planned_fusions(model) if config.fuse_qkv else {}
+    planned_fused = set()
     out = []
     for name, mod in model.named_modules():
+        if name in fusions:
+            name, mod = fusions[name]
+            if name in planned_fused:
+                continue
+            planned_fused.add(name)
         if isinstance(mod, nn.Linear):
             cfg, reason = config.resolve(name, mod, is_conv=False, default_keep=keep)
             if cfg is not None and cfg.rank > max_lowrank(mod.in_features, mod.out_features):

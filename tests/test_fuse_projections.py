@@ -239,3 +239,18 @@ def test_sd3_fused_quantized_model_matches_unfused():
     layers = fused.qengine_state.layers
     assert any(n.endswith("attn.to_qkv") for n in layers) and any(n.endswith("attn.to_added_qkv") for n in layers)
     torch.testing.assert_close(sample(fused), sample(plain), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["unet2d_condition", "flux", "sd3"])
+def test_plan_of_a_fuse_qkv_config_shows_the_fused_layers(arch):
+    # qengine.plan on the float model lists what quantize will make of it: the fused layers, each
+    # once, with the fused shape's decision, and none of the projections they replace.
+    model, _ = build_tiny(arch)
+    cfg = QuantConfig.preset("w8a8-int8", fuse_qkv=True)
+    planned = {p.name: p for p in qengine.plan(model, cfg)}
+    fused = qengine.quantize(copy.deepcopy(model), cfg)
+    kinds = (torch.nn.Linear, torch.nn.Conv2d, qengine.QLinear, qengine.QConv2d)
+    assert set(planned) == {n for n, m in fused.named_modules() if isinstance(m, kinds)}
+    assert {n for n, p in planned.items() if p.config is not None} == set(fused.qengine_state.layers)
+    assert any(n.endswith("to_qkv") for n in planned)
+    assert not any(n.endswith((".to_k", ".add_k_proj")) for n in planned)

@@ -130,6 +130,24 @@ def fusable_attention_names(model: nn.Module) -> list[str]:
     return [n for n, m in _candidates(model) if _plan(m) is not None]
 
 
+def planned_fusions(model: nn.Module) -> dict[str, tuple[str, nn.Linear]]:
+    """What :func:`fuse_qkv_projections` would do, without doing it: {projection's full name: (the
+    fused layer's full name, a meta-device nn.Linear of the fused shape)} for every projection it
+    would remove (``qengine.plan`` shows a fuse_qkv config's layers from this)."""
+    out = {}
+    for name, attn in _candidates(model):
+        planned = _plan(attn)
+        if planned is None:
+            continue
+        for fused_name, names in planned[0]:
+            mods = [getattr(attn, n) for n in names]
+            shape = nn.Linear(mods[0].in_features, sum(m.out_features for m in mods), bias=mods[0].bias is not None,
+                              device="meta")
+            for n in names:
+                out[f"{name}.{n}" if name else n] = (f"{name}.{fused_name}" if name else fused_name, shape)
+    return out
+
+
 def _stack(mods: list[nn.Linear]) -> nn.Linear:
     w0 = mods[0].weight
     fused = nn.Linear(mods[0].in_features, sum(m.out_features for m in mods), bias=mods[0].bias is not None,
