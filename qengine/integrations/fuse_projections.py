@@ -140,18 +140,21 @@ def planned_fusions(model: nn.Module) -> dict[str, tuple[str, nn.Linear]]:
         if planned is None:
             continue
         for fused_name, names in planned[0]:
-            mods = [getattr(attn, n) for n in names]
-            shape = nn.Linear(mods[0].in_features, sum(m.out_features for m in mods), bias=mods[0].bias is not None,
-                              device="meta")
+            shape = _stacked_linear([getattr(attn, n) for n in names], device="meta")
             for n in names:
                 out[f"{name}.{n}" if name else n] = (f"{name}.{fused_name}" if name else fused_name, shape)
     return out
 
 
+def _stacked_linear(mods: list[nn.Linear], device) -> nn.Linear:
+    """An uninitialized nn.Linear with the rows of ``mods`` stacked: their fused layer's shape."""
+    return nn.Linear(mods[0].in_features, sum(m.out_features for m in mods), bias=mods[0].bias is not None,
+                     device=device, dtype=mods[0].weight.dtype)
+
+
 def _stack(mods: list[nn.Linear]) -> nn.Linear:
     w0 = mods[0].weight
-    fused = nn.Linear(mods[0].in_features, sum(m.out_features for m in mods), bias=mods[0].bias is not None,
-                      device=w0.device, dtype=w0.dtype)
+    fused = _stacked_linear(mods, w0.device)
     with torch.no_grad():
         fused.weight.copy_(torch.cat([m.weight for m in mods]))
         if fused.bias is not None:

@@ -18,6 +18,7 @@ pytest.importorskip("diffusers", reason="the FLUX and SD3 transformers come from
 
 import qengine  # noqa: E402
 from qengine.config import QuantConfig  # noqa: E402
+from qengine import ops  # noqa: E402
 from qengine.ops import MISSING_CUDA_KERNELS  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -60,9 +61,9 @@ def small_sd3():
 
 
 def needs(scheme):
-    missing = {"w8a8-int8": "int8_gemm", "w8a8-fp8": "fp8_gemm", "w4a8": "w4a8_gemm"}[scheme]
-    if missing in MISSING_CUDA_KERNELS:
-        pytest.skip(f"qengine._C has no CUDA kernel for {missing} on this GPU")
+    for op in (ops._QUANTIZE_OP[scheme], ops._GEMM_OP[scheme]):  # the ops a QLinear of the scheme calls
+        if op in MISSING_CUDA_KERNELS:
+            pytest.skip(f"qengine._C has no CUDA kernel for {op} on this GPU")
 
 
 @pytest.mark.parametrize("build", [small_flux, small_sd3], ids=["flux", "sd3"])
