@@ -60,7 +60,7 @@
 
 namespace qengine::w4a8::sm90 {
 
-// ClusterShape and Arguments::raster_along_n: the kernel's, so that the node's copy of the tile
+// ClusterShape and Arguments::scheduler: the kernel's, so that the node's copy of the tile
 // scheduler hands out the same tiles.
 template <class CtaTileShapeMNK, class ElementOp, int kMaxRank,
           class ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>>
@@ -98,7 +98,7 @@ struct Sm90LowRankStaged {
     const ElementOp* up = nullptr;   // lora_up [channels, rank] in the output type, row-major, 16-byte aligned
     int rank = 0;                    // multiple of 16, <= kMaxRank
     int sm_count = 0;                // the kernel's KernelHardwareInfo::sm_count (its persistent grid)
-    bool raster_along_n = false;     // the kernel's scheduler walks along N (else: CUTLASS's heuristic)
+    typename Scheduler::Arguments scheduler{};  // the kernel's own scheduler arguments (raster order, swizzle)
   };
   struct Params {
     const ElementOp* act;
@@ -111,12 +111,10 @@ struct Sm90LowRankStaged {
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void*) {
     cutlass::KernelHardwareInfo hw{0, args.sm_count, 0};
-    typename Scheduler::Arguments scheduler_args{};
-    if (args.raster_along_n) scheduler_args.raster_order = Scheduler::RasterOrderOptions::AlongN;
     return {args.act, args.up, args.rank, static_cast<int>(cute::get<0>(problem_shape)),
             static_cast<int>(cute::get<1>(problem_shape)),
             Scheduler::to_underlying_arguments(cute::append<4>(problem_shape, 1), CtaTileShapeMNK{},
-                                               ClusterShape{}, hw, scheduler_args)};
+                                               ClusterShape{}, hw, args.scheduler)};
   }
   template <class ProblemShape>
   static bool can_implement(ProblemShape const&, Arguments const& args) {

@@ -81,7 +81,9 @@ struct EpilogueTree {
                                cute::conditional_t<kLowRank == LowRank::kSource, BiasPlusC,
                                                    cute::conditional_t<kLowRank == LowRank::kStaged, BiasPlusStaged, Bias>>>;
 
-  static typename Tree::Arguments arguments(const W4A8GemmParams& p) {
+  // scheduler: the kernel's tile scheduler arguments, which the staged node copies.
+  template <class SchedulerArguments>
+  static typename Tree::Arguments arguments(const W4A8GemmParams& p, SchedulerArguments const& scheduler) {
     typename AScale::Arguments a_scale{p.a_scale, 0.f, {}};
     typename AccW::Arguments acc_w{{p.w_scale, 0.f, {}}, {}, {}};
     typename Bias::Arguments bias{static_cast<const ElementOut*>(p.bias), ElementOut(0.f), {}};
@@ -90,7 +92,7 @@ struct EpilogueTree {
     } else if constexpr (kLowRank == LowRank::kStaged) {
       typename Staged::Arguments staged{static_cast<const ElementOut*>(p.lowrank_act_out),
                                         static_cast<const ElementOut*>(p.lora_up), p.rank, p.sm_count,
-                                        kRasterAlongN};
+                                        scheduler};
       return {a_scale, acc_w, {bias, staged, {}}, {}};
     } else {
       return {a_scale, acc_w, bias, {}};
@@ -154,21 +156,24 @@ struct W4A8Gemm {
     hw.device_id = 0;
     hw.sm_count = p.sm_count;
 
-    typename Gemm::Arguments args{
-        cutlass::gemm::GemmUniversalMode::kGemm,
-        {p.N, p.M, p.K, 1},
-        {reinterpret_cast<const ElementW*>(p.w), make_weight_layout(p.N, p.K), p.a, stride_act},
-        {Tree::arguments(p), ptr_c, stride_c, static_cast<ElementOut*>(p.out), stride_out},
-        hw};
-    if constexpr (kRasterAlongN) args.scheduler.raster_order = kRasterOrderAlongN;
+    // The scheduler's arguments first: the staged low-rank node gets the same ones.
+    typename KernelBase::TileScheduler::Arguments scheduler{};
+    if constexpr (kRasterAlongN) scheduler.raster_order = kRasterOrderAlongN;
     if constexpr (cute::is_same_v<TileScheduler, cutlass::gemm::StreamKScheduler>) {
       // The partial tiles are int32 sums: added in any order they are exact, so the reduction
       // need not wait for the splits in turn (CUTLASS's "nondeterministic" mode is
       // deterministic here). Stream-K vs split-K: CUTLASS's heuristic, from the tile and SM counts.
       using Sched = typename KernelBase::TileScheduler;
-      args.scheduler.reduction_mode = Sched::ReductionMode::Nondeterministic;
-      args.scheduler.decomposition_mode = Sched::DecompositionMode::Heuristic;
+      scheduler.reduction_mode = Sched::ReductionMode::Nondeterministic;
+      scheduler.decomposition_mode = Sched::DecompositionMode::Heuristic;
     }
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {p.N, p.M, p.K, 1},
+        {reinterpret_cast<const ElementW*>(p.w), make_weight_layout(p.N, p.K), p.a, stride_act},
+        {Tree::arguments(p, scheduler), ptr_c, stride_c, static_cast<ElementOut*>(p.out), stride_out},
+        hw,
+        scheduler};
     return args;
   }
 
