@@ -3,8 +3,10 @@
 A FLUX layer that takes GELU output (a single block's proj_out takes [attention | gelu(mlp)], a
 feed-forward's output layer gelu(proj)) and has a low-rank branch used to run ``F.gelu``, then
 ``torch.cat``, then the quantize kernel with lora_down: three kernels and two [M, K] round trips.
-``quantize_act_*_gelu_cat_lowrank`` (and the FP8 cat-mode twin) run torch's GELU, then the tile
-kernel reads [x | GELU] in place: the concatenation is gone (single blocks), the GELU pass stays.
+``quantize_act_*_gelu_cat_lowrank`` runs qengine's GELU kernel, which also returns each row's
+absmax, then the tile kernel reads [x | GELU] in place and quantizes in the same pass as the
+down-projection (the scale is known): the row is read twice, not three times. The FP8 cat-mode
+twin (whose scale depends on the product) runs torch's GELU and the tile kernel's two passes.
 (A first version computed the GELU in both of the tile kernel's passes: slower than unfused,
 notes/h100_2026-11-24d call 1.)
 

@@ -278,8 +278,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
   }
 
   c10::cuda::CUDAGuard guard(gelu_x.device());
-  const at::Tensor g = at::gelu(gelu_x, "tanh");  // contiguous, fresh: 16-byte aligned
   const at::Tensor xp = in.x.defined() ? aligned16(in.x) : at::Tensor();
+  // Plain mode: our GELU kernel also returns each row's absmax, and the tile kernel quantizes in
+  // its one pass (quantize_act.h, gelu_absmax). Cat mode's scale depends on the product, so it
+  // keeps torch's GELU and the tile kernel's two passes.
+  at::Tensor g, amax;
+  if (!inv_c.has_value() && in.M > 0) {
+    const at::Tensor gx = aligned16(gelu_x);
+    g = at::empty({in.M, in.K_gelu}, gelu_x.options());  // contiguous, fresh: 16-byte aligned
+    amax = at::empty({in.M}, gelu_x.options().dtype(at::kFloat));
+    GeluAbsmaxParams ga{};
+    ga.x = xp.defined() ? xp.data_ptr() : nullptr;
+    ga.ldx = in.K_plain;
+    ga.K_plain = in.K_plain;
+    ga.gelu_x = gx.data_ptr();
+    ga.ld_gelu = gx.stride(0);
+    ga.K_gelu = in.K_gelu;
+    ga.x_type = float_type(op, "gelu_x", gelu_x.scalar_type());
+    ga.smooth = smooth_t.defined() ? smooth_t.data_ptr() : nullptr;
+    ga.smooth_type = smooth_t.defined() ? float_type(op, "smooth", smooth_t.scalar_type()) : ga.x_type;
+    ga.gelu_out = g.data_ptr();
+    ga.amax = amax.data_ptr<float>();
+    ga.M = in.M;
+    ga.sm_count = device_arch(gelu_x.device()).sm_count;
+    const cudaError_t err = qengine::gelu_absmax(ga, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, cat("qengine::", op, ": GELU launch failed for M=", in.M, " K=", K, ": ",
+                                       cudaGetErrorString(err)));
+  } else {
+    g = at::gelu(gelu_x, "tanh");  // contiguous, fresh: 16-byte aligned
+  }
   const int64_t width = inv_c.has_value() ? lowrank_cat_width(static_cast<int>(rank)) : 0;
   auto q = at::empty({in.M, K + width}, g.options().dtype(qt == QuantType::kInt8 ? at::kChar : at::kFloat8_e4m3fn));
   auto scale = at::empty({in.M}, g.options().dtype(at::kFloat));
@@ -310,6 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
   p.x2 = g.data_ptr();
   p.ld_x2 = in.K_gelu;
   p.K_x2 = in.K_gelu;
+  if (amax.defined()) p.amax_in = amax.data_ptr<float>();
   launch(op, p);
   return {q, scale, lowrank};
 }

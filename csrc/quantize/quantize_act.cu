@@ -12,36 +12,18 @@
 #include <cuda_fp8.h>
 
 #include <climits>
+#include <cstdlib>
 #include <type_traits>
 #include <cstdint>
 
 #include "qengine/quantize_act.h"
 #include "row_quant.cuh"
+#include "torch_gelu.cuh"
 
 namespace qengine {
 namespace {
 
 using namespace rowq;
-
-// PyTorch's CUDA gelu(approximate="tanh") (GeluCUDAKernelImpl): the same fp32 operations in the
-// same order (kBeta is the float nearest sqrt(2) * 2/sqrt(pi) / 2, as torch's constexpr rounds it),
-// so that gelu-cat quantization is bit-exact with quantizing torch's gelu output.
-__device__ __forceinline__ float gelu_tanh(float x) {
-  constexpr float kBeta = static_cast<float>(1.41421356237309504880 * 1.12837916709551257390 * 0.5);
-  constexpr float kKappa = 0.044715f;
-  const float x_cube = x * x * x;
-  const float inner = kBeta * (x + kKappa * x_cube);
-  return 0.5f * x * (1.0f + tanhf(inner));
-}
-
-
-// PyTorch's CUDA gelu(approximate="none") (GeluCUDAKernelImpl): x * 0.5 * (1 + erf(x * sqrt(1/2)))
-// in fp32, the same operations in the same order, so GEGLU quantization is bit-exact with
-// quantizing diffusers' GEGLU output (h * F.gelu(gate), both roundings to x_type included).
-__device__ __forceinline__ float gelu_erf(float x) {
-  constexpr float kAlpha = static_cast<float>(0.70710678118654752440);
-  return x * 0.5f * (1.0f + erff(x * kAlpha));
-}
 
 // Which row the row kernel quantizes (quantize_act.h): kActNone x; kActGeluCat [x | gelu_tanh(gelu_x)]
 // (the gelu part starts at vector nvec_plain: a 16-byte vector never straddles the two);
@@ -55,12 +37,6 @@ struct RowSource {
   int64_t ld_gelu;
   int nvec_plain;
 };
-
-template <typename T>
-__device__ __forceinline__ void gelu_in_place(Vec<T>& g) {
-#pragma unroll
-  for (int j = 0; j < Vec<T>::kN; ++j) g.v[j] = from_float<T>(gelu_tanh(to_float(g.v[j])));
-}
 
 // h <- h * gelu_erf(gate), with torch's two roundings: the GELU to T, then the product to T.
 template <typename T>
@@ -365,6 +341,19 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// EXPERIMENT (kHint bit 0): 16-byte loads with cache hints. x: L1 no-allocate (streamed; pass 2
+// re-reads it from L2), lora_down: non-coherent, L1 evict-last (read by every row tile).
+__device__ __forceinline__ uint4 ld_no_l1(const void* p) {
+  uint4 r;
+  asm("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+__device__ __forceinline__ uint4 ld_keep_l1(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::evict_last.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
 // The 8 columns c .. c + 7 of one row (zeros for rows past M).
 template <typename T>
 struct Cols8 {
@@ -372,12 +361,18 @@ struct Cols8 {
   Vec<T> v[kVecs];
   __device__ __forceinline__ T at(int e) const { return v[e / Vec<T>::kN].v[e % Vec<T>::kN]; }
   // From the row that starts at xrow (columns c .. c + 7; zeros unless ok).
+  template <bool kNoL1 = false>
   __device__ __forceinline__ void load(const T* __restrict__ xrow, bool ok, int64_t c) {
     const Vec<T>* p = reinterpret_cast<const Vec<T>*>(xrow + c);
 #pragma unroll
     for (int j = 0; j < kVecs; ++j) {
       if (ok) {
-        v[j] = p[j];
+        if constexpr (kNoL1) {
+          const uint4 r = ld_no_l1(p + j);
+          v[j] = *reinterpret_cast<const Vec<T>*>(&r);
+        } else {
+          v[j] = p[j];
+        }
       } else {
 #pragma unroll
         for (int e = 0; e < Vec<T>::kN; ++e) v[j].v[e] = T(0.f);
@@ -418,7 +413,10 @@ struct RowParts {
   __device__ __forceinline__ RowParts(const T* x, int64_t ldx, const RowSource<T>& src, int64_t plain_cols, int64_t row)
       : first(x + row * ldx), second(src.gelu_x != nullptr ? src.gelu_x + row * src.ld_gelu - plain_cols : first),
         plain(plain_cols) {}
-  __device__ __forceinline__ void load(Cols8<T>& v, bool ok, int64_t c) const { v.load(c >= plain ? second : first, ok, c); }
+  template <bool kNoL1 = false>
+  __device__ __forceinline__ void load(Cols8<T>& v, bool ok, int64_t c) const {
+    v.template load<kNoL1>(c >= plain ? second : first, ok, c);
+  }
 };
 
 // One lowrank value in the dtype the caller asked for (rounded once, to nearest even, as torch's
@@ -438,13 +436,19 @@ __device__ __forceinline__ void store_lowrank(void* __restrict__ lowrank, FloatT
 // fewer row tiles, whose blocks would otherwise run long serial chains on few SMs).
 // src: the second part of a two-part row [x | src.gelu_x] (quantize_act.h; src.nvec_plain = K / kN
 // for a one-part row).
-template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW>
+// kGiven: the rows' absmax comes in amax_in (quantize_act.h), so the scale is known before the
+// first load and pass 1 quantizes what it loads for the product: one pass over X, no pass 2.
+// kHint (EXPERIMENT, QENGINE_QLR_HINT): bit 0 cache hints on pass 1's loads, bit 1 pass 2 walks
+// the slots last to first (the ones pass 1 read last are the likeliest L2 hits).
+template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW, bool kGiven = false, int kHint = 0>
 __global__ void __launch_bounds__(kW * 32, 16 / kW)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
                         void* __restrict__ lowrank, FloatType lowrank_type, const float* __restrict__ inv_c, int64_t M,
-                        int64_t K, int rank, int cat_width, int cat_terms, RowSource<T> src) {
+                        int64_t K, int rank, int cat_width, int cat_terms, RowSource<T> src,
+                        const float* __restrict__ amax_in) {
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
+  static_assert(!(kCat && kGiven), "cat mode's scale depends on the product: no given absmax");
   static_assert(kW == 4 || kW == 8, "4 or 8 warps (launch_lowrank)");
   constexpr int kU = kLowRankUnroll;
   constexpr int kCols = kNT * 8;
@@ -466,6 +470,30 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   __shared__ float cat_max[kCat ? 16 : 1];
   __shared__ float cat_scale[kCat ? 16 : 1];
 
+  constexpr float kQMax = Q == QuantType::kInt8 ? 127.f : 448.f;
+  auto scale_of = [](float amax) { return amax > 0.f ? __fdiv_rn(amax, kQMax) : 1.f; };
+  // The quantized bytes of one 8-column piece of a row (the same quantize_vec as the row kernel:
+  // bit-exact).
+  auto emit = [&](const C8& v, int64_t row, int64_t c, bool fast, ExactDiv div) {
+    OB* out = reinterpret_cast<OB*>(q + row * ldq + c);
+#pragma unroll
+    for (int j = 0; j < C8::kVecs; ++j)
+      out[j] = fast ? quantize_vec<true, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div)
+                    : quantize_vec<false, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div);
+  };
+  float sc0 = 1.f, sc1 = 1.f;
+  if constexpr (kGiven) {
+    sc0 = ok0 ? scale_of(amax_in[row0]) : 1.f;
+    sc1 = ok1 ? scale_of(amax_in[row1]) : 1.f;
+    if (warp == 0 && t == 0) {
+      if (ok0) scale_out[row0] = sc0;
+      if (ok1) scale_out[row1] = sc1;
+    }
+  }
+  // (Given absmax: the real divisors; otherwise placeholders until pass 2 recomputes them.)
+  ExactDiv div0{sc0, __frcp_rn(sc0)}, div1{sc1, __frcp_rn(sc1)};
+  bool fast0 = sc0 >= 0x1p-64f && sc0 <= 0x1p64f, fast1 = sc1 >= 0x1p-64f && sc1 <= 0x1p64f;
+
   float amax0 = 0.f, amax1 = 0.f;
   for (int chunk = 0; chunk < rank; chunk += kCols) {
     float acc[kNT][4];
@@ -478,23 +506,34 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
-        r0.load(xv[u][0], ok0 && in, c);
-        r1.load(xv[u][1], ok1 && in, c);
+        r0.template load<(kHint & 1) != 0>(xv[u][0], ok0 && in, c);
+        r1.template load<(kHint & 1) != 0>(xv[u][1], ok1 && in, c);
 #pragma unroll
-        for (int j = 0; j < kNT; ++j)
-          dv[u][j] = in ? *reinterpret_cast<const uint4*>(down + (chunk + j * 8 + g) * K + c) : make_uint4(0, 0, 0, 0);
+        for (int j = 0; j < kNT; ++j) {
+          const __nv_bfloat16* dp = down + (chunk + j * 8 + g) * K + c;
+          if constexpr ((kHint & 1) != 0)
+            dv[u][j] = in ? ld_keep_l1(dp) : make_uint4(0, 0, 0, 0);
+          else
+            dv[u][j] = in ? *reinterpret_cast<const uint4*>(dp) : make_uint4(0, 0, 0, 0);
+        }
       }
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
+        if constexpr (kGiven) {
+          if (chunk == 0 && in) {
+            if (ok0) emit(xv[u][0], row0, c, fast0, div0);
+            if (ok1) emit(xv[u][1], row1, c, fast1, div1);
+          }
+        }
         float f0[8], f1[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           f0[e] = in ? smoothed<T, S>(xv[u][0].at(e), smooth, c + e) : 0.f;
           f1[e] = in ? smoothed<T, S>(xv[u][1].at(e), smooth, c + e) : 0.f;
         }
-        if (chunk == 0) {
+        if (!kGiven && chunk == 0) {
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
             amax0 = fmaxf(amax0, fabsf(f0[e]));
@@ -545,91 +584,89 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
     __syncthreads();  // red_lr is reused by the next chunk
   }
 
-  // Row absmax: the quad (same rows) by shuffles, then the warps through shared memory.
+  if constexpr (!kGiven) {  // (given absmax: q, scale and lowrank are written by now)
+    // Row absmax: the quad (same rows) by shuffles, then the warps through shared memory.
 #pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    amax0 = fmaxf(amax0, __shfl_xor_sync(0xffffffffu, amax0, off));
-    amax1 = fmaxf(amax1, __shfl_xor_sync(0xffffffffu, amax1, off));
-  }
-  if (t == 0) {
-    red_max[warp][g] = amax0;
-    red_max[warp][g + 8] = amax1;
-  }
-  if constexpr (kCat) {
-    // max_j |v[row, j]|: 8 consecutive lanes per row, the first 4 warps (the chunk loop's last
-    // barrier made cat_v whole).
-    if (threadIdx.x < 16 * 8) {
-      const int r = threadIdx.x / 8, l = threadIdx.x % 8;
-      float m = 0.f;
-      for (int j = l; j < rank; j += 8) m = fmaxf(m, fabsf(cat_v[r][j]));
-#pragma unroll
-      for (int off = 1; off < 8; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      if (l == 0) cat_max[r] = m;
+    for (int off = 1; off <= 2; off <<= 1) {
+      amax0 = fmaxf(amax0, __shfl_xor_sync(0xffffffffu, amax0, off));
+      amax1 = fmaxf(amax1, __shfl_xor_sync(0xffffffffu, amax1, off));
     }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int w = 0; w < kW; ++w) {
-    amax0 = fmaxf(amax0, red_max[w][g]);
-    amax1 = fmaxf(amax1, red_max[w][g + 8]);
-  }
-  if constexpr (kCat) {
-    amax0 = fmaxf(amax0, cat_max[g]);
-    amax1 = fmaxf(amax1, cat_max[g + 8]);
-  }
-  constexpr float kQMax = Q == QuantType::kInt8 ? 127.f : 448.f;
-  const float sc0 = amax0 > 0.f ? __fdiv_rn(amax0, kQMax) : 1.f;
-  const float sc1 = amax1 > 0.f ? __fdiv_rn(amax1, kQMax) : 1.f;
-  if (warp == 0 && t == 0) {
-    if (ok0) scale_out[row0] = sc0;
-    if (ok1) scale_out[row1] = sc1;
+    if (t == 0) {
+      red_max[warp][g] = amax0;
+      red_max[warp][g + 8] = amax1;
+    }
     if constexpr (kCat) {
-      cat_scale[g] = sc0;
-      cat_scale[g + 8] = sc1;
+      // max_j |v[row, j]|: 8 consecutive lanes per row, the first 4 warps (the chunk loop's last
+      // barrier made cat_v whole).
+      if (threadIdx.x < 16 * 8) {
+        const int r = threadIdx.x / 8, l = threadIdx.x % 8;
+        float m = 0.f;
+        for (int j = l; j < rank; j += 8) m = fmaxf(m, fabsf(cat_v[r][j]));
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        if (l == 0) cat_max[r] = m;
+      }
     }
-  }
-  if constexpr (kCat) {
     __syncthreads();
-    const int words = rank / 4;
-    for (int i = threadIdx.x; i < 16 * words; i += kW * 32) {
-      const int r = i / words, j0 = (i % words) * 4;
-      const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + r;
-      if (row < M) emit_cat_word(q + row * ldq, K, rank, cat_terms, j0, &cat_v[r][j0], cat_scale[r]);
+#pragma unroll
+    for (int w = 0; w < kW; ++w) {
+      amax0 = fmaxf(amax0, red_max[w][g]);
+      amax1 = fmaxf(amax1, red_max[w][g + 8]);
     }
-    // Zeros after the terms, up to the 128-aligned width (16-byte stores: widths are multiples of 16).
-    const int pad = (cat_width - cat_terms * rank) / 16;
-    for (int i = threadIdx.x; i < 16 * pad; i += kW * 32) {
-      const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + i / pad;
-      if (row < M)
-        reinterpret_cast<uint4*>(q + row * ldq + K + cat_terms * rank)[i % pad] = make_uint4(0, 0, 0, 0);
+    if constexpr (kCat) {
+      amax0 = fmaxf(amax0, cat_max[g]);
+      amax1 = fmaxf(amax1, cat_max[g + 8]);
     }
-  }
-  const ExactDiv div0{sc0, __frcp_rn(sc0)}, div1{sc1, __frcp_rn(sc1)};
-  const bool fast0 = sc0 >= 0x1p-64f && sc0 <= 0x1p64f, fast1 = sc1 >= 0x1p-64f && sc1 <= 0x1p64f;
+    sc0 = scale_of(amax0);
+    sc1 = scale_of(amax1);
+    if (warp == 0 && t == 0) {
+      if (ok0) scale_out[row0] = sc0;
+      if (ok1) scale_out[row1] = sc1;
+      if constexpr (kCat) {
+        cat_scale[g] = sc0;
+        cat_scale[g + 8] = sc1;
+      }
+    }
+    if constexpr (kCat) {
+      __syncthreads();
+      const int words = rank / 4;
+      for (int i = threadIdx.x; i < 16 * words; i += kW * 32) {
+        const int r = i / words, j0 = (i % words) * 4;
+        const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + r;
+        if (row < M) emit_cat_word(q + row * ldq, K, rank, cat_terms, j0, &cat_v[r][j0], cat_scale[r]);
+      }
+      // Zeros after the terms, up to the 128-aligned width (16-byte stores: widths are multiples of 16).
+      const int pad = (cat_width - cat_terms * rank) / 16;
+      for (int i = threadIdx.x; i < 16 * pad; i += kW * 32) {
+        const int64_t row = static_cast<int64_t>(blockIdx.x) * 16 + i / pad;
+        if (row < M)
+          reinterpret_cast<uint4*>(q + row * ldq + K + cat_terms * rank)[i % pad] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    div0 = ExactDiv{sc0, __frcp_rn(sc0)};
+    div1 = ExactDiv{sc1, __frcp_rn(sc1)};
+    fast0 = sc0 >= 0x1p-64f && sc0 <= 0x1p64f;
+    fast1 = sc1 >= 0x1p-64f && sc1 <= 0x1p64f;
 
-  // Pass 2: quantize (the same quantize_vec as the row kernel: bit-exact).
-  auto emit = [&](const C8& v, int64_t row, int64_t c, bool fast, ExactDiv div) {
-    OB* out = reinterpret_cast<OB*>(q + row * ldq + c);
+    // Pass 2: quantize.
+    constexpr int kU2 = kLowRankUnroll2;
+    const int64_t iters2 = (nslots + kW * kU2 - 1) / (kW * kU2);
+    for (int64_t it = 0; it < iters2; ++it) {
+      const int64_t s0 = ((kHint & 2) != 0 ? iters2 - 1 - it : it) * (kW * kU2) + warp;
+      C8 xv[kU2][2];
 #pragma unroll
-    for (int j = 0; j < C8::kVecs; ++j)
-      out[j] = fast ? quantize_vec<true, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div)
-                    : quantize_vec<false, Q>(v.v[j], smooth, c + j * Vec<T>::kN, div);
-  };
-  constexpr int kU2 = kLowRankUnroll2;
-  for (int64_t s0 = warp; s0 < nslots; s0 += kW * kU2) {
-    C8 xv[kU2][2];
+      for (int u = 0; u < kU2; ++u) {
+        const int64_t c = (s0 + u * kW) * 32 + 8 * t;
+        r0.load(xv[u][0], ok0 && c < K, c);
+        r1.load(xv[u][1], ok1 && c < K, c);
+      }
 #pragma unroll
-    for (int u = 0; u < kU2; ++u) {
-      const int64_t c = (s0 + u * kW) * 32 + 8 * t;
-      r0.load(xv[u][0], ok0 && c < K, c);
-      r1.load(xv[u][1], ok1 && c < K, c);
-    }
-#pragma unroll
-    for (int u = 0; u < kU2; ++u) {
-      const int64_t c = (s0 + u * kW) * 32 + 8 * t;
-      if (c >= K) continue;
-      if (ok0) emit(xv[u][0], row0, c, fast0, div0);
-      if (ok1) emit(xv[u][1], row1, c, fast1, div1);
+      for (int u = 0; u < kU2; ++u) {
+        const int64_t c = (s0 + u * kW) * 32 + 8 * t;
+        if (c >= K) continue;
+        if (ok0) emit(xv[u][0], row0, c, fast0, div0);
+        if (ok1) emit(xv[u][1], row1, c, fast1, div1);
+      }
     }
   }
 }
@@ -651,7 +688,8 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
     kernel<<<static_cast<unsigned>(blocks), w * 32, 0, stream>>>(
         static_cast<const T*>(p.x), p.ldx, static_cast<const S*>(p.smooth),
         static_cast<const __nv_bfloat16*>(p.lora_down), static_cast<uint8_t*>(p.q), p.scale, p.lowrank,
-        p.lowrank_type, p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank), src);
+        p.lowrank_type, p.lowrank_inv_c, p.M, p.K, p.rank, lowrank_cat_width(p.rank), lowrank_cat_terms(p.rank), src,
+        p.amax_in);
     return cudaGetLastError();
   };
   // kNT 4 for ranks that are multiples of 32, else 2; fp32 input (rare: diffusers runs 16-bit) keeps
@@ -668,8 +706,24 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
     }
   }
   if constexpr (kWide) {
+    if (p.amax_in != nullptr) {  // two-part rows with the absmax given (16-bit only: valid())
+      if (warps == 8)
+        return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 8, true>,
+                       quantize_lowrank_kernel<T, S, Q, 2, false, 8, true>, 8);
+      return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 4, true>,
+                     quantize_lowrank_kernel<T, S, Q, 2, false, 4, true>, 4);
+    }
     if (warps == 8)
       return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 8>, quantize_lowrank_kernel<T, S, Q, 2, false, 8>, 8);
+  }
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_void_v<S>) {  // EXPERIMENT
+    const char* env = std::getenv("QENGINE_QLR_HINT");  // read per call: a benchmark switches it between captures
+    const int hint = env != nullptr ? std::atoi(env) : 0;
+    if (p.rank % 32 == 0) {
+      if (hint == 1) return run(quantize_lowrank_kernel<T, S, Q, 4, false, 4, false, 1>, 4);
+      if (hint == 2) return run(quantize_lowrank_kernel<T, S, Q, 4, false, 4, false, 2>, 4);
+      if (hint == 3) return run(quantize_lowrank_kernel<T, S, Q, 4, false, 4, false, 3>, 4);
+    }
   }
   return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 4>, quantize_lowrank_kernel<T, S, Q, 2, false, 4>, 4);
 }
@@ -744,7 +798,10 @@ bool valid(const QuantizeActParams& p) {
                           reinterpret_cast<uintptr_t>(p.lora_down) % 16 == 0)) &&
          (p.lowrank_inv_c == nullptr ||
           (p.q_type == QuantType::kFP8E4M3 && p.rank > 0 && p.rank <= kLowRankCatMaxRank)) &&
-         (p.lowrank_in == nullptr || (p.lowrank_inv_c != nullptr && p.rank > 0 && p.rank % 16 == 0));
+         (p.lowrank_in == nullptr || (p.lowrank_inv_c != nullptr && p.rank > 0 && p.rank % 16 == 0)) &&
+         (p.amax_in == nullptr || (p.rank > 0 && p.lora_down != nullptr && p.lowrank != nullptr &&
+                                   p.lowrank_inv_c == nullptr && p.lowrank_in == nullptr && p.K_gelu == 0 &&
+                                   p.x_type != FloatType::kFP32));
 }
 
 }  // namespace

@@ -9,7 +9,8 @@
 - A FLUX transformer (two blocks, real head size) quantized on CUDA gives the same output with
   the gelu-cat forwards as without them.
 - The `_lowrank` variants (lora_down; FP8 cat mode too) equal the tile kernel on the concatenated
-  row, bit for bit (q, scale and lowrank_act), and QLinear.forward_gelu_cat with a branch equals
+  row, bit for bit (q, scale and lowrank_act; in plain mode over every 16-bit value too: their
+  GELU is our gelu_absmax kernel's, not torch's), and QLinear.forward_gelu_cat with a branch equals
   the unfused call (graphs, compile, a FLUX model with W4A8 + rank 16).
 - opcheck, and clear errors for bad input.
 
@@ -284,6 +285,32 @@ def test_lowrank_equals_the_concatenated_row_at_every_block_size(fmt, tiles_per_
         exact = concatenated(x, g).float() @ down.float().t()
         assert ((lr - exact).norm() / exact.norm()).item() < 1e-5
     assert torch.equal(s, es) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
+
+
+def every_value(dtype):
+    """Every finite value of a 16-bit dtype, then +-inf and a NaN, in rows of 256 (zero-padded)."""
+    bits = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16).view(dtype).to(DEV)
+    vals = torch.cat([bits[torch.isfinite(bits)],
+                      torch.tensor([float("inf"), -float("inf"), float("nan")], device=DEV, dtype=dtype)])
+    rows = -(-vals.numel() // 256)
+    return torch.cat([vals, torch.zeros(rows * 256 - vals.numel(), device=DEV, dtype=dtype)]).view(rows, 256)
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lowrank_gelu_of_every_value(fmt, dtype):
+    """The plain-mode ops run our GELU kernel (which also returns each row's absmax, so the tile
+    kernel quantizes in one pass): over every finite 16-bit value, infinities and a NaN, q, scale and
+    lowrank_act equal the tile kernel's on torch's GELU output, bit for bit."""
+    g = every_value(dtype)
+    x = (torch.randn(g.shape[0], 32, device=DEV) * 3).to(dtype)
+    down = lora_down(32, 32 + 256)
+    q, s, lr = getattr(Q, LOWRANK_OPS[fmt])(x, g, None, down)
+    eq, es, elr = getattr(Q, f"quantize_act_{fmt}")(concatenated(x, g), None, down)
+    assert torch.equal(s, es)
+    assert torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
+    assert torch.equal(lr.nan_to_num(), elr.nan_to_num())
+    assert torch.equal(lr.isnan(), elr.isnan())
 
 
 @pytest.mark.parametrize("m,kx,kg,rank", [(9, 64, 192, 16), (130, 3072, 12288, 32), (40, 0, 1024, 256)])

@@ -18,7 +18,8 @@
 // computed on tensor cores (mma.sync bf16 -> fp32): xs is split into bf16 hi + lo parts (exact for
 // 16-bit input, ~2^-17 relative for smoothed or fp32 input), lora_down must be bf16. Not bit-exact
 // with an fp32 matmul (summation order, the lo part's rounding): SQNR > 90 dB in the tests. This
-// path uses a tile kernel (16 rows per block, two passes over X: the second mostly from L2).
+// path uses a tile kernel (16 rows per block, two passes over X: the second mostly from L2; one
+// pass when the rows' absmax is given, amax_in below).
 //
 // Low-rank "cat" mode (FP8 only; lowrank_inv_c != nullptr, rank <= 256; qengine/formats/lowrank_cat.py):
 // the branch is folded into the FP8 GEMM's K instead of being written out. With
@@ -42,9 +43,10 @@
 // Two-part row (16-bit x; K_x2 > 0; rank > 0, plain or cat mode): the row quantized and projected
 // is [x[m, :K - K_x2] | x2[m, :K_x2]], read from the two tensors in place by the tile kernel's two
 // passes, so q, scale and lowrank equal those of the concatenated row, bit for bit. The gelu-cat
-// ops with a low-rank branch pass torch's GELU output as x2: the tile kernel reads each element
-// twice, and a GELU in both passes (~30 instructions per element) made it slower than the three
-// separate kernels (notes/h100_2026-11-24d, call 1); this way only the concatenation is saved.
+// ops with a low-rank branch pass a GELU output as x2 (a GELU in both of the tile kernel's passes,
+// ~30 instructions per element, made it slower than three separate kernels: notes/h100_2026-11-24d,
+// call 1): in plain mode gelu_absmax's, with the rows' absmax as amax_in (one pass, below); in cat
+// mode torch's.
 //
 // GEGLU input (geglu = true; 16-bit, no low-rank): the row quantized is
 //   h[m, k] * gelu_erf(gate[m, k]),   h = gelu_x[m, :K], gate = gelu_x[m, K:2K]
@@ -100,9 +102,37 @@ struct QuantizeActParams {
   const void* x2 = nullptr;
   int64_t ld_x2 = 0;
   int64_t K_x2 = 0;
+  // The row absmax given ([M] fp32, max_k |xs[m,k]| computed by the producer, e.g. gelu_absmax):
+  // rank > 0, not cat mode. The tile kernel then quantizes in its one pass over X (no second
+  // pass); q and scale are those of the contract when amax_in holds the rows' absmax.
+  const float* amax_in = nullptr;
 };
 
 // Returns cudaErrorInvalidValue for unsupported arguments, else the launch's error.
 cudaError_t quantize_act(const QuantizeActParams& p, cudaStream_t stream);
+
+// GELU with the row absmax, for the gelu-cat ops with a low-rank branch (16-bit input):
+//   gelu_out[m, :] = gelu_tanh(gelu_x[m, :K_gelu])        (torch's CUDA arithmetic, rounded to x_type)
+//   amax[m]        = max_k |xs[m, k]|,  xs = [x[m, :K_plain] | gelu_out[m, :]] (/ smooth[k] if given)
+// i.e. the absmax quantize_act computes for that two-part row, exactly. One pass: x and gelu_x read
+// once, gelu_out written once. The tile kernel then takes gelu_out as x2 and amax as amax_in and
+// quantizes in one pass: the row is read twice in all (here, then there) instead of three times
+// (torch's GELU, then the tile kernel's two passes).
+struct GeluAbsmaxParams {
+  const void* x;           // [M, K_plain] x_type, row stride ldx; nullptr when K_plain == 0
+  int64_t ldx;
+  int64_t K_plain;         // multiple of 16 bytes / element size (may be 0)
+  const void* gelu_x;      // [M, K_gelu] x_type, row stride ld_gelu
+  int64_t ld_gelu;
+  int64_t K_gelu;          // > 0, multiple of 8
+  FloatType x_type;        // kBF16 or kFP16
+  const void* smooth;      // [K_plain + K_gelu] smooth_type, or nullptr
+  FloatType smooth_type;   // x_type or kFP32
+  void* gelu_out;          // [M, K_gelu] x_type, contiguous, 16-byte aligned
+  float* amax;             // [M]
+  int64_t M;
+  int sm_count;
+};
+cudaError_t gelu_absmax(const GeluAbsmaxParams& p, cudaStream_t stream);
 
 }  // namespace qengine
