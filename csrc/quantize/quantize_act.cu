@@ -341,19 +341,6 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// EXPERIMENT (kHint bit 0): 16-byte loads with cache hints. x: L1 no-allocate (streamed; pass 2
-// re-reads it from L2), lora_down: non-coherent, L1 evict-last (read by every row tile).
-__device__ __forceinline__ uint4 ld_no_l1(const void* p) {
-  uint4 r;
-  asm("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-  return r;
-}
-__device__ __forceinline__ uint4 ld_keep_l1(const void* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::evict_last.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-  return r;
-}
-
 // The 8 columns c .. c + 7 of one row (zeros for rows past M).
 template <typename T>
 struct Cols8 {
@@ -361,18 +348,12 @@ struct Cols8 {
   Vec<T> v[kVecs];
   __device__ __forceinline__ T at(int e) const { return v[e / Vec<T>::kN].v[e % Vec<T>::kN]; }
   // From the row that starts at xrow (columns c .. c + 7; zeros unless ok).
-  template <bool kNoL1 = false>
   __device__ __forceinline__ void load(const T* __restrict__ xrow, bool ok, int64_t c) {
     const Vec<T>* p = reinterpret_cast<const Vec<T>*>(xrow + c);
 #pragma unroll
     for (int j = 0; j < kVecs; ++j) {
       if (ok) {
-        if constexpr (kNoL1) {
-          const uint4 r = ld_no_l1(p + j);
-          v[j] = *reinterpret_cast<const Vec<T>*>(&r);
-        } else {
-          v[j] = p[j];
-        }
+        v[j] = p[j];
       } else {
 #pragma unroll
         for (int e = 0; e < Vec<T>::kN; ++e) v[j].v[e] = T(0.f);
@@ -413,10 +394,7 @@ struct RowParts {
   __device__ __forceinline__ RowParts(const T* x, int64_t ldx, const RowSource<T>& src, int64_t plain_cols, int64_t row)
       : first(x + row * ldx), second(src.gelu_x != nullptr ? src.gelu_x + row * src.ld_gelu - plain_cols : first),
         plain(plain_cols) {}
-  template <bool kNoL1 = false>
-  __device__ __forceinline__ void load(Cols8<T>& v, bool ok, int64_t c) const {
-    v.template load<kNoL1>(c >= plain ? second : first, ok, c);
-  }
+  __device__ __forceinline__ void load(Cols8<T>& v, bool ok, int64_t c) const { v.load(c >= plain ? second : first, ok, c); }
 };
 
 // One lowrank value in the dtype the caller asked for (rounded once, to nearest even, as torch's
@@ -438,10 +416,10 @@ __device__ __forceinline__ void store_lowrank(void* __restrict__ lowrank, FloatT
 // for a one-part row).
 // kGiven: the rows' absmax comes in amax_in (quantize_act.h), so the scale is known before the
 // first load and pass 1 quantizes what it loads for the product: one pass over X, no pass 2.
-// kHint (EXPERIMENT, QENGINE_QLR_HINT): bit 0 cache hints on pass 1's loads, bit 1 pass 2 walks
-// the slots last to first (the ones pass 1 read last are the likeliest L2 hits).
-template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW, bool kGiven = false, int kHint = 0>
-__global__ void __launch_bounds__(kW * 32, 16 / kW)
+// kU: slots of loads in flight per warp in pass 1; kMinB: blocks per SM the registers must allow.
+template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW, bool kGiven = false,
+          int kU = kLowRankUnroll, int kMinB = 16 / kW>
+__global__ void __launch_bounds__(kW * 32, kMinB)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
                         void* __restrict__ lowrank, FloatType lowrank_type, const float* __restrict__ inv_c, int64_t M,
@@ -450,7 +428,6 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
   static_assert(!(kCat && kGiven), "cat mode's scale depends on the product: no given absmax");
   static_assert(kW == 4 || kW == 8, "4 or 8 warps (launch_lowrank)");
-  constexpr int kU = kLowRankUnroll;
   constexpr int kCols = kNT * 8;
   // bf16 input without smoothing is exact in one bf16 fragment; anything else gets a lo part.
   constexpr bool kSplit = !(std::is_same_v<T, __nv_bfloat16> && std::is_void_v<S>);
@@ -506,16 +483,11 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
       for (int u = 0; u < kU; ++u) {
         const int64_t c = (s0 + u * kW) * 32 + 8 * t;
         const bool in = c < K;
-        r0.template load<(kHint & 1) != 0>(xv[u][0], ok0 && in, c);
-        r1.template load<(kHint & 1) != 0>(xv[u][1], ok1 && in, c);
+        r0.load(xv[u][0], ok0 && in, c);
+        r1.load(xv[u][1], ok1 && in, c);
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const __nv_bfloat16* dp = down + (chunk + j * 8 + g) * K + c;
-          if constexpr ((kHint & 1) != 0)
-            dv[u][j] = in ? ld_keep_l1(dp) : make_uint4(0, 0, 0, 0);
-          else
-            dv[u][j] = in ? *reinterpret_cast<const uint4*>(dp) : make_uint4(0, 0, 0, 0);
-        }
+        for (int j = 0; j < kNT; ++j)
+          dv[u][j] = in ? *reinterpret_cast<const uint4*>(down + (chunk + j * 8 + g) * K + c) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
@@ -648,11 +620,13 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
     fast0 = sc0 >= 0x1p-64f && sc0 <= 0x1p64f;
     fast1 = sc1 >= 0x1p-64f && sc1 <= 0x1p64f;
 
-    // Pass 2: quantize.
+    // Pass 2: quantize, walking the slots last to first: those pass 1 read last are the likeliest
+    // L2 hits where the rows do not all fit (1-3% at 4608 x 3072 and 4608 x 15360 on an H100,
+    // notes/h100_2026-11-25b).
     constexpr int kU2 = kLowRankUnroll2;
     const int64_t iters2 = (nslots + kW * kU2 - 1) / (kW * kU2);
-    for (int64_t it = 0; it < iters2; ++it) {
-      const int64_t s0 = ((kHint & 2) != 0 ? iters2 - 1 - it : it) * (kW * kU2) + warp;
+    for (int64_t it = iters2 - 1; it >= 0; --it) {
+      const int64_t s0 = it * (kW * kU2) + warp;
       C8 xv[kU2][2];
 #pragma unroll
       for (int u = 0; u < kU2; ++u) {
@@ -705,6 +679,21 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
       return by_rank(quantize_lowrank_kernel<T, S, Q, 4, true, 4>, quantize_lowrank_kernel<T, S, Q, 2, true, 4>, 4);
     }
   }
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_void_v<S>) {  // EXPERIMENT (session 27)
+    const char* env = std::getenv("QENGINE_QLR_CFG");  // read per call: a benchmark switches it between captures
+    const int cfg = env != nullptr ? std::atoi(env) : 0;
+    if (p.rank % 32 == 0 && cfg >= 1 && cfg <= 3) {
+      const bool given = p.amax_in != nullptr;
+      if (cfg == 1)
+        return given ? run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, true, 2, 2>, 8)
+                     : run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, false, 2, 2>, 8);
+      if (cfg == 2)
+        return given ? run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, true, 1, 3>, 8)
+                     : run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, false, 1, 3>, 8);
+      return given ? run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, true, 1, 4>, 8)
+                   : run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, false, 1, 4>, 8);
+    }
+  }
   if constexpr (kWide) {
     if (p.amax_in != nullptr) {  // two-part rows with the absmax given (16-bit only: valid())
       if (warps == 8)
@@ -715,15 +704,6 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
     }
     if (warps == 8)
       return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 8>, quantize_lowrank_kernel<T, S, Q, 2, false, 8>, 8);
-  }
-  if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_void_v<S>) {  // EXPERIMENT
-    const char* env = std::getenv("QENGINE_QLR_HINT");  // read per call: a benchmark switches it between captures
-    const int hint = env != nullptr ? std::atoi(env) : 0;
-    if (p.rank % 32 == 0) {
-      if (hint == 1) return run(quantize_lowrank_kernel<T, S, Q, 4, false, 4, false, 1>, 4);
-      if (hint == 2) return run(quantize_lowrank_kernel<T, S, Q, 4, false, 4, false, 2>, 4);
-      if (hint == 3) return run(quantize_lowrank_kernel<T, S, Q, 4, false, 4, false, 3>, 4);
-    }
   }
   return by_rank(quantize_lowrank_kernel<T, S, Q, 4, false, 4>, quantize_lowrank_kernel<T, S, Q, 2, false, 4>, 4);
 }
