@@ -1,7 +1,6 @@
 // torch binding of quantize_act_{int8,fp8}, their low-rank-cat / gelu-cat / GEGLU variants and
 // layer_norm_quant_{int8,fp8}: checks, arch
 // dispatch, launcher call.
-#include <cstdlib>
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -284,10 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_gelu_cat_lowrank(const c
   // its one pass (quantize_act.h, gelu_absmax). Cat mode's scale depends on the product, so it
   // keeps torch's GELU and the tile kernel's two passes.
   at::Tensor g, amax;
-  // EXPERIMENT (session 27): QENGINE_GELU_CAT_TWO_PASS=1 takes the previous path (torch's GELU, the
-  // tile kernel's two passes) for an A/B of the FLUX step.
-  static const bool two_pass = std::getenv("QENGINE_GELU_CAT_TWO_PASS") != nullptr;
-  if (!inv_c.has_value() && in.M > 0 && !two_pass) {
+  if (!inv_c.has_value() && in.M > 0) {
     const at::Tensor gx = aligned16(gelu_x);
     g = at::empty({in.M, in.K_gelu}, gelu_x.options());  // contiguous, fresh: 16-byte aligned
     amax = at::empty({in.M}, gelu_x.options().dtype(at::kFloat));

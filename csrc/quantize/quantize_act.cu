@@ -12,7 +12,6 @@
 #include <cuda_fp8.h>
 
 #include <climits>
-#include <cstdlib>
 #include <type_traits>
 #include <cstdint>
 
@@ -416,10 +415,8 @@ __device__ __forceinline__ void store_lowrank(void* __restrict__ lowrank, FloatT
 // for a one-part row).
 // kGiven: the rows' absmax comes in amax_in (quantize_act.h), so the scale is known before the
 // first load and pass 1 quantizes what it loads for the product: one pass over X, no pass 2.
-// kU: slots of loads in flight per warp in pass 1; kMinB: blocks per SM the registers must allow.
-template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW, bool kGiven = false,
-          int kU = kLowRankUnroll, int kMinB = 16 / kW>
-__global__ void __launch_bounds__(kW * 32, kMinB)
+template <typename T, typename S, QuantType Q, int kNT, bool kCat, int kW, bool kGiven = false>
+__global__ void __launch_bounds__(kW * 32, 16 / kW)
 quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restrict__ smooth,
                         const __nv_bfloat16* __restrict__ down, uint8_t* __restrict__ q, float* __restrict__ scale_out,
                         void* __restrict__ lowrank, FloatType lowrank_type, const float* __restrict__ inv_c, int64_t M,
@@ -428,6 +425,7 @@ quantize_lowrank_kernel(const T* __restrict__ x, int64_t ldx, const S* __restric
   static_assert(!kCat || Q == QuantType::kFP8E4M3, "cat mode is FP8-only");
   static_assert(!(kCat && kGiven), "cat mode's scale depends on the product: no given absmax");
   static_assert(kW == 4 || kW == 8, "4 or 8 warps (launch_lowrank)");
+  constexpr int kU = kLowRankUnroll;
   constexpr int kCols = kNT * 8;
   // bf16 input without smoothing is exact in one bf16 fragment; anything else gets a lo part.
   constexpr bool kSplit = !(std::is_same_v<T, __nv_bfloat16> && std::is_void_v<S>);
@@ -677,21 +675,6 @@ cudaError_t launch_lowrank(const QuantizeActParams& p, cudaStream_t stream) {
           return by_rank(quantize_lowrank_kernel<T, S, Q, 4, true, 8>, quantize_lowrank_kernel<T, S, Q, 2, true, 8>, 8);
       }
       return by_rank(quantize_lowrank_kernel<T, S, Q, 4, true, 4>, quantize_lowrank_kernel<T, S, Q, 2, true, 4>, 4);
-    }
-  }
-  if constexpr (std::is_same_v<T, __nv_bfloat16> && std::is_void_v<S>) {  // EXPERIMENT (session 27)
-    const char* env = std::getenv("QENGINE_QLR_CFG");  // read per call: a benchmark switches it between captures
-    const int cfg = env != nullptr ? std::atoi(env) : 0;
-    if (p.rank % 32 == 0 && cfg >= 1 && cfg <= 3) {
-      const bool given = p.amax_in != nullptr;
-      if (cfg == 1)
-        return given ? run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, true, 2, 2>, 8)
-                     : run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, false, 2, 2>, 8);
-      if (cfg == 2)
-        return given ? run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, true, 1, 3>, 8)
-                     : run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, false, 1, 3>, 8);
-      return given ? run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, true, 1, 4>, 8)
-                   : run(quantize_lowrank_kernel<T, S, Q, 4, false, 8, false, 1, 4>, 8);
     }
   }
   if constexpr (kWide) {
