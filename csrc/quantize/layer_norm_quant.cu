@@ -104,7 +104,7 @@ layer_norm_quant_kernel(const T* __restrict__ x, const T* __restrict__ weight, c
       if (vi < nvec) qr[vi] = quantize_vec<decltype(fast)::value, Q>(regs[i], smooth, int64_t(vi) * kN, div);
     }
   };
-  if (scale >= 0x1p-64f && scale <= 0x1p64f) {
+  if (ExactDiv::exact_for(scale)) {
     emit(std::true_type{});
   } else {
     emit(std::false_type{});

@@ -83,6 +83,8 @@ template <> struct AbsMax<__half> : AbsMax16<__half2> {
 // x (half of them within 3 ulps of (n + 0.5) * scale), 0 mismatches in the quantized result.
 struct ExactDiv {
   float scale, inv;
+  // The scales this division is exact for (the range above); others take the IEEE __fdiv_rn path.
+  static __device__ __forceinline__ bool exact_for(float scale) { return scale >= 0x1p-64f && scale <= 0x1p64f; }
   __device__ __forceinline__ float operator()(float x) const {
     const float q0 = __fmul_rn(x, inv);
     const float r = __fmaf_rn(-q0, scale, x);
